@@ -1,0 +1,42 @@
+"""Streaming collection of activation statistics through ONNX Runtime.
+
+The prepared model is run with extra graph outputs on the tensors to be quantized (a "tap" model, kept
+in memory).  After each batch, every tapped tensor updates its :class:`TensorObserver` and the batch's
+outputs are dropped, so memory depends on the model and the batch size, never on the number of samples.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+
+from ..runtime.session import make_session, run, tap_model
+from .observers import TensorObserver
+
+
+def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict[str, np.ndarray]], *,
+                       bins: int = 2048, momentum: float = 0.9, threads: int = 0,
+                       on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, TensorObserver], int]:
+    """Observe ``tensors`` over ``batches``; returns (observers, number of samples seen)."""
+    inputs = {i.name for i in model.graph.input}
+    tapped = [t for t in tensors if t not in inputs]
+    fed = [t for t in tensors if t in inputs]
+    session = make_session(tap_model(model, tapped), threads=threads, what="calibration (tap) model") \
+        if tapped else None
+    observers = {t: TensorObserver(bins=bins, momentum=momentum) for t in tensors}
+    samples = 0
+    for feeds in batches:
+        n = len(next(iter(feeds.values())))
+        if session is not None:
+            values = run(session, feeds, what="calibration (tap) model")
+            for name, value in zip(tapped, values):
+                observers[name].update(value)
+            del values
+        for name in fed:
+            observers[name].update(feeds[name])
+        samples += n
+        if on_batch:
+            on_batch(n)
+    return observers, samples

@@ -1,0 +1,258 @@
+"""Calibration and evaluation data: ``.npz`` files or folders of ``.npz``/``.npy`` files.
+
+Layout rules (the first axis of every array is the sample axis):
+
+* a ``.npz`` file holds one array per model input, keyed by the input's name, plus optionally
+  ``labels`` (integer class ids, one per sample);
+* a folder of ``.npz`` files: each file is a chunk with the same keys, read one at a time;
+* a folder of ``.npy`` files: each file is named ``<input name>.npy`` (``labels.npy`` for labels);
+  a single-input model also accepts any file names, each file being a chunk of samples.
+
+Everything is checked against the model's inputs before any inference runs: names, dtypes (an array
+of the same kind, e.g. float64 for a float32 input, is cast), per-sample shapes against fixed dims,
+sample counts, NaN/Inf, emptiness.  Iteration streams one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import QuantcliError
+
+LABELS_KEY = "labels"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]  # int = fixed dim, str = symbolic name, None = unknown
+
+    @property
+    def batch_dim(self) -> int | None:
+        """Fixed size of the first axis, or None when it is dynamic."""
+        if not self.shape:
+            return None
+        d = self.shape[0]
+        return d if isinstance(d, int) else None
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        specs.append(InputSpec(vi.name, dtype, tuple(dims)))
+    return specs
+
+
+class Dataset:
+    """A validated data source for one model. Iterate with :meth:`batches`."""
+
+    def __init__(self, path: str | Path, specs: Sequence[InputSpec], *, labels_path: str | Path | None = None,
+                 require_labels: bool = False) -> None:
+        self.path = Path(path)
+        self.specs = list(specs)
+        self._chunks = _discover_chunks(self.path, self.specs)
+        self.num_samples = 0
+        labels: list[np.ndarray] = []
+        has_labels: list[bool] = []
+        for chunk in self._chunks:
+            arrays = chunk.load()
+            n = self._check_chunk(chunk, arrays)
+            self.num_samples += n
+            has_labels.append(LABELS_KEY in arrays)
+            if LABELS_KEY in arrays:
+                labels.append(np.asarray(arrays[LABELS_KEY]))
+        if self.num_samples == 0:
+            raise QuantcliError(f"{self.path}: the data set is empty (0 samples)")
+        self.labels: np.ndarray | None = None
+        if labels_path is not None:
+            self.labels = _load_labels(Path(labels_path))
+        elif all(has_labels):
+            self.labels = np.concatenate(labels)
+        elif any(has_labels):
+            raise QuantcliError(f"{self.path}: some files have a '{LABELS_KEY}' array and others do not")
+        if self.labels is not None:
+            src = labels_path or self.path
+            if self.labels.ndim != 1 or not np.issubdtype(self.labels.dtype, np.integer):
+                raise QuantcliError(f"{src}: labels must be a 1-D integer array, got {self.labels.dtype} "
+                                    f"with shape {self.labels.shape}")
+            if len(self.labels) != self.num_samples:
+                raise QuantcliError(f"{src}: {len(self.labels)} labels for {self.num_samples} samples")
+        elif require_labels:
+            raise QuantcliError(f"{self.path}: no '{LABELS_KEY}' array and no --labels file given")
+
+    # -- validation ---------------------------------------------------------------------------------
+    def _check_chunk(self, chunk: "_Chunk", arrays: dict[str, np.ndarray]) -> int:
+        names = [s.name for s in self.specs]
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise QuantcliError(f"{chunk.path}: missing input(s) {', '.join(missing)}; "
+                                f"the model's inputs are: {', '.join(names)}")
+        extra = sorted(set(arrays) - set(names) - {LABELS_KEY})
+        if extra:
+            raise QuantcliError(f"{chunk.path}: unexpected array(s) {', '.join(extra)}; "
+                                f"the model's inputs are: {', '.join(names)}")
+        counts = set()
+        for spec in self.specs:
+            arr = arrays[spec.name]
+            where = f"{chunk.path}: input '{spec.name}'"
+            if arr.ndim == 0:
+                raise QuantcliError(f"{where} is a scalar; the first axis must be the sample axis")
+            if arr.dtype.kind != spec.dtype.kind and not (arr.dtype.kind in "iu" and spec.dtype.kind in "iu"):
+                raise QuantcliError(f"{where} has dtype {arr.dtype}, the model expects {spec.dtype}")
+            if spec.shape and arr.ndim != len(spec.shape):
+                raise QuantcliError(f"{where} has shape {arr.shape}, the model expects "
+                                    f"{_fmt_shape(spec.shape)} (first axis = samples)")
+            for i, (got, want) in enumerate(zip(arr.shape[1:], spec.shape[1:]), start=1):
+                if isinstance(want, int) and got != want:
+                    raise QuantcliError(f"{where} has shape {arr.shape}, the model expects "
+                                        f"{_fmt_shape(spec.shape)} (axis {i}: {got} != {want})")
+            if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+                bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+                raise QuantcliError(f"{where} contains {bad} NaN/Inf value(s)")
+            counts.add(arr.shape[0])
+        if len(counts) > 1:
+            raise QuantcliError(f"{chunk.path}: inputs have different sample counts {sorted(counts)}")
+        n = counts.pop() if counts else 0
+        if LABELS_KEY in arrays and len(arrays[LABELS_KEY]) != n:
+            raise QuantcliError(f"{chunk.path}: {len(arrays[LABELS_KEY])} labels for {n} samples")
+        return n
+
+    # -- iteration ----------------------------------------------------------------------------------
+    def default_batch_size(self, requested: int | None = None) -> int:
+        fixed = {s.batch_dim for s in self.specs if s.shape} - {None}
+        if fixed:
+            return int(fixed.pop())
+        return requested or 32
+
+    def samples(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Yield chunks of samples ({input: array[n, ...]}) with at most ``limit`` samples in all."""
+        left = self.num_samples if limit is None else min(limit, self.num_samples)
+        for chunk in self._chunks:
+            if left <= 0:
+                return
+            arrays = chunk.load()
+            out = {}
+            for spec in self.specs:
+                out[spec.name] = np.asarray(arrays[spec.name])[:left].astype(spec.dtype, copy=False)
+            left -= len(next(iter(out.values())))
+            yield out
+
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Yield model feeds of ``batch_size`` samples (the last one may be smaller unless the model's batch is fixed)."""
+        fixed = any(s.batch_dim is not None for s in self.specs)
+        buf: dict[str, list[np.ndarray]] = {s.name: [] for s in self.specs}
+        have = 0
+        for chunk in self.samples(limit):
+            n = len(next(iter(chunk.values())))
+            start = 0
+            while start < n:
+                take = min(batch_size - have, n - start)
+                for k, v in chunk.items():
+                    buf[k].append(v[start:start + take])
+                have += take
+                start += take
+                if have == batch_size:
+                    yield {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+                    buf = {s.name: [] for s in self.specs}
+                    have = 0
+        if have and not fixed:
+            yield {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+
+    def count_used(self, batch_size: int, limit: int | None = None) -> int:
+        n = self.num_samples if limit is None else min(limit, self.num_samples)
+        if any(s.batch_dim is not None for s in self.specs):
+            return (n // batch_size) * batch_size
+        return n
+
+
+def _fmt_shape(shape: tuple) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+@dataclasses.dataclass
+class _Chunk:
+    path: Path
+    kind: str  # "npz" | "npy-named" | "npy-single"
+    files: tuple[Path, ...]
+    single_input: str | None = None
+
+    def load(self) -> dict[str, np.ndarray]:
+        try:
+            if self.kind == "npz":
+                with np.load(self.path, allow_pickle=False) as z:
+                    return {k: z[k] for k in z.files}
+            if self.kind == "npy-single":
+                return {self.single_input: np.load(self.path, allow_pickle=False)}
+            return {f.stem: np.load(f, allow_pickle=False, mmap_mode="r") for f in self.files}
+        except QuantcliError:
+            raise
+        except Exception as exc:
+            raise QuantcliError(f"{self.path}: cannot read data ({type(exc).__name__}: {exc})") from None
+
+
+def _discover_chunks(path: Path, specs: Sequence[InputSpec]) -> list[_Chunk]:
+    if not path.exists():
+        raise QuantcliError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix == ".npz":
+            return [_Chunk(path, "npz", (path,))]
+        if path.suffix == ".npy":
+            if len(specs) != 1:
+                raise QuantcliError(f"{path}: a single .npy file can only feed a single-input model; "
+                                    "use a .npz keyed by input name")
+            return [_Chunk(path, "npy-single", (path,), specs[0].name)]
+        raise QuantcliError(f"{path}: unsupported data file; expected .npz, .npy or a folder of them")
+    npz = sorted(path.glob("*.npz"))
+    npy = sorted(path.glob("*.npy"))
+    if npz and npy:
+        raise QuantcliError(f"{path}: mixes .npz and .npy files; use one kind")
+    if npz:
+        return [_Chunk(p, "npz", (p,)) for p in npz]
+    if npy:
+        names = {s.name for s in specs}
+        stems = {p.stem for p in npy}
+        if names <= stems:
+            return [_Chunk(path, "npy-named", tuple(p for p in npy if p.stem in names | {LABELS_KEY}))]
+        if len(specs) == 1:
+            return [_Chunk(p, "npy-single", (p,), specs[0].name) for p in npy if p.stem != LABELS_KEY]
+        raise QuantcliError(f"{path}: .npy files must be named after the model inputs "
+                            f"({', '.join(sorted(names))}.npy)")
+    raise QuantcliError(f"{path}: the folder has no .npz or .npy files")
+
+
+def _load_labels(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise QuantcliError(f"{path}: no such labels file")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if LABELS_KEY not in z.files:
+                    raise QuantcliError(f"{path}: no '{LABELS_KEY}' array (found: {', '.join(z.files)})")
+                return z[LABELS_KEY]
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        return np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except QuantcliError:
+        raise
+    except Exception as exc:
+        raise QuantcliError(f"{path}: cannot read labels ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,67 @@
+"""Fidelity and accuracy metrics, pure numpy.
+
+* top-k accuracy: share of samples whose label is among the k largest logits;
+* agreement: share of samples where both models have the same argmax (last axis);
+* cosine similarity of the flattened outputs;
+* SQNR (dB) = 10 log10( sum(ref^2) / sum((ref - test)^2) )  (inf when identical);
+* max abs error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
+    logits = logits.reshape(len(labels), -1)
+    if k == 1:
+        return int(np.count_nonzero(np.argmax(logits, axis=1) == labels))
+    top = np.argpartition(-logits, kth=min(k, logits.shape[1]) - 1, axis=1)[:, :k]
+    return int(np.count_nonzero((top == labels[:, None]).any(axis=1)))
+
+
+def agreement_count(ref: np.ndarray, test: np.ndarray) -> int:
+    """Samples (first axis) whose argmax over the last axis agrees, all positions considered."""
+    a = np.argmax(ref, axis=-1).reshape(len(ref), -1)
+    b = np.argmax(test, axis=-1).reshape(len(test), -1)
+    return int(np.count_nonzero((a == b).all(axis=1)))
+
+
+class FidelityAccumulator:
+    """Streams cosine similarity, SQNR and max abs error of one output over batches."""
+
+    def __init__(self) -> None:
+        self.dot = self.ref2 = self.test2 = self.err2 = 0.0
+        self.max_abs = 0.0
+        self.nonfinite = 0
+
+    def update(self, ref: np.ndarray, test: np.ndarray) -> None:
+        r = np.asarray(ref, np.float64).ravel()
+        t = np.asarray(test, np.float64).ravel()
+        bad = ~np.isfinite(t) | ~np.isfinite(r)
+        if bad.any():
+            self.nonfinite += int(bad.sum())
+            r, t = r[~bad], t[~bad]
+        self.dot += float(r @ t)
+        self.ref2 += float(r @ r)
+        self.test2 += float(t @ t)
+        d = r - t
+        self.err2 += float(d @ d)
+        if d.size:
+            self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
+
+    @property
+    def cosine(self) -> float:
+        if self.ref2 == 0 and self.test2 == 0:
+            return 1.0
+        if self.ref2 == 0 or self.test2 == 0:
+            return 0.0
+        return self.dot / np.sqrt(self.ref2 * self.test2)
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.err2 == 0:
+            return float("inf")
+        if self.ref2 == 0:
+            return float("-inf")
+        return 10.0 * np.log10(self.ref2 / self.err2)

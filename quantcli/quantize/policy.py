@@ -1,0 +1,288 @@
+"""Which tensors get Q/DQ, and how: the op-type registry and the planning pass ("mark, then insert").
+
+The plan follows how ONNX Runtime's CPU graph optimizer fuses QDQ groups into integer kernels:
+
+* **heavy** ops carry weights and run as integer kernels when their inputs are quantized:
+  Conv -> QLinearConv (needs a Q on its output), MatMul -> QLinearMatMul / MatMulIntegerToFloat,
+  Gemm -> QGemm.  Their activation inputs are quantized with calibrated ranges, weights int8
+  symmetric (per channel along the output axis: Conv 0, Gemm 0 with transB else 1, MatMul 1), bias int32.
+* **cheap** ops (Add, Mul, Concat, AveragePool, GlobalAveragePool) are quantized only when every
+  activation input is quantized anyway: then QLinearAdd & co. read int8 directly; otherwise Q/DQ
+  around them would cost time for nothing, and they stay float.
+* **layout** ops (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, MaxPool, ...) re-use their input's
+  scale and zero point, so ONNX Runtime drops the Q/DQ around them and moves int8 data.
+* **Relu / Clip(min=0)** right after a producer whose output is quantized is absorbed into that
+  output's range (asymmetric uint8 only: zero point 0 saturates exactly like the Relu).
+* Everything else stays float.  Graph outputs are never re-quantized, so a model's outputs keep FP32
+  values; a Conv whose output is a graph output stays float (it would need a lossy Q to fuse).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+
+import numpy as np
+import onnx
+
+from ..transforms.graph import GraphIndex, attr
+
+HEAVY = {"Conv", "MatMul", "Gemm"}
+CHEAP = {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool"}
+LAYOUT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool"}
+ABSORBABLE = {"Relu", "Clip"}
+OUTPUT_Q_REQUIRED = {"Conv"} | CHEAP  # fuse into an integer kernel only with a Q on the output
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+    node: str
+    input_index: int
+    tensor: str
+    axis: int | None  # per-channel axis, None = per tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class BiasSpec:
+    node: str
+    input_index: int
+    tensor: str
+    activation: str  # the activation tensor whose scale multiplies the weight scale
+    weight: str
+
+
+@dataclasses.dataclass
+class QuantPlan:
+    """The outcome of planning: what gets quantized and why the rest does not."""
+
+    activations: dict[str, str]             # tensor -> tensor whose calibrated range applies
+    shared: dict[str, str]                  # tensor -> tensor whose params it re-uses (layout ops)
+    weights: list[WeightSpec]
+    biases: list[BiasSpec]
+    absorbed: dict[str, str]                # absorbed Relu/Clip node -> its producer node
+    quantized_nodes: dict[str, str]         # node name -> op type
+    float_nodes: dict[str, str]             # node name -> why it stays float (for nodes worth reporting)
+
+    def calibrated_tensors(self) -> list[str]:
+        return sorted(set(self.activations.values()))
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanOptions:
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    exclude: tuple[str, ...] = ()
+
+
+def is_excluded(node: onnx.NodeProto, patterns: tuple[str, ...]) -> bool:
+    for p in patterns:
+        if p == node.op_type or p == node.name:
+            return True
+        if any(ch in p for ch in "*?[") and fnmatch.fnmatchcase(node.name, p):
+            return True
+        if p.startswith("re:") and re.fullmatch(p[3:], node.name):
+            return True
+    return False
+
+
+def float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of float32 tensors (inputs, intermediates, outputs) according to shape inference."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        inferred = model
+    g = inferred.graph
+    out = set()
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            out.add(vi.name)
+    return out
+
+
+def plan(model: onnx.ModelProto, options: PlanOptions = PlanOptions()) -> QuantPlan:
+    g = model.graph
+    idx = GraphIndex(g)
+    floats = float_tensors(model)
+    p = QuantPlan({}, {}, [], [], {}, {}, {})
+    required: dict[str, str] = {}  # activation tensors heavy ops need quantized
+
+    def is_act(name: str) -> bool:
+        return bool(name) and name not in idx.initializers and name in floats
+
+    # 1. heavy ops: eligibility, weights, and the activations they require
+    heavy_ok: set[str] = set()
+    for node in g.node:
+        if node.op_type not in HEAVY:
+            continue
+        if is_excluded(node, options.exclude):
+            p.float_nodes[node.name] = "excluded by --exclude"
+            continue
+        why = _heavy_reason(node, idx, is_act)
+        if why:
+            p.float_nodes[node.name] = why
+            continue
+        if node.op_type in OUTPUT_Q_REQUIRED and node.output[0] in idx.graph_outputs:
+            p.float_nodes[node.name] = "output is a graph output (kept exact, so no integer kernel)"
+            continue
+        heavy_ok.add(node.name)
+        for i, name in enumerate(node.input[:2]):
+            if is_act(name):
+                required[name] = name
+            elif name in idx.initializers:
+                p.weights.append(WeightSpec(node.name, i, name, _weight_axis(node, idx, i, options)))
+        if len(node.input) > 2 and node.input[2] and node.op_type in ("Conv", "Gemm"):
+            w = node.input[1]
+            if _bias_ok(node, idx):
+                p.biases.append(BiasSpec(node.name, 2, node.input[2], node.input[0], w))
+
+    # 2. forward pass in topological order: which outputs are quantized
+    emits: dict[str, str] = {}  # tensor -> itself (own range) or "=src" (shares src's params)
+    for node in g.node:
+        op = node.op_type
+        if node.name in heavy_ok:
+            p.quantized_nodes[node.name] = op
+            out = node.output[0]
+            nxt = idx.single_consumer(out)
+            absorbable = nxt is not None and _absorbable(nxt, idx, options)
+            if op in OUTPUT_Q_REQUIRED or out in required or absorbable:
+                final = _absorb(node, idx, options, p)
+                emits[final] = final
+            continue
+        if is_excluded(node, options.exclude):
+            if op in CHEAP | LAYOUT:
+                p.float_nodes[node.name] = "excluded by --exclude"
+            continue
+        if op in CHEAP:
+            acts = [i for i in node.input if is_act(i)]
+            consts = [i for i in node.input if i and not is_act(i)]
+            if consts:
+                p.float_nodes[node.name] = "has constant inputs (stays float)"
+            elif not acts or any(i not in emits and i not in required for i in acts):
+                p.float_nodes[node.name] = "inputs are not quantized (Q/DQ would only add time)"
+            elif node.output[0] in idx.graph_outputs:
+                p.float_nodes[node.name] = "output is a graph output (kept exact)"
+            else:
+                for i in acts:
+                    required.setdefault(i, i)
+                p.quantized_nodes[node.name] = op
+                final = _absorb(node, idx, options, p)
+                emits[final] = final
+        elif op in LAYOUT and node.input and (node.input[0] in emits or node.input[0] in required):
+            if node.output[0] not in idx.graph_outputs and is_act(node.output[0]):
+                emits[node.output[0]] = "=" + node.input[0]
+
+    # 3. keep layout outputs only where a quantized consumer reads them (else they only add Q/DQ)
+    def wanted(t: str) -> bool:
+        if t in required:
+            return True
+        return any(c.op_type in LAYOUT and c.output[0] in emits and wanted(c.output[0])
+                   for c in idx.consumers.get(t, []))
+
+    for t, src in emits.items():
+        if src.startswith("="):
+            if wanted(t):
+                p.shared[t] = src[1:]
+        else:
+            p.activations[t] = src
+    for t, src in required.items():
+        if t in p.shared or t in p.activations:
+            continue
+        if t in emits and emits[t].startswith("="):
+            p.shared[t] = emits[t][1:]
+        else:
+            p.activations[t] = src
+    for node in g.node:
+        if node.op_type in LAYOUT and node.output and node.output[0] in p.shared:
+            p.quantized_nodes[node.name] = node.op_type
+    # a shared tensor's source must itself be quantized
+    for t, src in list(p.shared.items()):
+        while src in p.shared:
+            src = p.shared[src]
+        if src not in p.activations:
+            p.activations[src] = src
+    return p
+
+
+def _heavy_reason(node: onnx.NodeProto, idx: GraphIndex, is_act) -> str | None:
+    ins = list(node.input)
+    if node.op_type == "Conv":
+        if len(ins) < 2 or not is_act(ins[0]):
+            return "input is not a float activation"
+        if ins[1] not in idx.initializers:
+            return "weight is not a constant"
+        return None
+    if node.op_type == "Gemm":
+        if attr(node, "transA", 0):
+            return "Gemm with transA=1 has no integer kernel"
+        if not is_act(ins[0]) or ins[1] not in idx.initializers:
+            return "Gemm needs an activation A and a constant B"
+        if len(ins) > 2 and ins[2] and ins[2] not in idx.initializers:
+            return "Gemm bias is not a constant"
+        return None
+    if node.op_type == "MatMul":
+        a, b = ins[0], ins[1]
+        if not is_act(a):
+            return "A is not a float activation"
+        if not (is_act(b) or b in idx.initializers):
+            return "B is neither a float activation nor a constant"
+        if b in idx.initializers and idx.const(b).dtype != np.float32:
+            return "B is not float32"
+        return None
+    return "not a quantizable op"
+
+
+def _weight_axis(node: onnx.NodeProto, idx: GraphIndex, i: int, options: PlanOptions) -> int | None:
+    if not options.per_channel:
+        return None
+    w = idx.const(node.input[i])
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if attr(node, "transB", 0) else 1
+    if node.op_type == "MatMul" and w is not None and w.ndim == 2:
+        return 1
+    return None
+
+
+def _bias_ok(node: onnx.NodeProto, idx: GraphIndex) -> bool:
+    b = idx.const(node.input[2])
+    w = idx.const(node.input[1])
+    if b is None or w is None or b.dtype != np.float32:
+        return False
+    if node.op_type == "Gemm":
+        cout = w.shape[0] if attr(node, "transB", 0) else w.shape[1]
+        if attr(node, "beta", 1.0) != 1.0 or b.size != cout or b.ndim != 1:
+            return False
+        return True
+    return b.ndim == 1 and b.size == w.shape[0]
+
+
+def _absorbable(act: onnx.NodeProto, idx: GraphIndex, options: PlanOptions) -> bool:
+    if act.op_type not in ABSORBABLE or options.symmetric_activations or act.output[0] in idx.graph_outputs:
+        return False
+    if act.op_type == "Relu":
+        return True
+    if act.op_type == "Clip":
+        lo = _clip_bound(act, idx, 1, "min")
+        hi = _clip_bound(act, idx, 2, "max")
+        return lo is not None and lo == 0.0 and (hi is None or hi > 0)
+    return False
+
+
+def _clip_bound(node: onnx.NodeProto, idx: GraphIndex, i: int, name: str) -> float | None:
+    if len(node.input) > i and node.input[i]:
+        v = idx.const(node.input[i])
+        return None if v is None else float(v)
+    v = attr(node, name)
+    return None if v is None else float(v)
+
+
+def _absorb(node: onnx.NodeProto, idx: GraphIndex, options: PlanOptions, p: QuantPlan) -> str:
+    """Absorb a following Relu/Clip if possible; return the name the quantized output will have."""
+    out = node.output[0]
+    nxt = idx.single_consumer(out)
+    if nxt is not None and _absorbable(nxt, idx, options) and not is_excluded(nxt, options.exclude):
+        p.absorbed[nxt.name] = node.name
+        return nxt.output[0]
+    return out

@@ -1,0 +1,200 @@
+"""Recipes: one reviewable TOML file holding what calibrate, convert and compare need.
+
+Schema (every key optional; flags given on the command line override the recipe)::
+
+    description = "..."
+    [calibrate]   data, samples, batch_size, method, percentile, bins
+    [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range
+    [compare]     data, labels, max_drop, threads, runs, warmup
+
+Unknown keys and bad values are errors naming the file, the section and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import sys
+import typing
+from pathlib import Path
+
+from .errors import QuantcliError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Method(str, enum.Enum):
+    MINMAX = "minmax"
+    MOVING_AVERAGE = "moving-average"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    MSE = "mse"
+
+
+class Weights(str, enum.Enum):
+    PER_CHANNEL = "per-channel"
+    PER_TENSOR = "per-tensor"
+
+
+class Activations(str, enum.Enum):
+    ASYMMETRIC = "asymmetric"
+    SYMMETRIC = "symmetric"
+
+
+class Precision(str, enum.Enum):
+    INT8 = "int8"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class Mode(str, enum.Enum):
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+class ReduceRange(str, enum.Enum):
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+@dataclasses.dataclass
+class CalibrateSettings:
+    data: str | None = None
+    samples: int | None = None
+    batch_size: int | None = None
+    method: Method = Method.MINMAX
+    percentile: float = 99.99
+    bins: int = 2048
+
+
+@dataclasses.dataclass
+class ConvertSettings:
+    precision: Precision = Precision.INT8
+    mode: Mode = Mode.STATIC
+    weights: Weights = Weights.PER_CHANNEL
+    activations: Activations = Activations.ASYMMETRIC
+    exclude: list[str] = dataclasses.field(default_factory=list)
+    method: Method | None = None       # re-derive ranges from the artifact's statistics with another method
+    percentile: float | None = None
+    reduce_range: ReduceRange = ReduceRange.AUTO
+
+
+@dataclasses.dataclass
+class CompareSettings:
+    data: str | None = None
+    labels: str | None = None
+    max_drop: float | None = None
+    threads: int = 1
+    runs: int = 200
+    warmup: int = 20
+
+
+@dataclasses.dataclass
+class Recipe:
+    description: str = ""
+    calibrate: CalibrateSettings = dataclasses.field(default_factory=CalibrateSettings)
+    convert: ConvertSettings = dataclasses.field(default_factory=ConvertSettings)
+    compare: CompareSettings = dataclasses.field(default_factory=CompareSettings)
+    source: str | None = None
+
+    def to_dict(self) -> dict:
+        def plain(v):
+            if isinstance(v, enum.Enum):
+                return v.value
+            if dataclasses.is_dataclass(v):
+                return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            if isinstance(v, list):
+                return [plain(x) for x in v]
+            return v
+        return plain(self)
+
+
+_SECTIONS = {"calibrate": CalibrateSettings, "convert": ConvertSettings, "compare": CompareSettings}
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
+    if path is None:
+        return Recipe()
+    p = Path(path)
+    if not p.exists():
+        raise QuantcliError(f"{p}: no such recipe file")
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise QuantcliError(f"{p}: not a valid TOML recipe: {exc}") from None
+    recipe = Recipe(source=str(p))
+    for key, value in doc.items():
+        if key == "description":
+            if not isinstance(value, str):
+                raise QuantcliError(f"{p}: 'description' must be a string")
+            recipe.description = value
+        elif key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise QuantcliError(f"{p}: '{key}' must be a table ([{key}])")
+            setattr(recipe, key, _build(_SECTIONS[key], value, f"{p}: [{key}]"))
+        else:
+            raise QuantcliError(f"{p}: unknown key '{key}' (expected: description, {', '.join(_SECTIONS)})")
+    return recipe
+
+
+def _build(cls, table: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    obj = cls()
+    for key, value in table.items():
+        if key not in names:
+            raise QuantcliError(f"{where} unknown key '{key}' (expected one of: {', '.join(names)})")
+        setattr(obj, key, coerce(value, hints[key], f"{where} {key}"))
+    return obj
+
+
+def coerce(value, hint, where: str):
+    """Check/convert ``value`` against a dataclass field type; raise QuantcliError naming ``where``."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            allowed = ", ".join(m.value for m in hint)
+            raise QuantcliError(f"{where}: '{value}' is not one of {allowed}") from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise QuantcliError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise QuantcliError(f"{where}: expected a non-negative integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise QuantcliError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise QuantcliError(f"{where}: expected a string, got {value!r}")
+        return value
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise QuantcliError(f"{where}: expected a list of strings, got {value!r}")
+        return list(value)
+    raise TypeError(f"unsupported recipe field type {hint}")  # a bug in the schema, not user input
+
+
+def merge(section, **flags):
+    """Return a copy of a settings dataclass with every non-None flag applied (flags override recipes)."""
+    hints = typing.get_type_hints(type(section))
+    updates = {}
+    for k, v in flags.items():
+        if v is None or (isinstance(v, (list, tuple)) and not v):
+            continue
+        updates[k] = coerce(list(v) if isinstance(v, tuple) else v, hints[k], f"--{k.replace('_', '-')}")
+    return dataclasses.replace(section, **updates)

@@ -1,0 +1,93 @@
+"""Small helpers over ONNX graphs shared by the passes: producer/consumer maps, initializer access."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+@dataclasses.dataclass
+class PassResult:
+    """What a graph pass returns: the new model, what it changed and what it skipped (with why)."""
+
+    model: onnx.ModelProto
+    changed: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+class GraphIndex:
+    """Producer and consumer maps of a graph (rebuild after editing)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in graph.node:
+            for o in node.output:
+                if o:
+                    self.producer[o] = node
+            for i in node.input:
+                if i:
+                    self.consumers[i].append(node)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.graph_outputs = {o.name for o in graph.output}
+        self.graph_inputs = {i.name for i in graph.input if i.name not in self.initializers}
+
+    def const(self, name: str) -> np.ndarray | None:
+        t = self.initializers.get(name)
+        return None if t is None else numpy_helper.to_array(t)
+
+    def single_consumer(self, name: str) -> onnx.NodeProto | None:
+        cons = self.consumers.get(name, [])
+        if len(cons) == 1 and name not in self.graph_outputs:
+            return cons[0]
+        return None
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def set_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> None:
+    """Replace (or add) initializer ``name`` with ``array``."""
+    new = numpy_helper.from_array(np.ascontiguousarray(array), name)
+    for i, t in enumerate(graph.initializer):
+        if t.name == name:
+            graph.initializer[i].CopyFrom(new)
+            return
+    graph.initializer.append(new)
+
+
+def remove_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used |= _subgraph_inputs(graph)
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+    names: set[str] = set()
+    for node in graph.node:
+        for a in node.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for g in subs:
+                names |= {i for n in g.node for i in n.input}
+                names |= _subgraph_inputs(g)
+    return names
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    name, k = base, 1
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    taken.add(name)
+    return name

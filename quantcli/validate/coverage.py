@@ -1,0 +1,116 @@
+"""INT8 coverage: what really runs in integer kernels once ONNX Runtime has optimized the model.
+
+ONNX Runtime fuses DequantizeLinear -> op -> QuantizeLinear groups into integer kernels at session
+creation (QLinearConv, QLinearMatMul, MatMulIntegerToFloat, QGemm, QLinearAdd, ...).  Whatever it
+cannot fuse runs in float with the Q/DQ still around it.  This module reads the optimized graph and
+counts, weighted by multiply-accumulates (MACs) of the heavy ops, what share runs in integer kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import onnx
+
+from ..runtime.session import optimized_model
+from ..transforms.graph import GraphIndex, attr
+
+INTEGER_OPS = {
+    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearGlobalAveragePool",
+    "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "MatMulNBits",
+    "QLinearConvTranspose", "QAttention", "NhwcQLinearConv",
+}
+HEAVY = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+
+@dataclasses.dataclass
+class Coverage:
+    integer_nodes: dict[str, int]       # op type -> count, in the optimized graph
+    float_heavy: list[str]              # heavy nodes left in float
+    dq_left: int                        # DequantizeLinear on activations left: a float op pays Q/DQ there
+    macs_total: int
+    macs_integer: int
+
+    @property
+    def mac_share(self) -> float:
+        return self.macs_integer / self.macs_total if self.macs_total else 0.0
+
+
+def heavy_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """MACs of each Conv/ConvTranspose/MatMul/Gemm node for concrete input shapes."""
+    m = copy.deepcopy(model)
+    for vi in m.graph.input:
+        if vi.name in input_shapes:
+            dims = vi.type.tensor_type.shape.dim
+            for d, v in zip(dims, input_shapes[vi.name]):
+                d.Clear()
+                d.dim_value = int(v)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception:
+        pass
+    shapes: dict[str, list[int]] = {}
+    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    for t in m.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    idx = GraphIndex(m.graph)
+    macs = {}
+    for node in m.graph.node:
+        if node.op_type not in HEAVY:
+            continue
+        out = shapes.get(node.output[0])
+        w = shapes.get(_source(node.input[1], idx)) if len(node.input) > 1 else None
+        a = shapes.get(node.input[0])
+        if not out or -1 in out:
+            continue
+        n_out = int(np.prod(out))
+        if node.op_type == "Conv" and w and -1 not in w:
+            macs[node.name] = n_out * int(np.prod(w[1:]))
+        elif node.op_type == "ConvTranspose" and w and -1 not in w and a and -1 not in a:
+            macs[node.name] = int(np.prod(a)) * int(np.prod(w[1:]))
+        elif node.op_type == "Gemm" and a and -1 not in a:
+            k = a[0] if attr(node, "transA", 0) else a[-1]
+            macs[node.name] = n_out * int(k)
+        elif node.op_type == "MatMul" and a and -1 not in a:
+            macs[node.name] = n_out * int(a[-1])
+    return macs
+
+
+def _source(name: str, idx: GraphIndex) -> str:
+    """Look through a DequantizeLinear to the stored weight (for shapes)."""
+    prod = idx.producer.get(name)
+    if prod is not None and prod.op_type == "DequantizeLinear":
+        return prod.input[0]
+    return name
+
+
+def int8_coverage(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> Coverage:
+    """Optimize ``model`` with ONNX Runtime (CPU) and measure what runs in integer kernels."""
+    macs = heavy_macs(model, input_shapes)
+    opt = optimized_model(model, level="extended")
+    producers = {o: n for n in opt.graph.node for o in n.output}
+    integer_nodes: dict[str, int] = {}
+    for n in opt.graph.node:
+        if n.op_type in INTEGER_OPS:
+            integer_nodes[n.op_type] = integer_nodes.get(n.op_type, 0) + 1
+    inits = {t.name for t in opt.graph.initializer}
+    dq_left = sum(1 for n in opt.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits)
+    total = integer = 0
+    float_heavy = []
+    for node in model.graph.node:
+        if node.op_type not in HEAVY:
+            continue
+        m = macs.get(node.name, 0)
+        total += m
+        out = node.output[0]
+        prod = producers.get(f"{out}_quantized") or producers.get(out)
+        if prod is not None and prod.op_type in INTEGER_OPS:
+            integer += m
+        else:
+            float_heavy.append(node.name)
+    return Coverage(integer_nodes, float_heavy, dq_left, total, integer)
