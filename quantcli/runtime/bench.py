@@ -12,9 +12,7 @@ import dataclasses
 import time
 
 import numpy as np
-import onnx
-
-from .session import make_session
+import onnxruntime as ort
 
 
 @dataclasses.dataclass
@@ -24,10 +22,9 @@ class Latency:
     runs: int
 
 
-def compare_latency(model_a: onnx.ModelProto | str, model_b: onnx.ModelProto | str, feeds: dict[str, np.ndarray], *,
-                    threads: int = 1, runs: int = 200, warmup: int = 20, blocks: int = 8) -> tuple[Latency, Latency]:
-    sa = make_session(model_a, threads=threads, what="model A", spinning=False)
-    sb = make_session(model_b, threads=threads, what="model B", spinning=False)
+def compare_latency(sa: ort.InferenceSession, sb: ort.InferenceSession, feeds: dict[str, np.ndarray], *,
+                    runs: int = 200, warmup: int = 20, blocks: int = 8) -> tuple[Latency, Latency]:
+    """Median and p90 latency of two sessions (create them with ``spinning=False``) on the same feeds."""
     per_block = max(1, runs // blocks)
     times: dict[str, list[float]] = {"a": [], "b": []}
     blocks += blocks % 2  # A B B A pattern: an even number of blocks per model keeps the order balanced

@@ -1,0 +1,36 @@
+# quantcli — `make demo` and `make test` set everything up from nothing (a .venv beside this file).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= out
+SAMPLE := sample_models/digits_cnn
+
+.PHONY: demo test test-all bench samples clean
+
+$(BIN)/quantcli: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+## demo: calibrate -> convert -> compare on the bundled digits CNN
+demo: $(BIN)/quantcli
+	@mkdir -p $(OUT)
+	$(BIN)/quantcli calibrate $(SAMPLE).onnx --data $(SAMPLE)-calib.npz -o $(OUT)/calib.json
+	$(BIN)/quantcli convert $(SAMPLE).onnx --calibration $(OUT)/calib.json -o $(OUT)/digits_cnn.int8.onnx
+	$(BIN)/quantcli compare accuracy $(SAMPLE).onnx $(OUT)/digits_cnn.int8.onnx --data $(SAMPLE)-eval.npz --max-drop 1
+
+## test: the test suite (slow benchmark-like tests excluded; `make test-all` runs them too)
+test: $(BIN)/quantcli
+	$(BIN)/python -m pytest
+
+test-all: $(BIN)/quantcli
+	$(BIN)/python -m pytest -m ''
+
+## samples: rebuild sample_models/ (needs torch==2.13.0 and scikit-learn; not a runtime dependency)
+samples: $(BIN)/quantcli
+	$(BIN)/python -m pip install --quiet torch==2.13.0 scikit-learn
+	$(BIN)/python sample_models/build.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,115 @@
+"""The root command, consoles, progress bars and the one error boundary (exit codes).
+
+Exit codes: 0 success; 1 a check failed (e.g. ``--max-drop``); 2 bad input or usage; 3 internal error
+(a bug, or a produced model that failed validation); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Callable
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .. import __version__
+from ..errors import ExitCode, InternalError, QuantcliError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Quantize FP32 ONNX models to INT8 / FP16 / BF16 for ONNX Runtime on CPU.\n\n"
+                       "Typical run: calibrate -> convert -> compare accuracy.")
+
+
+class UI:
+    """Consoles: data (tables) to stdout, messages and progress to stderr."""
+
+    def __init__(self) -> None:
+        self.quiet = False
+        self.color = True
+        self.out = Console()
+        self.err = Console(stderr=True)
+
+    def configure(self, quiet: bool, no_color: bool) -> None:
+        self.quiet = quiet
+        no_color = no_color or bool(os.environ.get("NO_COLOR"))
+        ci = bool(os.environ.get("CI"))
+        self.out = Console(no_color=no_color, highlight=not no_color, quiet=quiet)
+        self.err = Console(stderr=True, no_color=no_color or ci, highlight=False)
+
+    def progress(self, desc: str, total: int) -> Callable[[int], None]:
+        if self.quiet or not self.err.is_terminal or os.environ.get("CI"):
+            return lambda n: None
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=self.err, transient=True)
+        task = bar.add_task(desc, total=total)
+        bar.start()
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            bar.update(task, advance=n)
+            if done[0] >= total:
+                bar.stop()
+        return advance
+
+
+ui = UI()
+
+
+@app.callback()
+def root(quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr; no tables or progress."),
+         no_color: bool = typer.Option(False, "--no-color", help="No colors (also: NO_COLOR or CI set)."),
+         version: bool = typer.Option(False, "--version", help="Show the version and exit.", is_eager=True)) -> None:
+    if version:
+        typer.echo(f"quantcli {__version__}")
+        raise typer.Exit(0)
+    ui.configure(quiet, no_color)
+
+
+@contextmanager
+def error_boundary():
+    """Turn every failure into one line on stderr and a documented exit code."""
+    try:
+        yield
+    except QuantcliError as exc:
+        ui.err.print(f"quantcli: error: {exc}", highlight=False, markup=False)
+        raise typer.Exit(int(exc.exit_code))
+    except InternalError as exc:
+        ui.err.print(f"quantcli: internal error: {exc}", highlight=False, markup=False)
+        raise typer.Exit(int(ExitCode.INTERNAL))
+    except KeyboardInterrupt:
+        ui.err.print("quantcli: interrupted; no output was written", highlight=False)
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as exc:  # a bug: say so, keep the traceback available
+        if os.environ.get("QUANTCLI_DEBUG"):
+            raise
+        ui.err.print(f"quantcli: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                     "(set QUANTCLI_DEBUG=1 for the traceback, and please report it)", highlight=False, markup=False)
+        raise typer.Exit(int(ExitCode.INTERNAL))
+
+
+def write_json(path, obj) -> None:
+    from ..modelio import check_output_path, write_text_atomic
+    from ..report.render import to_json
+
+    write_text_atomic(check_output_path(path), to_json(obj))
+
+
+def _register() -> None:
+    from . import calibrate, compare, convert  # noqa: F401  (commands register themselves)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # outside a command
+        sys.stderr.write("quantcli: interrupted\n")
+        sys.exit(int(ExitCode.INTERRUPTED))

@@ -1,0 +1,34 @@
+"""quantcli calibrate MODEL --data PATH -o CALIB"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .. import pipeline
+from ..recipe import load_recipe, merge
+from ..report.render import render_calibration
+from . import options as o
+from .app import app, error_boundary, ui
+
+
+@app.command(help="Run calibration data through the model and write a reusable calibration artifact (JSON).")
+def calibrate(
+    model: Path = typer.Argument(..., help="FP32 ONNX model.", show_default=False),
+    output: Path = typer.Option(..., "-o", "--output", help="Calibration artifact to write (JSON).",
+                                show_default=False),
+    data: o.OptPath = o.Data,
+    samples: int = typer.Option(None, "--samples", help="Use at most N samples (default: all).", show_default=False),
+    batch_size: int = typer.Option(None, "--batch-size", help="Samples per run (default 32, or the model's fixed batch).",
+                                   show_default=False),
+    method: o.OptMethod = o.MethodOpt,
+    percentile: float = o.Percentile,
+    recipe: o.OptPath = o.Recipe,
+) -> None:
+    with error_boundary():
+        r = load_recipe(recipe)
+        settings = merge(r.calibrate, data=str(data) if data else None, samples=samples, batch_size=batch_size,
+                         method=method, percentile=percentile)
+        result = pipeline.calibrate(model, output, settings, progress=ui.progress)
+        render_calibration(result, ui.out)

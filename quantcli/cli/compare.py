@@ -1,0 +1,46 @@
+"""quantcli compare accuracy FP32 QUANT --data PATH [--labels FILE] [--max-drop PCT]"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .. import pipeline
+from ..errors import ExitCode
+from ..recipe import load_recipe, merge
+from ..report.render import render_compare
+from . import options as o
+from .app import app, error_boundary, ui, write_json
+
+compare_app = typer.Typer(no_args_is_help=True, help="Compare a quantized model with its FP32 original.")
+app.add_typer(compare_app, name="compare")
+
+
+@compare_app.command(help="Accuracy (with labels) or fidelity (without) of QUANT against FP32, latency and size. "
+                          "Exit 1 if the drop exceeds --max-drop.")
+def accuracy(
+    fp32: Path = typer.Argument(..., help="FP32 ONNX model.", show_default=False),
+    quant: Path = typer.Argument(..., help="Quantized ONNX model.", show_default=False),
+    data: o.OptPath = o.Data,
+    labels: o.OptPath = typer.Option(None, "--labels", help="Labels (.npy, .npz with 'labels', or text), "
+                                                            "if not in the data file.", show_default=False),
+    max_drop: float = typer.Option(None, "--max-drop", help="Fail (exit 1) if accuracy / agreement drops by more "
+                                                            "than PCT points.", show_default=False),
+    threads: int = typer.Option(None, "--threads", help="Intra-op threads for both models (default 1).",
+                                show_default=False),
+    runs: int = typer.Option(None, "--runs", help="Timed runs per model for latency (default 200).",
+                             show_default=False),
+    recipe: o.OptPath = o.Recipe,
+    json_out: o.OptPath = o.Json,
+) -> None:
+    with error_boundary():
+        r = load_recipe(recipe)
+        settings = merge(r.compare, data=str(data) if data else None, labels=str(labels) if labels else None,
+                         max_drop=max_drop, threads=threads, runs=runs)
+        result = pipeline.compare(fp32, quant, settings, progress=ui.progress)
+        render_compare(result, ui.out)
+        if json_out:
+            write_json(json_out, result)
+    if not result:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))

@@ -1,0 +1,55 @@
+"""quantcli convert MODEL -o OUT [--calibration CALIB | --data PATH] ..."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .. import pipeline
+from ..recipe import Activations, Mode, Precision, ReduceRange, Weights, load_recipe, merge
+from ..report.render import render_convert
+from . import options as o
+from .app import app, error_boundary, ui, write_json
+
+
+@app.command(help="Quantize (static or dynamic INT8) or convert (FP16/BF16) a model, validate it, write it.")
+def convert(
+    model: Path = typer.Argument(..., help="FP32 ONNX model.", show_default=False),
+    output: Path = typer.Option(..., "-o", "--output", help="Model to write.", show_default=False),
+    calibration: o.OptPath = typer.Option(None, "--calibration", help="Artifact from quantcli calibrate.",
+                                          show_default=False),
+    data: o.OptPath = o.Data,
+    weights: Optional[Weights] = typer.Option(None, "--weights", help="per-channel (default) or per-tensor.",
+                                              show_default=False),
+    activations: Optional[Activations] = typer.Option(None, "--activations",
+                                                      help="asymmetric uint8 (default) or symmetric int8.",
+                                                      show_default=False),
+    precision: Optional[Precision] = typer.Option(None, "--precision", help="int8 (default), fp16 or bf16.",
+                                                  show_default=False),
+    mode: Optional[Mode] = typer.Option(None, "--mode", help="static (default) or dynamic INT8.", show_default=False),
+    exclude: Optional[List[str]] = typer.Option(None, "--exclude",
+                                                help="Keep a node float: node name, op type, glob or re:REGEX. "
+                                                     "Repeatable.", show_default=False),
+    method: o.OptMethod = o.MethodOpt,
+    percentile: float = o.Percentile,
+    reduce_range: Optional[ReduceRange] = typer.Option(None, "--reduce-range",
+                                                       help="7-bit weights: auto (on x86 without VNNI), on, off.",
+                                                       show_default=False),
+    recipe: o.OptPath = o.Recipe,
+    json_out: o.OptPath = o.Json,
+) -> None:
+    with error_boundary():
+        r = load_recipe(recipe)
+        settings = merge(r.convert, weights=weights, activations=activations, precision=precision, mode=mode,
+                         exclude=exclude, method=method, percentile=percentile, reduce_range=reduce_range)
+        calib = merge(r.calibrate, data=str(data) if data else None)
+        if calibration is None and not calib.data and settings.precision == Precision.INT8 \
+                and settings.mode == Mode.STATIC:
+            calib = None
+        result = pipeline.convert(model, output, settings, calibration=calibration, calib_settings=calib,
+                                  progress=ui.progress)
+        render_convert(result, ui.out)
+        if json_out:
+            write_json(json_out, result)

@@ -1,0 +1,22 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..recipe import Method
+
+Recipe = typer.Option(None, "--recipe", help="TOML recipe; flags given here override it.", show_default=False)
+Json = typer.Option(None, "--json", help="Also write the result as JSON to this file.", show_default=False)
+Data = typer.Option(None, "--data", help=".npz keyed by input name (first axis = samples), or a folder of .npz/.npy.",
+                    show_default=False)
+MethodOpt = typer.Option(None, "--method", help="Range estimator: minmax, moving-average, percentile, entropy, mse.",
+                         show_default=False)
+Percentile = typer.Option(None, "--percentile", help="Percentile for --method percentile (e.g. 99.99).",
+                          show_default=False)
+
+OptPath = Optional[Path]
+OptMethod = Optional[Method]

@@ -1,0 +1,327 @@
+"""The Python API: :func:`calibrate`, :func:`convert`, :func:`compare`.
+
+The CLI calls these and tests use them; they return result objects and never print.  Each step checks
+its inputs first (files, data against the model, output path), does its work in memory, and writes
+its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from . import modelio
+from .calibration.artifact import CalibrationArtifact, load_artifact
+from .calibration.collect import collect_statistics
+from .cpu import detect as detect_cpu
+from .data.sources import Dataset, input_specs
+from .errors import InternalError, QuantcliError
+from .metrics import FidelityAccumulator, agreement_count, topk_correct
+from .quantize.policy import PlanOptions, plan
+from .quantize.qdq import QDQOptions, insert_qdq
+from .recipe import CalibrateSettings, CompareSettings, ConvertSettings, Mode, Precision, ReduceRange, Weights
+from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, OutputCheck,
+                      OutputFidelity)
+from .runtime.bench import compare_latency
+from .runtime.session import make_session, run
+from .transforms.fold_batchnorm import fold_batchnorm
+from .transforms.prepare import constants_to_initializers, name_nodes
+
+Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
+
+
+def _no_progress(desc: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+# -- preparation shared by calibrate and convert ------------------------------------------------------
+def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[tuple[str, str]]]:
+    """Deterministic clean-up before ranges are measured: names, Constant weights, opset 13, BN folding."""
+    notes: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for step in (name_nodes, constants_to_initializers):
+        r = step(model)
+        model, notes = r.model, notes + r.changed
+    if modelio.model_opset(model) < 13:
+        try:
+            from onnx import version_converter
+
+            old = modelio.model_opset(model)
+            model = version_converter.convert_version(model, 13)
+            notes.append(f"opset {old} upgraded to 13 (per-channel Q/DQ needs opset 13)")
+        except Exception as exc:  # keep the original opset: per-tensor weights only
+            notes.append(f"opset {modelio.model_opset(model)} kept (upgrade to 13 failed: "
+                         f"{str(exc).splitlines()[0][:120]}); weights will be per-tensor")
+    r = fold_batchnorm(model)
+    return r.model, notes + r.changed, skipped + r.skipped
+
+
+def calibration_tensors(prepared: onnx.ModelProto) -> list[str]:
+    """Every tensor convert may need a range for, whatever activation scheme it picks."""
+    names: set[str] = set()
+    for sym in (False, True):
+        names |= set(plan(prepared, PlanOptions(symmetric_activations=sym)).calibrated_tensors())
+    return sorted(names)
+
+
+def _open_dataset(path: str | None, model: onnx.ModelProto, what: str, **kw) -> Dataset:
+    if not path:
+        raise QuantcliError(f"{what}: no data given (use --data PATH or set it in the recipe)")
+    return Dataset(path, input_specs(model), **kw)
+
+
+# -- calibrate ------------------------------------------------------------------------------------------
+def calibrate(model_path: str | Path, out_path: str | Path, settings: CalibrateSettings, *,
+              progress: Progress = _no_progress) -> CalibrationResult:
+    t0 = time.perf_counter()
+    model = modelio.load_model(model_path)
+    out = modelio.check_output_path(out_path, model_path, settings.data)
+    artifact = _calibrate_model(model, str(model_path), settings, progress)
+    modelio.write_text_atomic(out, artifact.to_json())
+    ranges = artifact.ranges()
+    return CalibrationResult(str(out), artifact.model_sha256, artifact.samples, len(artifact.observers),
+                             settings.method.value, time.perf_counter() - t0, ranges)
+
+
+def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: CalibrateSettings,
+                     progress: Progress) -> CalibrationArtifact:
+    dataset = _open_dataset(settings.data, model, "calibrate")
+    prepared, _, _ = prepare(model)
+    tensors = calibration_tensors(prepared)
+    if not tensors:
+        raise QuantcliError(f"{model_path}: nothing to calibrate (no quantizable Conv/MatMul/Gemm with float inputs)")
+    bs = dataset.default_batch_size(settings.batch_size)
+    used = dataset.count_used(bs, settings.samples)
+    if used == 0:
+        raise QuantcliError(f"{settings.data}: fewer samples than the model's fixed batch size {bs}")
+    advance = progress("calibrating", used)
+    observers, seen = collect_statistics(prepared, tensors, dataset.batches(bs, settings.samples),
+                                         bins=settings.bins, on_batch=advance)
+    cal_settings = {"method": settings.method.value, "percentile": settings.percentile, "bins": settings.bins,
+                    "batch_size": bs, "data": str(settings.data)}
+    return CalibrationArtifact(modelio.file_sha256(model_path), str(model_path), seen, cal_settings, observers)
+
+
+# -- convert --------------------------------------------------------------------------------------------
+def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSettings, *,
+            calibration: str | Path | None = None, calib_settings: CalibrateSettings | None = None,
+            progress: Progress = _no_progress) -> ConvertResult:
+    t0 = time.perf_counter()
+    model = modelio.load_model(model_path)
+    out = modelio.check_output_path(out_path, model_path, calibration)
+    cpu = detect_cpu()
+    notes: list[str] = []
+    float_nodes: dict[str, str] = {}
+    quantized: dict[str, str] = {}
+    absorbed: list[str] = []
+    n_tensors = 0
+    reduce_range = settings.reduce_range == ReduceRange.ON or (
+        settings.reduce_range == ReduceRange.AUTO and cpu.u8s8_saturates)
+    if settings.precision == Precision.INT8 and settings.reduce_range == ReduceRange.AUTO:
+        notes.append(f"CPU INT8 path: {cpu.int8_path}; weights {'7-bit (reduce range)' if reduce_range else 'full 8-bit'}")
+
+    if settings.precision in (Precision.FP16, Precision.BF16):
+        from .quantize.half import convert_to_half
+
+        new_model, rep = convert_to_half(model, settings.precision.value, keep_nodes=tuple(settings.exclude),
+                                         keep_op_types=None)
+        float_nodes = {n: why for n, why in rep.kept_float}
+        quantized = {"*": f"{rep.converted_nodes} nodes"}
+        notes += list(rep.notes)
+        if rep.clamped_initializers:
+            notes.append(f"{len(rep.clamped_initializers)} initializer(s) clamped to the half range: "
+                         + ", ".join(rep.clamped_initializers[:5]))
+    else:
+        prepared, prep_notes, prep_skipped = prepare(model)
+        notes += prep_notes
+        float_nodes.update({n: why for n, why in prep_skipped})
+        per_channel = settings.weights == Weights.PER_CHANNEL
+        if per_channel and modelio.model_opset(prepared) < 13:
+            per_channel = False
+            notes.append("per-channel weights need opset 13: using per-tensor weights")
+        if settings.mode == Mode.DYNAMIC:
+            from .quantize.dynamic import quantize_dynamic
+
+            r, quantized, kept = quantize_dynamic(prepared, per_channel=per_channel, reduce_range=reduce_range,
+                                                  exclude=tuple(settings.exclude))
+            new_model = r.model
+            float_nodes.update(kept)
+        else:
+            symmetric = settings.activations.value == "symmetric"
+            qplan = plan(prepared, PlanOptions(per_channel=per_channel, symmetric_activations=symmetric,
+                                               exclude=tuple(settings.exclude)))
+            ranges = _ranges_for(model, model_path, qplan.calibrated_tensors(), settings, symmetric,
+                                 calibration, calib_settings, progress, notes)
+            r = insert_qdq(prepared, qplan, ranges, QDQOptions(symmetric_activations=symmetric,
+                                                                reduce_range=reduce_range))
+            new_model = r.model
+            quantized, absorbed = dict(qplan.quantized_nodes), sorted(qplan.absorbed)
+            float_nodes.update(qplan.float_nodes)
+            n_tensors = len(qplan.activations) + len(qplan.shared)
+
+    new_model.producer_name = "quantcli"
+    from . import __version__
+    new_model.producer_version = __version__
+    data_path = (calib_settings.data if calib_settings else None)
+    feeds = _validation_feeds(model, data_path, calibration)
+    checks = _write_validated(new_model, model, out, feeds)
+    coverage = None
+    if settings.precision == Precision.INT8:
+        from .validate.coverage import int8_coverage
+
+        cov = int8_coverage(new_model, {k: v.shape for k, v in feeds.items()})
+        coverage = CoverageSummary(cov.integer_nodes, cov.float_heavy, cov.dq_left, cov.mac_share, cov.macs_total)
+    return ConvertResult(str(out), settings.precision.value, settings.mode.value, _settings_dict(settings),
+                         quantized, float_nodes, absorbed, n_tensors, modelio.model_size_bytes(model_path),
+                         modelio.model_size_bytes(out), checks, coverage, notes, cpu.summary(),
+                         time.perf_counter() - t0)
+
+
+def _settings_dict(settings: ConvertSettings) -> dict:
+    from .recipe import Recipe
+
+    return Recipe(convert=settings).to_dict()["convert"]
+
+
+def _ranges_for(model, model_path, needed: list[str], settings: ConvertSettings, symmetric: bool,
+                calibration, calib_settings: CalibrateSettings | None, progress: Progress,
+                notes: list[str]) -> dict[str, tuple[float, float]]:
+    if calibration is not None:
+        artifact = load_artifact(calibration)
+        sha = modelio.file_sha256(model_path)
+        if artifact.model_sha256 != sha:
+            raise QuantcliError(f"{calibration}: made for another model (sha256 {artifact.model_sha256[:12]}..., "
+                                f"{model_path} is {sha[:12]}...); re-run quantcli calibrate on this model")
+    elif calib_settings is not None and calib_settings.data:
+        artifact = _calibrate_model(model, str(model_path), calib_settings, progress)
+    else:
+        raise QuantcliError("convert: static INT8 needs ranges: give --calibration CALIB.json or --data PATH "
+                            "(or use --mode dynamic, or --precision fp16)")
+    missing = [t for t in needed if t not in artifact.observers]
+    if missing:
+        raise QuantcliError(f"{calibration}: has no statistics for tensor '{missing[0]}' "
+                            f"({len(missing)} missing); re-run quantcli calibrate with this quantcli version")
+    method = settings.method.value if settings.method else None
+    if method and method != artifact.settings.get("method"):
+        notes.append(f"ranges re-derived from the calibration statistics with method '{method}'")
+    notes.append(f"ranges: {method or artifact.settings.get('method')} over {artifact.samples} calibration samples")
+    return artifact.ranges(method, settings.percentile, symmetric=symmetric)
+
+
+def _validation_feeds(model: onnx.ModelProto, data_path: str | None, calibration) -> dict[str, np.ndarray]:
+    """One batch-1 input for the post-write check: the first data sample, else seeded synthetic data."""
+    specs = input_specs(model)
+    if data_path is None and calibration is not None:
+        try:
+            data_path = load_artifact(calibration).settings.get("data")
+        except QuantcliError:
+            data_path = None
+    if data_path and Path(data_path).exists():
+        try:
+            ds = Dataset(data_path, specs)
+            return next(ds.batches(1, limit=1))
+        except QuantcliError:
+            pass
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for s in specs:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in s.shape]
+        shape[:1] = [1] if shape else []
+        if s.dtype.kind == "f":
+            feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
+        else:
+            feeds[s.name] = np.zeros(shape, s.dtype)
+    return feeds
+
+
+def _write_validated(new_model: onnx.ModelProto, reference: onnx.ModelProto, out: Path,
+                     feeds: dict[str, np.ndarray]) -> list[OutputCheck]:
+    """Checker, ONNX Runtime load and one forward pass against the FP32 model, then the atomic rename."""
+    data = modelio.serialize_model(new_model)
+    try:
+        onnx.checker.check_model(onnx.load_from_string(data))
+    except Exception as exc:
+        raise InternalError(f"the converted model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+    try:
+        qs = make_session(new_model, what="converted model")
+    except QuantcliError as exc:
+        raise InternalError(str(exc)) from None
+    ref = run(make_session(reference, what="input model"), feeds, what="input model")
+    got = run(qs, feeds, what="converted model")
+    checks = []
+    for o, r, q in zip(qs.get_outputs(), ref, got):
+        if np.shape(r) != np.shape(q):
+            raise InternalError(f"converted model output '{o.name}' has shape {np.shape(q)}, FP32 has {np.shape(r)}")
+        if np.issubdtype(np.asarray(q).dtype, np.floating) and not np.isfinite(q).all() and np.isfinite(r).all():
+            raise InternalError(f"converted model output '{o.name}' has NaN/Inf where the FP32 model has none")
+        acc = FidelityAccumulator()
+        if np.issubdtype(np.asarray(r).dtype, np.number):
+            acc.update(r, q)
+        checks.append(OutputCheck(o.name, acc.cosine, acc.sqnr_db, acc.max_abs))
+    modelio.write_bytes_atomic(out, data)
+    return checks
+
+
+# -- compare --------------------------------------------------------------------------------------------
+def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSettings, *,
+            progress: Progress = _no_progress) -> CompareResult:
+    fp32 = modelio.load_model(fp32_path)
+    quant = modelio.load_model(quant_path)
+    names_a = [s.name for s in input_specs(fp32)]
+    names_b = [s.name for s in input_specs(quant)]
+    if sorted(names_a) != sorted(names_b):
+        raise QuantcliError(f"{quant_path}: inputs {names_b} do not match the FP32 model's {names_a}")
+    ds = _open_dataset(settings.data, fp32, "compare", labels_path=settings.labels)
+    sa = make_session(fp32, threads=settings.threads, what=str(fp32_path), spinning=False)
+    sb = make_session(quant, threads=settings.threads, what=str(quant_path), spinning=False)
+    out_names = [o.name for o in sa.get_outputs()]
+    if [o.name for o in sb.get_outputs()] != out_names:
+        raise QuantcliError(f"{quant_path}: outputs differ from the FP32 model's ({', '.join(out_names)})")
+    bs = ds.default_batch_size(None)
+    total = ds.count_used(bs)
+    advance = progress("evaluating", total)
+    fid = [FidelityAccumulator() for _ in out_names]
+    agree = [0 for _ in out_names]
+    argmaxable = [True for _ in out_names]
+    correct = {1: [0, 0], 5: [0, 0]}
+    classes = None
+    seen = 0
+    first = None
+    for feeds in ds.batches(bs):
+        n = len(next(iter(feeds.values())))
+        if first is None:
+            first = {k: v[:1] for k, v in feeds.items()}
+        ra = run(sa, feeds, what=str(fp32_path))
+        rb = run(sb, feeds, what=str(quant_path))
+        for i, (a, b) in enumerate(zip(ra, rb)):
+            fid[i].update(a, b)
+            if np.ndim(a) >= 2 and np.shape(a)[-1] > 1 and np.shape(a)[0] == n:
+                agree[i] += agreement_count(a, b)
+            else:
+                argmaxable[i] = False
+        if ds.labels is not None:
+            labels = ds.labels[seen:seen + n]
+            logits_a, logits_b = ra[0].reshape(n, -1), rb[0].reshape(n, -1)
+            classes = logits_a.shape[1]
+            for k in (1, 5):
+                if k <= classes:
+                    correct[k][0] += topk_correct(logits_a, labels, k)
+                    correct[k][1] += topk_correct(logits_b, labels, k)
+        seen += n
+        advance(n)
+    outputs = [OutputFidelity(name, agree[i] / seen if argmaxable[i] else None, fid[i].cosine, fid[i].sqnr_db,
+                              fid[i].max_abs) for i, name in enumerate(out_names)]
+    top1 = top5 = None
+    if ds.labels is not None:
+        top1 = (100.0 * correct[1][0] / seen, 100.0 * correct[1][1] / seen)
+        if classes and classes > 5:
+            top5 = (100.0 * correct[5][0] / seen, 100.0 * correct[5][1] / seen)
+    lat_a, lat_b = compare_latency(sa, sb, first, runs=settings.runs, warmup=settings.warmup)
+    return CompareResult(str(fp32_path), str(quant_path), seen, top1, top5, outputs,
+                         (lat_a.median_ms, lat_b.median_ms), (lat_a.p90_ms, lat_b.p90_ms), settings.threads,
+                         (modelio.model_size_bytes(fp32_path), modelio.model_size_bytes(quant_path)),
+                         settings.max_drop)

@@ -1,0 +1,125 @@
+"""Result objects -> rich tables (for people) and JSON (for scripts)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+from ..results import CalibrationResult, CompareResult, ConvertResult
+
+
+def _fmt_db(v: float) -> str:
+    return "inf" if math.isinf(v) and v > 0 else f"{v:.1f}"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def render_calibration(r: CalibrationResult, console: Console) -> None:
+    table = Table(title=f"Calibration: {r.samples} samples, method {r.method}", title_justify="left")
+    table.add_column("tensor", overflow="fold")
+    table.add_column("lo", justify="right")
+    table.add_column("hi", justify="right")
+    items = sorted(r.ranges.items())
+    for name, (lo, hi) in items[:12]:
+        table.add_row(name, f"{lo:.4g}", f"{hi:.4g}")
+    if len(items) > 12:
+        table.add_row(f"... {len(items) - 12} more in the artifact", "", "")
+    console.print(table)
+    console.print(f"wrote {r.output} ({r.tensors} tensors, {r.seconds:.1f}s)")
+
+
+def render_convert(r: ConvertResult, console: Console) -> None:
+    table = Table(title=f"Convert: {r.precision} {r.mode if r.precision == 'int8' else ''}".rstrip(),
+                  title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    if r.precision == "int8":
+        by_op: dict[str, int] = {}
+        for op in r.quantized_nodes.values():
+            by_op[op] = by_op.get(op, 0) + 1
+        table.add_row("quantized nodes", f"{len(r.quantized_nodes)} (" +
+                      ", ".join(f"{k} {v}" for k, v in sorted(by_op.items())) + ")")
+        if r.quantized_tensors:
+            table.add_row("quantized activations", str(r.quantized_tensors))
+        if r.absorbed:
+            table.add_row("activations absorbed", f"{len(r.absorbed)} Relu/Clip folded into the output ranges")
+    else:
+        table.add_row("converted nodes", next(iter(r.quantized_nodes.values()), "0"))
+    table.add_row("kept float", str(len(r.float_nodes)))
+    table.add_row("size", f"{_mb(r.size_before)} -> {_mb(r.size_after)} (x{r.size_after / max(r.size_before, 1):.2f})")
+    if r.coverage is not None:
+        c = r.coverage
+        kernels = ", ".join(f"{k} {v}" for k, v in sorted(c.integer_kernels.items())) or "none"
+        table.add_row("INT8 MAC coverage", f"{100 * c.mac_share:.1f}% of {c.macs_total:,} MACs in integer kernels")
+        table.add_row("integer kernels", kernels)
+        if c.dq_left:
+            table.add_row("DequantizeLinear left", f"{c.dq_left} (float ops reading quantized tensors)")
+    for chk in r.checks:
+        table.add_row(f"check '{chk.name}'", f"cosine {chk.cosine:.5f}, SQNR {_fmt_db(chk.sqnr_db)} dB vs FP32 "
+                                              "(one sample)")
+    table.add_row("CPU", r.cpu)
+    console.print(table)
+    if r.float_nodes:
+        ft = Table(title="Kept float", title_justify="left")
+        ft.add_column("node", overflow="fold")
+        ft.add_column("why", overflow="fold")
+        items = sorted(r.float_nodes.items())
+        for name, why in items[:20]:
+            ft.add_row(name, why)
+        if len(items) > 20:
+            ft.add_row(f"... {len(items) - 20} more (see --json)", "")
+        console.print(ft)
+    for note in r.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"wrote {r.output}")
+
+
+def render_compare(r: CompareResult, console: Console) -> None:
+    table = Table(title=f"Compare on {r.samples} samples", title_justify="left")
+    table.add_column("metric")
+    table.add_column("FP32", justify="right")
+    table.add_column("quantized", justify="right")
+    table.add_column("change", justify="right")
+    if r.top1:
+        table.add_row("top-1 accuracy", f"{r.top1[0]:.2f}%", f"{r.top1[1]:.2f}%", f"{r.top1[1] - r.top1[0]:+.2f} pts")
+    if r.top5:
+        table.add_row("top-5 accuracy", f"{r.top5[0]:.2f}%", f"{r.top5[1]:.2f}%", f"{r.top5[1] - r.top5[0]:+.2f} pts")
+    for o in r.outputs:
+        if o.agreement is not None:
+            table.add_row(f"{o.name}: top-1 agreement", "", f"{100 * o.agreement:.2f}%", "")
+        table.add_row(f"{o.name}: cosine / SQNR", "", f"{o.cosine:.5f} / {_fmt_db(o.sqnr_db)} dB", "")
+        table.add_row(f"{o.name}: max abs error", "", f"{o.max_abs:.4g}", "")
+    table.add_row(f"latency median, batch 1, {r.threads} thread(s)", f"{r.latency_ms[0]:.3f} ms",
+                  f"{r.latency_ms[1]:.3f} ms", f"x{r.latency_ratio:.2f}")
+    table.add_row("latency p90", f"{r.latency_p90_ms[0]:.3f} ms", f"{r.latency_p90_ms[1]:.3f} ms", "")
+    table.add_row("model size", _mb(r.size[0]), _mb(r.size[1]), f"x{r.size[1] / max(r.size[0], 1):.2f}")
+    console.print(table)
+    if r.max_drop is not None:
+        verdict = "PASS" if r else "FAIL"
+        console.print(f"{verdict}: {r.metric} drop {r.drop:.2f} pts (max {r.max_drop:g})", highlight=False)
+
+
+def to_jsonable(obj):
+    """Dataclasses -> dicts; inf/nan -> strings (JSON has neither)."""
+    if dataclasses.is_dataclass(obj):
+        d = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, CompareResult):
+            d.update(drop=obj.drop, passed=bool(obj), latency_ratio=obj.latency_ratio, metric=obj.metric)
+        return d
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def to_json(obj) -> str:
+    return json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,112 @@
+"""Result objects returned by the pipeline (rendered by :mod:`quantcli.report`, never printed here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass
+class CalibrationResult:
+    output: str
+    model_sha256: str
+    samples: int
+    tensors: int
+    method: str
+    seconds: float
+    ranges: dict[str, tuple[float, float]]
+
+    def __str__(self) -> str:
+        return (f"calibrated {self.tensors} tensors on {self.samples} samples ({self.method}) "
+                f"in {self.seconds:.1f}s -> {self.output}")
+
+
+@dataclasses.dataclass
+class OutputCheck:
+    name: str
+    cosine: float
+    sqnr_db: float
+    max_abs: float
+
+
+@dataclasses.dataclass
+class CoverageSummary:
+    integer_kernels: dict[str, int]
+    float_heavy_nodes: list[str]
+    dq_left: int
+    mac_share: float
+    macs_total: int
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    output: str
+    precision: str
+    mode: str
+    settings: dict
+    quantized_nodes: dict[str, str]          # node -> op type
+    float_nodes: dict[str, str]              # node -> reason
+    absorbed: list[str]
+    quantized_tensors: int
+    size_before: int
+    size_after: int
+    checks: list[OutputCheck]
+    coverage: CoverageSummary | None
+    notes: list[str]
+    cpu: str
+    seconds: float
+
+    def __str__(self) -> str:
+        return (f"{self.precision} ({self.mode}) model written to {self.output}: {len(self.quantized_nodes)} nodes "
+                f"quantized, {len(self.float_nodes)} kept float, size {self.size_before / 1e6:.2f} MB -> "
+                f"{self.size_after / 1e6:.2f} MB")
+
+
+@dataclasses.dataclass
+class OutputFidelity:
+    name: str
+    agreement: float | None   # share of samples with the same argmax (None where argmax makes no sense)
+    cosine: float
+    sqnr_db: float
+    max_abs: float
+
+
+@dataclasses.dataclass
+class CompareResult:
+    fp32: str
+    quantized: str
+    samples: int
+    top1: tuple[float, float] | None       # (fp32, quantized) accuracy in %
+    top5: tuple[float, float] | None
+    outputs: list[OutputFidelity]
+    latency_ms: tuple[float, float]        # medians at batch 1
+    latency_p90_ms: tuple[float, float]
+    threads: int
+    size: tuple[int, int]
+    max_drop: float | None
+
+    @property
+    def metric(self) -> str:
+        return "top-1 accuracy" if self.top1 else "top-1 agreement"
+
+    @property
+    def drop(self) -> float:
+        """Accuracy drop in points (labels), else 100 - agreement of the first output, in points."""
+        if self.top1:
+            return self.top1[0] - self.top1[1]
+        first = self.outputs[0]
+        if first.agreement is not None:
+            return 100.0 * (1.0 - first.agreement)
+        return 0.0 if first.cosine >= 0.999 else 100.0 * (1.0 - max(first.cosine, 0.0))
+
+    @property
+    def latency_ratio(self) -> float:
+        return self.latency_ms[1] / self.latency_ms[0] if self.latency_ms[0] > 0 else math.nan
+
+    def __bool__(self) -> bool:
+        return self.max_drop is None or self.drop <= self.max_drop + 1e-9
+
+    def __str__(self) -> str:
+        verdict = "" if self.max_drop is None else (" PASS" if self else " FAIL")
+        return (f"{self.metric} drop {self.drop:.2f} pts (max {self.max_drop}), latency x{self.latency_ratio:.2f}, "
+                f"size x{self.size[1] / max(self.size[0], 1):.2f}{verdict}")
