@@ -1,0 +1,68 @@
+"""Tiny seeded test models, built with onnx.helper, in one registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name: str, a: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(a, np.float32), name)
+
+
+def _model(nodes, inputs, outputs, inits, opset: int = 17) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "test", inputs, outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="quantcli-tests")
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def small_cnn(seed: int = 0, opset: int = 17, batch="N") -> onnx.ModelProto:
+    """Conv+BN+Relu -> depthwise Conv+Relu -> pointwise Conv -> residual Add+Relu -> MaxPool -> GAP -> Flatten -> Gemm."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g", "b", "m", "v"], ["bn1"], name="bn1"),
+        helper.make_node("Relu", ["bn1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dwconv", pads=[1, 1, 1, 1], group=16),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="pwconv"),
+        helper.make_node("Add", ["c3", "r1"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["ra"], name="relu3"),
+        helper.make_node("MaxPool", ["ra"], ["mp"], name="maxpool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["mp"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], name="fc", transB=1),
+    ]
+    inits = [
+        _init("w1", rng.normal(size=(16, 3, 3, 3)) * 0.3), _init("g", rng.uniform(0.5, 1.5, 16)),
+        _init("b", rng.normal(size=16) * 0.1), _init("m", rng.normal(size=16) * 0.1),
+        _init("v", rng.uniform(0.5, 2, 16)), _init("w2", rng.normal(size=(16, 1, 3, 3)) * 0.3),
+        _init("b2", rng.normal(size=16) * 0.1), _init("w3", rng.normal(size=(16, 16, 1, 1)) * 0.3),
+        _init("b3", rng.normal(size=16) * 0.1), _init("wg", rng.normal(size=(10, 16)) * 0.3),
+        _init("bg", rng.normal(size=10) * 0.1),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])], inits, opset)
+
+
+def small_mlp(seed: int = 0) -> onnx.ModelProto:
+    """MatMul+Add -> Relu -> MatMul+Add (a transformer-style FFN) with a 3-D input [batch, seq, 32]."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1_bias"),
+        helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["o"], name="fc2"),
+        helper.make_node("Add", ["o", "b2"], ["y"], name="fc2_bias"),
+    ]
+    inits = [_init("w1", rng.normal(size=(32, 64)) * 0.2), _init("b1", rng.normal(size=64) * 0.1),
+             _init("w2", rng.normal(size=(64, 8)) * 0.2), _init("b2", rng.normal(size=8) * 0.1)]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 32])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 8])], inits)
+
+
+def cnn_data(n: int = 64, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 3, 16, 16)).astype(np.float32)
