@@ -94,6 +94,7 @@ def int8_coverage(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...
     macs = heavy_macs(model, input_shapes)
     opt = optimized_model(model, level="extended")
     producers = {o: n for n in opt.graph.node for o in n.output}
+    by_name = {n.name: n for n in opt.graph.node}
     integer_nodes: dict[str, int] = {}
     for n in opt.graph.node:
         if n.op_type in INTEGER_OPS:
@@ -107,9 +108,10 @@ def int8_coverage(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...
             continue
         m = macs.get(node.name, 0)
         total += m
+        # fused kernels keep the node's name; fall back to the tensor it writes
         out = node.output[0]
-        prod = producers.get(f"{out}_quantized") or producers.get(out)
-        if prod is not None and prod.op_type in INTEGER_OPS:
+        fused = by_name.get(node.name) or producers.get(f"{out}_quantized") or producers.get(out)
+        if fused is not None and fused.op_type in INTEGER_OPS:
             integer += m
         else:
             float_heavy.append(node.name)

@@ -1,0 +1,110 @@
+"""QDQ placement: numerics close to FP32, and ONNX Runtime fuses it into integer kernels."""
+
+import numpy as np
+import onnx
+import pytest
+
+from models import cnn_data, small_cnn, small_mlp
+from quantcli.quantize.dynamic import quantize_dynamic
+from quantcli.quantize.policy import PlanOptions, plan
+from quantcli.quantize.qdq import QDQOptions, insert_qdq
+from quantcli.runtime.session import make_session, optimized_model, tap_model
+from quantcli.transforms.fold_batchnorm import fold_batchnorm
+from quantcli.validate.coverage import int8_coverage
+
+
+def _minmax_ranges(model, tensors, feeds):
+    vals = make_session(tap_model(model, tensors)).run(None, feeds)
+    return {t: (float(v.min()), float(v.max())) for t, v in zip(tensors, vals)}
+
+
+def _quantize(model, feeds, **opts):
+    p = plan(model, PlanOptions(**opts))
+    ranges = _minmax_ranges(model, p.calibrated_tensors(), feeds)
+    sym = opts.get("symmetric_activations", False)
+    return insert_qdq(model, p, ranges, QDQOptions(symmetric_activations=sym)).model, p
+
+
+def _sqnr(ref, got):
+    return 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2))
+
+
+def test_cnn_plan_absorbs_relu_and_shares_layout_scales():
+    m = fold_batchnorm(small_cnn()).model
+    p = plan(m)
+    assert p.absorbed == {"relu1": "conv1", "relu2": "dwconv", "relu3": "add"}
+    assert p.shared == {"mp": "ra", "f": "gap"}
+    assert set(p.quantized_nodes) == {"conv1", "dwconv", "pwconv", "add", "gap", "fc", "maxpool", "flatten"}
+    assert "y" not in p.activations  # graph outputs stay exact
+
+
+@pytest.mark.parametrize("opts", [{}, {"per_channel": False}, {"symmetric_activations": True}])
+def test_cnn_qdq_is_valid_accurate_and_fully_fused(opts):
+    m = fold_batchnorm(small_cnn()).model
+    x = cnn_data(32)
+    q, _ = _quantize(m, {"x": x}, **opts)
+    onnx.checker.check_model(q, full_check=True)
+    ref = make_session(m).run(None, {"x": x})[0]
+    got = make_session(q).run(None, {"x": x})[0]
+    assert _sqnr(ref, got) > 25
+    cov = int8_coverage(q, {"x": (1, 3, 16, 16)})
+    if opts.get("symmetric_activations"):
+        # int8 activations keep the Relus as float ops between Q/DQ; ORT (x86) still fuses most convs
+        assert cov.mac_share > 0.5 and cov.integer_nodes.get("QGemm") == 1
+        return
+    assert cov.mac_share == 1.0 and not cov.float_heavy
+    assert cov.integer_nodes.get("QLinearConv") == 3 and cov.integer_nodes.get("QGemm") == 1
+    assert cov.integer_nodes.get("QLinearAdd") == 1 and cov.dq_left == 0
+
+
+def test_weights_stored_as_int8_with_right_axes():
+    m = fold_batchnorm(small_cnn()).model
+    q, _ = _quantize(m, {"x": cnn_data(8)})
+    inits = {t.name: t for t in q.graph.initializer}
+    assert inits["w1_quantized"].data_type == onnx.TensorProto.INT8
+    assert inits["bg_quantized"].data_type == onnx.TensorProto.INT32
+    dq = {n.name: n for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    axis = {n: onnx.helper.get_attribute_value(a) for n, d in dq.items() for a in d.attribute if a.name == "axis"}
+    assert axis["w1_DequantizeLinear"] == 0 and axis["wg_DequantizeLinear"] == 0  # Conv, Gemm transB=1
+    assert list(inits["w1_scale"].dims) == [16]
+
+
+def test_exclude_by_name_and_op_type():
+    m = fold_batchnorm(small_cnn()).model
+    p = plan(m, PlanOptions(exclude=("pwconv",)))
+    assert "pwconv" not in p.quantized_nodes and p.float_nodes["pwconv"] == "excluded by --exclude"
+    assert "add" not in p.quantized_nodes  # its input from pwconv is no longer quantized
+    p = plan(m, PlanOptions(exclude=("Conv",)))
+    assert not {"conv1", "dwconv", "pwconv"} & set(p.quantized_nodes)
+
+
+def test_mlp_static_matmul_uses_integer_kernels():
+    m = small_mlp()
+    x = np.random.default_rng(0).normal(size=(4, 5, 32)).astype(np.float32)
+    q, p = _quantize(m, {"x": x})
+    assert set(p.quantized_nodes) == {"fc1", "fc2"}
+    ref = make_session(m).run(None, {"x": x})[0]
+    assert _sqnr(ref, make_session(q).run(None, {"x": x})[0]) > 25
+    cov = int8_coverage(q, {"x": (1, 5, 32)})
+    assert cov.mac_share == 1.0
+
+
+def test_dynamic_quantization_fuses_and_matches():
+    m = small_mlp()
+    x = np.random.default_rng(0).normal(size=(4, 5, 32)).astype(np.float32)
+    r, quantized, kept = quantize_dynamic(m)
+    onnx.checker.check_model(r.model, full_check=True)
+    assert quantized == {"fc1": "MatMul", "fc2": "MatMul"}
+    ref = make_session(m).run(None, {"x": x})[0]
+    assert _sqnr(ref, make_session(r.model).run(None, {"x": x})[0]) > 25
+    ops = {n.op_type for n in optimized_model(r.model, level="extended").graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}, ops
+
+
+def test_dynamic_gemm_with_bias_and_alpha():
+    m = fold_batchnorm(small_cnn()).model
+    x = cnn_data(4)
+    r, quantized, kept = quantize_dynamic(m)
+    assert quantized == {"fc": "Gemm"} and "conv1" in kept
+    ref = make_session(m).run(None, {"x": x})[0]
+    assert _sqnr(ref, make_session(r.model).run(None, {"x": x})[0]) > 25
