@@ -75,10 +75,10 @@ def error_boundary():
     try:
         yield
     except QuantcliError as exc:
-        ui.err.print(f"quantcli: error: {exc}", highlight=False, markup=False)
+        ui.err.print(f"quantcli: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(int(exc.exit_code))
     except InternalError as exc:
-        ui.err.print(f"quantcli: internal error: {exc}", highlight=False, markup=False)
+        ui.err.print(f"quantcli: internal error: {exc}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(int(ExitCode.INTERNAL))
     except KeyboardInterrupt:
         ui.err.print("quantcli: interrupted; no output was written", highlight=False)
@@ -89,7 +89,7 @@ def error_boundary():
         if os.environ.get("QUANTCLI_DEBUG"):
             raise
         ui.err.print(f"quantcli: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                     "(set QUANTCLI_DEBUG=1 for the traceback, and please report it)", highlight=False, markup=False)
+                     "(set QUANTCLI_DEBUG=1 for the traceback, and please report it)", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(int(ExitCode.INTERNAL))
 
 

@@ -1,0 +1,139 @@
+"""Streaming statistics of one tensor with memory independent of the number of samples.
+
+:class:`TensorObserver` keeps
+
+* the running min / max and the element count (NaN/Inf are excluded and counted apart);
+* a moving-average min / max over batches: ``ma = momentum * ma + (1 - momentum) * batch_value``;
+* a histogram of ``bins`` equal bins on ``[lo, lo + bins * width]``.  When data falls outside it, the
+  histogram grows *exactly*: the new width is ``width * 2**k`` and the new lower edge
+  ``lo - n * new_width``, so each old bin ``i`` lands entirely in new bin ``n + i // 2**k`` and no count is
+  smeared.  All arithmetic on edges is float64, so ranges like -3.4e38 (additive attention masks) fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class TensorObserver:
+    def __init__(self, bins: int = 2048, momentum: float = 0.9) -> None:
+        self.bins = int(bins)
+        self.momentum = float(momentum)
+        self.min = math.inf
+        self.max = -math.inf
+        self.ma_min = math.nan
+        self.ma_max = math.nan
+        self.batches = 0
+        self.count = 0
+        self.nonfinite = 0
+        self.hist = np.zeros(self.bins, np.int64)
+        self.hist_lo = 0.0
+        self.width = 0.0  # bin width; 0 until the first finite value
+
+    @property
+    def hist_hi(self) -> float:
+        return self.hist_lo + self.bins * self.width
+
+    def edges(self) -> np.ndarray:
+        return self.hist_lo + self.width * np.arange(self.bins + 1, dtype=np.float64)
+
+    # -- updating ---------------------------------------------------------------------------------------
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x)
+        if x.size == 0:
+            return
+        x = x.ravel()
+        finite = np.isfinite(x)
+        if not finite.all():
+            self.nonfinite += int(x.size - np.count_nonzero(finite))
+            x = x[finite]
+            if x.size == 0:
+                return
+        bmin, bmax = float(x.min()), float(x.max())
+        self.min, self.max = min(self.min, bmin), max(self.max, bmax)
+        if self.batches == 0:
+            self.ma_min, self.ma_max = bmin, bmax
+        else:
+            m = self.momentum
+            self.ma_min = m * self.ma_min + (1 - m) * bmin
+            self.ma_max = m * self.ma_max + (1 - m) * bmax
+        self.batches += 1
+        self.count += int(x.size)
+        self._grow(bmin, bmax)
+        self._add(x)
+
+    def _grow(self, lo: float, hi: float) -> None:
+        if self.width == 0.0:
+            span = hi - lo
+            if span <= 0:
+                span = max(abs(lo) * 1e-6, 1e-8)
+                lo -= span / 2
+            self.hist_lo = lo
+            self.width = span / self.bins * (1 + 1e-9) or 1e-12  # hi falls inside the last bin
+            return
+        if lo >= self.hist_lo and hi < self.hist_hi:
+            return
+        k = 0
+        while True:
+            k += 1
+            w = self.width * 2.0**k
+            n = max(0, math.ceil((self.hist_lo - lo) / w))
+            new_lo = self.hist_lo - n * w
+            if new_lo <= lo and new_lo + self.bins * w > hi:
+                break
+        factor = 2**k
+        target = n + np.arange(self.bins) // factor
+        merged = np.bincount(target, weights=self.hist, minlength=self.bins)[: self.bins]
+        self.hist = np.rint(merged).astype(np.int64)
+        self.hist_lo, self.width = new_lo, w
+
+    def _add(self, x: np.ndarray) -> None:
+        idx = np.floor((x.astype(np.float64) - self.hist_lo) / self.width).astype(np.int64)
+        np.clip(idx, 0, self.bins - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=self.bins)
+
+    def merge(self, other: "TensorObserver") -> None:
+        """Combine with an observer of other data (same bin count): exact for counts, min and max."""
+        if other.count == 0:
+            self.nonfinite += other.nonfinite
+            return
+        if self.count == 0:
+            self.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in other.__dict__.items()})
+            return
+        self._grow(other.hist_lo, other.hist_hi - other.width * 1e-9)
+        centers = other.hist_lo + other.width * (np.arange(other.bins) + 0.5)
+        idx = np.clip(np.floor((centers - self.hist_lo) / self.width).astype(np.int64), 0, self.bins - 1)
+        self.hist += np.bincount(idx, weights=other.hist, minlength=self.bins).astype(np.int64)
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        total = self.batches + other.batches
+        self.ma_min = (self.ma_min * self.batches + other.ma_min * other.batches) / total
+        self.ma_max = (self.ma_max * self.batches + other.ma_max * other.batches) / total
+        self.batches, self.count = total, self.count + other.count
+        self.nonfinite += other.nonfinite
+
+    # -- serialization ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        def f(v: float):
+            return None if not math.isfinite(v) else float(v)
+        nz = np.nonzero(self.hist)[0]
+        return {"bins": self.bins, "momentum": self.momentum, "min": f(self.min), "max": f(self.max),
+                "ma_min": f(self.ma_min), "ma_max": f(self.ma_max), "batches": self.batches, "count": self.count,
+                "nonfinite": self.nonfinite, "hist_lo": self.hist_lo, "width": self.width,
+                "hist_index": nz.tolist(), "hist_count": self.hist[nz].tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorObserver":
+        obs = cls(bins=int(d["bins"]), momentum=float(d["momentum"]))
+        obs.min = math.inf if d["min"] is None else float(d["min"])
+        obs.max = -math.inf if d["max"] is None else float(d["max"])
+        obs.ma_min = math.nan if d["ma_min"] is None else float(d["ma_min"])
+        obs.ma_max = math.nan if d["ma_max"] is None else float(d["ma_max"])
+        obs.batches, obs.count, obs.nonfinite = int(d["batches"]), int(d["count"]), int(d["nonfinite"])
+        obs.hist_lo, obs.width = float(d["hist_lo"]), float(d["width"])
+        idx = np.asarray(d["hist_index"], np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= obs.bins):
+            raise ValueError("histogram index out of range")
+        obs.hist[idx] = np.asarray(d["hist_count"], np.int64)
+        return obs

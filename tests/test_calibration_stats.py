@@ -1,0 +1,132 @@
+"""Streaming observers and range estimators on known distributions."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from quantcli.calibration.estimators import (entropy_range, estimate_range, minmax_range, moving_average_range,
+                                              mse_range, percentile_range)
+from quantcli.calibration.observers import TensorObserver
+
+rng = np.random.default_rng(0)
+
+
+def _observe(*arrays, bins=2048):
+    o = TensorObserver(bins=bins)
+    for a in arrays:
+        o.update(a)
+    return o
+
+
+def test_running_stats_exact_and_histogram_complete():
+    batches = [rng.normal(size=(7, 13)) * (1 + 3 * i) + i for i in range(40)]
+    o = _observe(*batches)
+    allx = np.concatenate([b.ravel() for b in batches])
+    assert o.min == allx.min() and o.max == allx.max() and o.count == allx.size
+    assert o.hist.sum() == allx.size and len(o.hist) == 2048
+    assert o.hist_lo <= allx.min() and o.hist_hi > allx.max()
+
+
+def test_growing_histogram_is_exact():
+    """Streamed counts equal a one-shot histogram of all data on the final grid (re-binning is exact)."""
+    batches = [rng.uniform(-1, 1, 500), rng.uniform(-5, 3, 500), rng.uniform(-2, 40, 500)]
+    o = _observe(*batches, bins=256)
+    allx = np.concatenate(batches)
+    idx = np.clip(np.floor((allx - o.hist_lo) / o.width).astype(int), 0, 255)
+    ref = np.bincount(idx, minlength=256)
+    # values are only re-binned by merging whole bins, so counts per final bin match up to points that
+    # sat exactly on an old edge (floating point); allow none to move more than one bin
+    assert np.abs(np.cumsum(ref) - np.cumsum(o.hist)).max() <= 2
+
+
+def test_memory_is_bounded():
+    o = TensorObserver(bins=512)
+    for i in range(1000):
+        o.update(rng.normal(size=64) * (i + 1))
+    assert o.hist.shape == (512,) and o.count == 64000
+
+
+def test_moving_average_and_nonfinite():
+    o = TensorObserver(momentum=0.5)
+    o.update(np.array([0.0, 1.0]))
+    o.update(np.array([0.0, 3.0, np.nan, np.inf]))
+    assert o.ma_max == 2.0 and o.ma_min == 0.0
+    assert o.nonfinite == 2 and o.count == 4 and o.max == 3.0
+    assert moving_average_range(o) == (0.0, 2.0)
+
+
+def test_serialization_round_trip_and_merge():
+    a, b = rng.normal(size=5000), rng.normal(size=5000) * 4 + 2
+    o = _observe(a, b)
+    back = TensorObserver.from_dict(json.loads(json.dumps(o.to_dict())))
+    assert np.array_equal(back.hist, o.hist) and back.min == o.min and back.width == o.width
+    assert percentile_range(back, 99.9) == percentile_range(o, 99.9)
+    m = _observe(a)
+    m.merge(_observe(b))
+    assert m.count == o.count and m.min == o.min and m.max == o.max and m.hist.sum() == o.hist.sum()
+
+
+def test_minmax_and_constant_tensors():
+    o = _observe(np.full(100, 2.5))
+    for method in ("minmax", "moving-average", "percentile", "entropy", "mse"):
+        assert estimate_range(o, method) == (2.5, 2.5)
+    z = _observe(np.zeros(10))
+    assert estimate_range(z, "entropy") == (0.0, 0.0)
+    with pytest.raises(ValueError, match="no finite values"):
+        minmax_range(TensorObserver())
+
+
+def test_percentile_on_known_distributions():
+    u = _observe(rng.uniform(0, 1, 200000))
+    lo, hi = percentile_range(u, 99.0)
+    assert abs(hi - 0.99) < 0.003 and abs(lo - 0.01) < 0.003
+    g = _observe(rng.normal(size=400000))
+    lo, hi = percentile_range(g, 99.9)
+    assert abs(hi - 3.09) < 0.06 and abs(lo + 3.09) < 0.06
+    a, b = percentile_range(g, 99.9, symmetric=True)
+    assert a == -b and abs(b - 3.29) < 0.07
+
+
+def test_entropy_on_known_distributions():
+    x = rng.normal(size=1_000_000)
+    x[0] = 1000.0 / 50  # one outlier far out
+    lo, hi = entropy_range(_observe(x), num_levels=255, symmetric=True)
+    assert 2.5 < hi < 4.5 and lo == -hi
+    lo, hi = entropy_range(_observe(np.maximum(rng.normal(size=500_000), 0)))
+    assert lo == 0.0 and 1.0 < hi < 4.5
+
+
+def test_mse_clips_heavy_tails_not_uniform():
+    lap = _observe(rng.laplace(size=500_000))
+    lo, hi = mse_range(lap)
+    assert hi < 0.9 * lap.max and lo > 0.9 * lap.min
+    uni = _observe(rng.uniform(-1, 1, 500_000))
+    lo, hi = mse_range(uni)
+    assert hi > 0.97 and lo < -0.97
+
+
+def test_attention_mask_values_do_not_break_the_statistics():
+    x = rng.normal(size=1_000_000).astype(np.float32)
+    x[:5] = np.finfo(np.float32).min  # -3.4e38 additive mask values, 0.0005% of the mass
+    o = _observe(x)
+    assert minmax_range(o)[0] < -1e38 and o.hist.sum() == x.size
+    # one 2048-bin linear grid cannot resolve N(0,1) next to -3.4e38 (known limitation): the robust
+    # estimators move off the mask value but stay within a bin of it; they must stay finite and ordered
+    for method in ("percentile", "entropy", "mse"):
+        lo, hi = estimate_range(o, method)
+        assert lo <= hi and np.isfinite(lo) and np.isfinite(hi)
+
+
+def test_estimators_are_vectorized():
+    o = _observe(rng.normal(size=200_000))
+    for fn in (entropy_range, mse_range):
+        t = time.perf_counter()
+        fn(o)
+        assert time.perf_counter() - t < 1.0
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="valid: minmax, moving-average"):
+        estimate_range(_observe(np.ones(3)), "kl")

@@ -1,0 +1,149 @@
+"""The three commands end to end through the CLI, on tiny models and on the bundled samples."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from models import cnn_data, small_cnn, small_mlp
+from quantcli.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_models"
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def cnn(tmp_path):
+    onnx.save(small_cnn(), tmp_path / "cnn.onnx")
+    x = cnn_data(48)
+    np.savez(tmp_path / "calib.npz", x=x[:32])
+    np.savez(tmp_path / "eval.npz", x=x[32:], labels=np.arange(16) % 10)
+    return tmp_path
+
+
+def test_calibrate_convert_compare(cnn):
+    r = invoke("calibrate", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "calib.json")
+    assert r.exit_code == 0, r.output
+    art = json.loads((cnn / "calib.json").read_text())
+    assert art["format"] == "quantcli-calibration" and art["samples"] == 32
+    assert art["settings"]["method"] == "minmax"
+    r = invoke("convert", cnn / "cnn.onnx", "--calibration", cnn / "calib.json", "-o", cnn / "q.onnx",
+               "--json", cnn / "convert.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((cnn / "convert.json").read_text())
+    assert rep["coverage"]["mac_share"] == 1.0
+    assert "INT8 MAC coverage" in r.output
+    r = invoke("compare", "accuracy", cnn / "cnn.onnx", cnn / "q.onnx", "--data", cnn / "eval.npz",
+               "--runs", 20, "--json", cnn / "cmp.json")
+    assert r.exit_code == 0, r.output
+    cmp = json.loads((cnn / "cmp.json").read_text())
+    assert cmp["samples"] == 16 and cmp["top1"] is not None and cmp["outputs"][0]["cosine"] > 0.99
+
+
+def test_convert_with_data_and_other_method_in_one_step(cnn):
+    r = invoke("convert", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "q.onnx",
+               "--method", "percentile", "--percentile", "99.9", "--weights", "per-tensor")
+    assert r.exit_code == 0, r.output
+    assert (cnn / "q.onnx").exists()
+
+
+def test_same_inputs_give_byte_identical_models(cnn):
+    invoke("calibrate", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "c.json")
+    for out in ("a.onnx", "b.onnx"):
+        assert invoke("convert", cnn / "cnn.onnx", "--calibration", cnn / "c.json", "-o", cnn / out).exit_code == 0
+    assert (cnn / "a.onnx").read_bytes() == (cnn / "b.onnx").read_bytes()
+
+
+def test_max_drop_gates_with_exit_code_1(cnn):
+    invoke("convert", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "q.onnx")
+    r = invoke("compare", "accuracy", cnn / "cnn.onnx", cnn / "q.onnx", "--data", cnn / "eval.npz",
+               "--max-drop", "-1", "--runs", 4)
+    assert r.exit_code == 1 and "FAIL" in r.output
+
+
+def test_dynamic_and_fp16(tmp_path):
+    onnx.save(small_mlp(), tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(8, 5, 32)).astype(np.float32))
+    r = invoke("convert", tmp_path / "mlp.onnx", "--mode", "dynamic", "-o", tmp_path / "dyn.onnx")
+    assert r.exit_code == 0, r.output
+    r = invoke("convert", tmp_path / "mlp.onnx", "--precision", "fp16", "-o", tmp_path / "h.onnx")
+    assert r.exit_code == 0, r.output
+    r = invoke("compare", "accuracy", tmp_path / "mlp.onnx", tmp_path / "h.onnx", "--data", tmp_path / "d.npz",
+               "--runs", 4)
+    assert r.exit_code == 0, r.output
+    assert "agreement" in r.output
+
+
+def test_recipe_drives_commands_and_flags_override(cnn):
+    recipe = cnn / "r.toml"
+    recipe.write_text(f'[calibrate]\ndata = "{cnn / "calib.npz"}"\nmethod = "entropy"\n'
+                      '[convert]\nweights = "per-tensor"\n')
+    r = invoke("calibrate", cnn / "cnn.onnx", "-o", cnn / "c.json", "--recipe", recipe, "--method", "mse")
+    assert r.exit_code == 0, r.output
+    assert json.loads((cnn / "c.json").read_text())["settings"]["method"] == "mse"
+    r = invoke("convert", cnn / "cnn.onnx", "--calibration", cnn / "c.json", "-o", cnn / "q.onnx",
+               "--recipe", recipe, "--json", cnn / "rep.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((cnn / "rep.json").read_text())["settings"]["weights"] == "per-tensor"
+
+
+# -- bad input: one clear line, exit 2, nothing written ---------------------------------------------------
+def _bad(args, message, out: Path | None = None):
+    r = invoke(*args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output, r.output
+    assert "Traceback" not in r.output
+    if out is not None:
+        assert not out.exists()
+        assert not list(out.parent.glob(f".{out.name}.*"))  # no temp file left behind
+
+
+def test_bad_inputs(cnn):
+    model, calib = cnn / "cnn.onnx", cnn / "calib.npz"
+    _bad(["calibrate", cnn / "missing.onnx", "--data", calib, "-o", cnn / "c.json"], "no such file", cnn / "c.json")
+    (cnn / "junk.onnx").write_bytes(b"\x00garbage\xff" * 10)
+    _bad(["calibrate", cnn / "junk.onnx", "--data", calib, "-o", cnn / "c.json"], "not a valid ONNX model")
+    np.savez(cnn / "wrong.npz", x=np.zeros((4, 3, 8, 8), np.float32))
+    _bad(["calibrate", model, "--data", cnn / "wrong.npz", "-o", cnn / "c.json"], "axis 2: 8 != 16", cnn / "c.json")
+    np.savez(cnn / "empty.npz", x=np.zeros((0, 3, 16, 16), np.float32))
+    _bad(["convert", model, "--data", cnn / "empty.npz", "-o", cnn / "q.onnx"], "empty", cnn / "q.onnx")
+    _bad(["convert", model, "--data", calib, "-o", cnn / "nodir" / "q.onnx"], "does not exist")
+    _bad(["convert", model, "--data", calib, "-o", model], "same as the input")
+    _bad(["convert", model, "-o", cnn / "q.onnx"], "needs ranges", cnn / "q.onnx")
+
+
+def test_failing_checker_model(cnn):
+    m = small_cnn()
+    m.graph.node[0].input[1] = "does_not_exist"
+    onnx.save(m, cnn / "broken.onnx")
+    _bad(["convert", cnn / "broken.onnx", "--data", cnn / "calib.npz", "-o", cnn / "q.onnx"],
+         "fails the ONNX checker", cnn / "q.onnx")
+
+
+def test_calibration_for_another_model_is_refused(cnn):
+    invoke("calibrate", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "c.json")
+    onnx.save(small_cnn(seed=5), cnn / "other.onnx")
+    _bad(["convert", cnn / "other.onnx", "--calibration", cnn / "c.json", "-o", cnn / "q.onnx"],
+         "made for another model", cnn / "q.onnx")
+
+
+def test_unwritable_output_folder(cnn):
+    import os
+
+    ro = cnn / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user that can write anywhere")
+        _bad(["convert", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", ro / "q.onnx"], "not writable")
+    finally:
+        ro.chmod(0o700)
