@@ -1,0 +1,318 @@
+"""Rebuild the sample models and their data from scikit-learn's bundled digits data set (offline).
+
+    python sample_models/build.py            # needs torch==2.13.0, scikit-learn, onnx, onnxruntime, numpy
+
+Both models are trained with PyTorch (CPU, seeded, deterministic algorithms, one thread) and then written
+as ONNX graphs node by node with onnx.helper, copying the trained weights, so the graph structure is
+exactly what the quantizer should meet (Conv + BatchNormalization kept apart, LayerNormalization and an
+Erf-based GELU in the transformer).  torch is used here only; quantcli never imports it.
+
+Files written next to this script:
+  digits_cnn.onnx, digits_cnn-calib.npz (input), digits_cnn-eval.npz (input, labels)
+  tiny_transformer.onnx, tiny_transformer-calib.npz (input_ids), tiny_transformer-eval.npz (input_ids, labels)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+HERE = Path(__file__).resolve().parent
+OPSET = 17
+SEED = 0
+
+
+def setup() -> None:
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+
+
+def split():
+    """Stratified split: 360 held-out evaluation samples; the calibration set comes from the training part."""
+    digits = load_digits()
+    idx = np.arange(len(digits.target))
+    train_idx, eval_idx = train_test_split(idx, test_size=360, stratify=digits.target, random_state=SEED)
+    return digits.data.astype(np.float32), digits.target.astype(np.int64), np.sort(train_idx), np.sort(eval_idx)
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch: int = 64) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    g = torch.Generator().manual_seed(SEED)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch):
+            b = perm[i:i + batch]
+            opt.zero_grad()
+            F.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+        sched.step()
+    model.eval()
+
+
+def t2n(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+def save_model(graph: onnx.GraphProto, path: Path, doc: str) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="quantcli-sample-builder", doc_string=doc)
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return model
+
+
+def ort_logits(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+# -- the CNN --------------------------------------------------------------------------------------------------
+class DigitsCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.down1 = nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64),
+                                   nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64))
+        self.down2 = nn.Sequential(nn.Conv2d(64, 128, 3, stride=2, padding=1, bias=True), nn.BatchNorm2d(128),
+                                   nn.ReLU())
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = self.down1(self.stem(x))
+        x = F.relu(self.pw(self.dw(x)) + x)
+        x = self.down2(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def cnn_images(data: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(data.reshape(-1, 1, 8, 8) / 16.0).float()
+    return F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).numpy()
+
+
+def cnn_graph(m: DigitsCNN) -> onnx.GraphProto:
+    nodes, inits = [], []
+
+    def conv_bn(prefix, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: str, relu: bool) -> str:
+        w = f"{prefix}.conv.weight"
+        inits.append(numpy_helper.from_array(t2n(conv.weight), w))
+        ins = [x, w]
+        if conv.bias is not None:
+            inits.append(numpy_helper.from_array(t2n(conv.bias), f"{prefix}.conv.bias"))
+            ins.append(f"{prefix}.conv.bias")
+        k = conv.kernel_size[0]
+        nodes.append(helper.make_node("Conv", ins, [f"{prefix}/conv_out"], name=f"{prefix}/conv",
+                                      kernel_shape=[k, k], strides=list(conv.stride), pads=[conv.padding[0]] * 4,
+                                      group=conv.groups))
+        for p, t in (("scale", bn.weight), ("bias", bn.bias), ("mean", bn.running_mean), ("var", bn.running_var)):
+            inits.append(numpy_helper.from_array(t2n(t), f"{prefix}.bn.{p}"))
+        out = f"{prefix}/bn_out"
+        nodes.append(helper.make_node("BatchNormalization", [f"{prefix}/conv_out"] + [f"{prefix}.bn.{p}" for p in
+                                      ("scale", "bias", "mean", "var")], [out], name=f"{prefix}/bn",
+                                      epsilon=bn.eps, momentum=0.9))
+        if relu:
+            nodes.append(helper.make_node("Relu", [out], [f"{prefix}/relu_out"], name=f"{prefix}/relu"))
+            return f"{prefix}/relu_out"
+        return out
+
+    x = conv_bn("stem", m.stem[0], m.stem[1], "input", True)
+    x = conv_bn("down1", m.down1[0], m.down1[1], x, True)
+    h = conv_bn("dsblock/dw", m.dw[0], m.dw[1], x, True)
+    h = conv_bn("dsblock/pw", m.pw[0], m.pw[1], h, False)
+    nodes.append(helper.make_node("Add", [h, x], ["dsblock/add_out"], name="dsblock/add"))
+    nodes.append(helper.make_node("Relu", ["dsblock/add_out"], ["dsblock/relu_out"], name="dsblock/relu"))
+    x = conv_bn("down2", m.down2[0], m.down2[1], "dsblock/relu_out", True)
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["head/pool_out"], name="head/pool"))
+    nodes.append(helper.make_node("Flatten", ["head/pool_out"], ["head/flat_out"], name="head/flatten", axis=1))
+    inits += [numpy_helper.from_array(t2n(m.fc.weight), "head.fc.weight"),
+              numpy_helper.from_array(t2n(m.fc.bias), "head.fc.bias")]
+    nodes.append(helper.make_node("Gemm", ["head/flat_out", "head.fc.weight", "head.fc.bias"], ["logits"],
+                                  name="head/fc", transB=1))
+    return helper.make_graph(nodes, "digits_cnn",
+                             [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
+                             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+
+
+def build_cnn(data, labels, train_idx, eval_idx) -> None:
+    setup()
+    images = cnn_images(data)
+    mean, std = float(images[train_idx].mean()), float(images[train_idx].std())
+    images = ((images - mean) / std).astype(np.float32)
+    model = DigitsCNN()
+    train(model, torch.from_numpy(images[train_idx]), torch.from_numpy(labels[train_idx]), epochs=12, lr=3e-3)
+    path = HERE / "digits_cnn.onnx"
+    save_model(cnn_graph(model), path,
+               "Digits CNN: Conv+BN+ReLU stem, strided Conv, depthwise-separable residual block, GAP, Gemm. "
+               f"Input: 8x8 digits upsampled to 32x32, (x/16 - {mean:.4f}) / {std:.4f}.")
+    calib = images[train_idx][np.random.default_rng(SEED).permutation(len(train_idx))[:128]]
+    np.savez(HERE / "digits_cnn-calib.npz", input=calib)
+    np.savez(HERE / "digits_cnn-eval.npz", input=images[eval_idx], labels=labels[eval_idx])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(images[eval_idx])).numpy()
+    got = ort_logits(path, {"input": images[eval_idx]})
+    acc = float((got.argmax(1) == labels[eval_idx]).mean() * 100)
+    print(f"digits_cnn: eval accuracy {acc:.2f}% (ONNX Runtime), max |ORT - torch| {np.abs(got - ref).max():.2e}, "
+          f"normalization mean {mean:.4f} std {std:.4f}")
+
+
+# -- the transformer ------------------------------------------------------------------------------------------
+D, HEADS, FFN, LAYERS, VOCAB, SEQ = 64, 4, 256, 2, 17, 64
+
+
+class Layer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(D, D) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.ff1, self.ff2 = nn.Linear(D, FFN), nn.Linear(FFN, D)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        hd = D // HEADS
+        q = self.q(x).view(b, s, HEADS, hd).transpose(1, 2)
+        k = self.k(x).view(b, s, HEADS, hd).permute(0, 2, 3, 1)
+        v = self.v(x).view(b, s, HEADS, hd).transpose(1, 2)
+        att = torch.softmax((q @ k) * (1.0 / math.sqrt(hd)), dim=-1)
+        ctx = (att @ v).transpose(1, 2).reshape(b, s, D)
+        x = self.ln1(x + self.o(ctx))
+        return self.ln2(x + self.ff2(F.gelu(self.ff1(x))))
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(VOCAB, D)
+        self.pos = nn.Parameter(torch.randn(SEQ, D))
+        self.layers = nn.ModuleList(Layer() for _ in range(LAYERS))
+        self.cls = nn.Linear(D, 10)
+
+    def forward(self, ids):
+        x = self.tok(ids) + self.pos[: ids.shape[1]]
+        for layer in self.layers:
+            x = layer(x)
+        return self.cls(x.mean(dim=1))
+
+
+def transformer_graph(m: TinyTransformer) -> onnx.GraphProto:
+    nodes, inits = [], []
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def node(op, ins, out, name, **kw):
+        nodes.append(helper.make_node(op, ins, [out], name=name, **kw))
+        return out
+
+    def linear(prefix, lin: nn.Linear, x):
+        w = const(f"{prefix}.weight", t2n(lin.weight).T.copy())
+        b = const(f"{prefix}.bias", t2n(lin.bias))
+        h = node("MatMul", [x, w], f"{prefix}/matmul_out", f"{prefix}/matmul")
+        return node("Add", [h, b], f"{prefix}/out", f"{prefix}/bias_add")
+
+    hd = D // HEADS
+    const("heads_shape", np.array([0, 0, HEADS, hd], np.int64))
+    const("model_shape", np.array([0, 0, D], np.int64))
+    const("zero", np.array([0], np.int64))
+    const("axis0", np.array([0], np.int64))
+    const("attn_scale", np.array(1.0 / math.sqrt(hd), np.float32))
+    const("sqrt2", np.array(math.sqrt(2.0), np.float32))
+    const("one", np.array(1.0, np.float32))
+    const("half", np.array(0.5, np.float32))
+    const("embed.tok", t2n(m.tok.weight))
+    const("embed.pos", t2n(m.pos))
+    tok = node("Gather", ["embed.tok", "input_ids"], "embed/tok_out", "embed/tok", axis=0)
+    seq = node("Shape", ["input_ids"], "embed/seq_len", "embed/shape", start=1, end=2)
+    pos = node("Slice", ["embed.pos", "zero", seq, "axis0"], "embed/pos_out", "embed/pos_slice")
+    x = node("Add", [tok, pos], "embed/out", "embed/add")
+    for i, layer in enumerate(m.layers):
+        p = f"layer{i}"
+        q = linear(f"{p}/attn/q", layer.q, x)
+        k = linear(f"{p}/attn/k", layer.k, x)
+        v = linear(f"{p}/attn/v", layer.v, x)
+        q = node("Transpose", [node("Reshape", [q, "heads_shape"], f"{p}/attn/q_heads", f"{p}/attn/q_reshape")],
+                 f"{p}/attn/q_t", f"{p}/attn/q_transpose", perm=[0, 2, 1, 3])
+        k = node("Transpose", [node("Reshape", [k, "heads_shape"], f"{p}/attn/k_heads", f"{p}/attn/k_reshape")],
+                 f"{p}/attn/k_t", f"{p}/attn/k_transpose", perm=[0, 2, 3, 1])
+        v = node("Transpose", [node("Reshape", [v, "heads_shape"], f"{p}/attn/v_heads", f"{p}/attn/v_reshape")],
+                 f"{p}/attn/v_t", f"{p}/attn/v_transpose", perm=[0, 2, 1, 3])
+        s = node("MatMul", [q, k], f"{p}/attn/scores", f"{p}/attn/qk_matmul")
+        s = node("Mul", [s, "attn_scale"], f"{p}/attn/scaled", f"{p}/attn/scale")
+        a = node("Softmax", [s], f"{p}/attn/probs", f"{p}/attn/softmax", axis=-1)
+        c = node("MatMul", [a, v], f"{p}/attn/ctx", f"{p}/attn/av_matmul")
+        c = node("Transpose", [c], f"{p}/attn/ctx_t", f"{p}/attn/ctx_transpose", perm=[0, 2, 1, 3])
+        c = node("Reshape", [c, "model_shape"], f"{p}/attn/ctx_merged", f"{p}/attn/ctx_reshape")
+        o = linear(f"{p}/attn/o", layer.o, c)
+        r = node("Add", [x, o], f"{p}/attn/residual_out", f"{p}/attn/residual")
+        x = node("LayerNormalization", [r, const(f"{p}.ln1.scale", t2n(layer.ln1.weight)),
+                                        const(f"{p}.ln1.bias", t2n(layer.ln1.bias))], f"{p}/ln1_out", f"{p}/ln1",
+                 axis=-1, epsilon=layer.ln1.eps)
+        h = linear(f"{p}/ffn/fc1", layer.ff1, x)
+        e = node("Erf", [node("Div", [h, "sqrt2"], f"{p}/ffn/gelu_div_out", f"{p}/ffn/gelu_div")],
+                 f"{p}/ffn/gelu_erf_out", f"{p}/ffn/gelu_erf")
+        e = node("Add", [e, "one"], f"{p}/ffn/gelu_add_out", f"{p}/ffn/gelu_add")
+        g = node("Mul", [node("Mul", [h, e], f"{p}/ffn/gelu_mul_out", f"{p}/ffn/gelu_mul"), "half"],
+                 f"{p}/ffn/gelu_out", f"{p}/ffn/gelu_half")
+        h = linear(f"{p}/ffn/fc2", layer.ff2, g)
+        r = node("Add", [x, h], f"{p}/ffn/residual_out", f"{p}/ffn/residual")
+        x = node("LayerNormalization", [r, const(f"{p}.ln2.scale", t2n(layer.ln2.weight)),
+                                        const(f"{p}.ln2.bias", t2n(layer.ln2.bias))], f"{p}/ln2_out", f"{p}/ln2",
+                 axis=-1, epsilon=layer.ln2.eps)
+    pooled = node("ReduceMean", [x], "head/pooled", "head/mean", axes=[1], keepdims=0)
+    w = const("head.cls.weight", t2n(m.cls.weight).T.copy())
+    b = const("head.cls.bias", t2n(m.cls.bias))
+    h = node("MatMul", [pooled, w], "head/cls_matmul_out", "head/cls_matmul")
+    node("Add", [h, b], "logits", "head/cls_bias_add")
+    return helper.make_graph(
+        nodes, "tiny_transformer",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+
+
+def build_transformer(data, labels, train_idx, eval_idx) -> None:
+    setup()
+    ids = data.astype(np.int64)  # 64 pixels per image, each an intensity token 0..16
+    model = TinyTransformer()
+    train(model, torch.from_numpy(ids[train_idx]), torch.from_numpy(labels[train_idx]), epochs=60, lr=2e-3)
+    path = HERE / "tiny_transformer.onnx"
+    save_model(transformer_graph(model), path,
+               "Tiny post-LN transformer encoder classifier over digits as 64 intensity tokens (vocab 17): "
+               "d_model 64, 4 heads, FFN 256 with erf GELU, 2 layers, mean pooling.")
+    calib = ids[train_idx][np.random.default_rng(SEED).permutation(len(train_idx))[:128]]
+    np.savez(HERE / "tiny_transformer-calib.npz", input_ids=calib)
+    np.savez(HERE / "tiny_transformer-eval.npz", input_ids=ids[eval_idx], labels=labels[eval_idx])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids[eval_idx])).numpy()
+    got = ort_logits(path, {"input_ids": ids[eval_idx]})
+    short = ort_logits(path, {"input_ids": ids[eval_idx][:1, :32]})
+    assert short.shape == (1, 10)
+    acc = float((got.argmax(1) == labels[eval_idx]).mean() * 100)
+    print(f"tiny_transformer: eval accuracy {acc:.2f}% (ONNX Runtime), max |ORT - torch| "
+          f"{np.abs(got - ref).max():.2e}; runs with batch 1, sequence 32")
+
+
+def main() -> None:
+    data, labels, train_idx, eval_idx = split()
+    build_cnn(data, labels, train_idx, eval_idx)
+    build_transformer(data, labels, train_idx, eval_idx)
+
+
+if __name__ == "__main__":
+    main()
