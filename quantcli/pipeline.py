@@ -119,6 +119,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     quantized: dict[str, str] = {}
     absorbed: list[str] = []
     n_tensors = 0
+    prepared = model
     reduce_range = settings.reduce_range == ReduceRange.ON or (
         settings.reduce_range == ReduceRange.AUTO and cpu.u8s8_saturates)
     if settings.precision == Precision.INT8 and settings.reduce_range == ReduceRange.AUTO:
@@ -173,7 +174,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     if settings.precision == Precision.INT8:
         from .validate.coverage import int8_coverage
 
-        cov = int8_coverage(new_model, {k: v.shape for k, v in feeds.items()})
+        cov = int8_coverage(new_model, {k: v.shape for k, v in feeds.items()}, reference=prepared)
         coverage = CoverageSummary(cov.integer_nodes, cov.float_heavy, cov.dq_left, cov.mac_share, cov.macs_total)
     return ConvertResult(str(out), settings.precision.value, settings.mode.value, _settings_dict(settings),
                          quantized, float_nodes, absorbed, n_tensors, modelio.model_size_bytes(model_path),

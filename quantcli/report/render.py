@@ -7,6 +7,7 @@ import json
 import math
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..results import CalibrationResult, CompareResult, ConvertResult
@@ -63,25 +64,27 @@ def render_convert(r: ConvertResult, console: Console) -> None:
     for chk in r.checks:
         table.add_row(f"check '{chk.name}'", f"cosine {chk.cosine:.5f}, SQNR {_fmt_db(chk.sqnr_db)} dB vs FP32 "
                                               "(one sample)")
-    table.add_row("CPU", r.cpu)
+    table.add_row("CPU", escape(r.cpu))
     console.print(table)
     if r.float_nodes:
+        by_reason: dict[str, list[str]] = {}
+        for name, why in sorted(r.float_nodes.items()):
+            by_reason.setdefault(why, []).append(name)
         ft = Table(title="Kept float", title_justify="left")
-        ft.add_column("node", overflow="fold")
         ft.add_column("why", overflow="fold")
-        items = sorted(r.float_nodes.items())
-        for name, why in items[:20]:
-            ft.add_row(name, why)
-        if len(items) > 20:
-            ft.add_row(f"... {len(items) - 20} more (see --json)", "")
+        ft.add_column("nodes", overflow="fold")
+        for why, names in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            ft.add_row(escape(why), f"{len(names)}: {escape(shown)}")
         console.print(ft)
     for note in r.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {escape(note)}", highlight=False)
     console.print(f"wrote {r.output}")
 
 
 def render_compare(r: CompareResult, console: Console) -> None:
-    table = Table(title=f"Compare on {r.samples} samples", title_justify="left")
+    table = Table(title=f"Compare on {r.samples} samples (latency: batch 1, {r.threads} thread(s))",
+                  title_justify="left")
     table.add_column("metric")
     table.add_column("FP32", justify="right")
     table.add_column("quantized", justify="right")
@@ -95,7 +98,7 @@ def render_compare(r: CompareResult, console: Console) -> None:
             table.add_row(f"{o.name}: top-1 agreement", "", f"{100 * o.agreement:.2f}%", "")
         table.add_row(f"{o.name}: cosine / SQNR", "", f"{o.cosine:.5f} / {_fmt_db(o.sqnr_db)} dB", "")
         table.add_row(f"{o.name}: max abs error", "", f"{o.max_abs:.4g}", "")
-    table.add_row(f"latency median, batch 1, {r.threads} thread(s)", f"{r.latency_ms[0]:.3f} ms",
+    table.add_row("latency median", f"{r.latency_ms[0]:.3f} ms",
                   f"{r.latency_ms[1]:.3f} ms", f"x{r.latency_ratio:.2f}")
     table.add_row("latency p90", f"{r.latency_p90_ms[0]:.3f} ms", f"{r.latency_p90_ms[1]:.3f} ms", "")
     table.add_row("model size", _mb(r.size[0]), _mb(r.size[1]), f"x{r.size[1] / max(r.size[0], 1):.2f}")

@@ -23,7 +23,7 @@ INTEGER_OPS = {
     "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "MatMulNBits",
     "QLinearConvTranspose", "QAttention", "NhwcQLinearConv",
 }
-HEAVY = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+HEAVY = {"Conv", "ConvTranspose", "MatMul", "Gemm", "MatMulInteger", "ConvInteger"}
 
 
 @dataclasses.dataclass
@@ -69,14 +69,14 @@ def heavy_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]])
         if not out or -1 in out:
             continue
         n_out = int(np.prod(out))
-        if node.op_type == "Conv" and w and -1 not in w:
+        if node.op_type in ("Conv", "ConvInteger") and w and -1 not in w:
             macs[node.name] = n_out * int(np.prod(w[1:]))
         elif node.op_type == "ConvTranspose" and w and -1 not in w and a and -1 not in a:
             macs[node.name] = int(np.prod(a)) * int(np.prod(w[1:]))
         elif node.op_type == "Gemm" and a and -1 not in a:
             k = a[0] if attr(node, "transA", 0) else a[-1]
             macs[node.name] = n_out * int(k)
-        elif node.op_type == "MatMul" and a and -1 not in a:
+        elif node.op_type in ("MatMul", "MatMulInteger") and a and -1 not in a:
             macs[node.name] = n_out * int(a[-1])
     return macs
 
@@ -89,9 +89,15 @@ def _source(name: str, idx: GraphIndex) -> str:
     return name
 
 
-def int8_coverage(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> Coverage:
-    """Optimize ``model`` with ONNX Runtime (CPU) and measure what runs in integer kernels."""
-    macs = heavy_macs(model, input_shapes)
+def int8_coverage(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
+                  reference: onnx.ModelProto | None = None) -> Coverage:
+    """Optimize ``model`` with ONNX Runtime (CPU) and measure what runs in integer kernels.
+
+    MACs are counted on ``reference`` (the float model the quantized one was made from, same node names)
+    when given, since shape inference sees through float graphs best; a rewritten node named
+    ``<name>_MatMulInteger`` (dynamic quantization) counts for ``<name>``.
+    """
+    macs = heavy_macs(reference if reference is not None else model, input_shapes)
     opt = optimized_model(model, level="extended")
     producers = {o: n for n in opt.graph.node for o in n.output}
     by_name = {n.name: n for n in opt.graph.node}
@@ -101,17 +107,17 @@ def int8_coverage(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...
             integer_nodes[n.op_type] = integer_nodes.get(n.op_type, 0) + 1
     inits = {t.name for t in opt.graph.initializer}
     dq_left = sum(1 for n in opt.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits)
-    total = integer = 0
+    total = sum(macs.values())
+    integer = 0
     float_heavy = []
     for node in model.graph.node:
         if node.op_type not in HEAVY:
             continue
-        m = macs.get(node.name, 0)
-        total += m
+        m = macs.get(node.name.removesuffix("_MatMulInteger"), 0)
         # fused kernels keep the node's name; fall back to the tensor it writes
         out = node.output[0]
         fused = by_name.get(node.name) or producers.get(f"{out}_quantized") or producers.get(out)
-        if fused is not None and fused.op_type in INTEGER_OPS:
+        if node.op_type in INTEGER_OPS or (fused is not None and fused.op_type in INTEGER_OPS):
             integer += m
         else:
             float_heavy.append(node.name)
