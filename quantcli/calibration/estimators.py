@@ -12,8 +12,10 @@ the range will be used as ``[-a, a]`` so a single threshold on ``|x|`` is search
 * ``entropy`` -- the TensorRT calibration: for candidate thresholds ``t``, the distribution P of
   ``|x|`` clipped at ``t`` (outliers added to the last bin) is compared with Q, the unclipped bins below
   ``t`` quantized to ``num_levels // 2`` levels (or ``num_levels`` for non-negative data) and expanded back
-  over P's non-zero bins; ``t`` minimizes KL(P || Q).  All candidates are evaluated at once as a [candidates x bins] array.
-  Mixed-sign data gives ``[-t, t]`` intersected with ``[min, max]``.
+  over P's non-zero bins; ``t`` minimizes KL(P || Q).  All candidates are evaluated at once as a
+  [candidates x bins] array.  Mixed-sign data with an asymmetric target: each side is searched on its own,
+  with the levels split in proportion to the observed extents.  For non-negative data the bin at 0 (a
+  ReLU's spike of exact zeros, which the zero point represents exactly) carries no weight.
 * ``mse`` -- for shrink factors ``s`` in (0, 1], the range ``s * [lo, hi]``; expected squared error per
   element = clipping error ``(x - clip(x))**2`` outside plus rounding error ``step**2 / 12`` inside, from the
   histogram, as one [candidates x bins] array; the argmin wins.
@@ -89,24 +91,42 @@ def entropy_range(obs: TensorObserver, num_levels: int = 256, symmetric: bool = 
     _check(obs)
     if obs.min == obs.max:
         return float(obs.min), float(obs.max)
-    one_sided = obs.min >= 0 and not symmetric
-    hist, width = _abs_hist(obs)
-    levels = num_levels if one_sided else max(num_levels // 2, 2)
-    nbins = len(hist)
-    if nbins <= levels:
-        t = nbins * width
-    else:
-        t = _kl_threshold(hist, levels) * width
     amax = max(abs(obs.min), abs(obs.max))
-    t = min(t, amax)
-    if one_sided:
-        return float(obs.min if obs.min > 0 else 0.0), float(t)
-    return float(max(obs.min, -t)), float(min(obs.max, t))
+    if symmetric:
+        hist, width = _abs_hist(obs)
+        t = min(_kl_threshold(hist, max(num_levels // 2, 2)) * width, amax)
+        return float(max(obs.min, -t)), float(min(obs.max, t))
+    if obs.min >= 0:
+        hist, width = _abs_hist(obs)
+        hist = hist.copy()
+        hist[0] = 0  # exact zeros (a ReLU's spike) are represented exactly by the zero point: no KL weight
+        return float(obs.min if obs.min > 0 else 0.0), float(min(_kl_threshold(hist, num_levels) * width, amax))
+    # mixed signs, asymmetric target: each side on its own (folding |x| would let one side's mass decide
+    # the other's clipping), with the levels split in proportion to the observed extents
+    share = obs.max / (obs.max - obs.min)
+    hi = _side_threshold(obs, +1, max(int(num_levels * share), 2)) if obs.max > 0 else 0.0
+    lo = -_side_threshold(obs, -1, max(int(num_levels * (1 - share)), 2)) if obs.min < 0 else 0.0
+    return float(max(obs.min, lo)), float(min(obs.max, hi))
+
+
+def _side_threshold(obs: TensorObserver, sign: int, levels: int) -> float:
+    """KL threshold of one side of the distribution (sign * x for sign * x > 0) on a grid from 0."""
+    centers = sign * (obs.edges()[:-1] + obs.width / 2)
+    extent = obs.max if sign > 0 else -obs.min
+    keep = centers > 0
+    width = extent / obs.bins
+    idx = np.clip((centers[keep] / width).astype(np.int64), 0, obs.bins - 1)
+    hist = np.bincount(idx, weights=obs.hist[keep], minlength=obs.bins)[: obs.bins]
+    if hist.sum() == 0:
+        return extent
+    return min(_kl_threshold(hist, levels) * width, extent)
 
 
 def _kl_threshold(hist: np.ndarray, levels: int) -> int:
     """Number of bins i (threshold = i * width) minimizing KL(P_i || Q_i), all candidates at once."""
     nbins = len(hist)
+    if nbins <= levels:
+        return nbins
     cands = np.unique(np.linspace(levels, nbins, min(MAX_CANDIDATES, nbins - levels + 1)).astype(np.int64))
     hist = hist.astype(np.float64)
     c = len(cands)

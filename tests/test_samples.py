@@ -1,0 +1,53 @@
+"""The issue's bar on the bundled sample models, through the Python API."""
+
+from pathlib import Path
+
+import pytest
+
+from quantcli import pipeline
+from quantcli.recipe import CalibrateSettings, CompareSettings, ConvertSettings, Method, Mode
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+
+
+@pytest.fixture(scope="module")
+def cnn_int8(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cnn")
+    cal = pipeline.calibrate(SAMPLES / "digits_cnn.onnx", out / "calib.json",
+                             CalibrateSettings(data=str(SAMPLES / "digits_cnn-calib.npz")))
+    conv = pipeline.convert(SAMPLES / "digits_cnn.onnx", out / "int8.onnx", ConvertSettings(),
+                            calibration=cal.output)
+    return cal, conv, out
+
+
+def test_cnn_default_int8_within_one_point_and_fused(cnn_int8):
+    cal, conv, out = cnn_int8
+    assert cal.samples == 128
+    # every Conv and the Gemm run as integer kernels in ONNX Runtime's optimized graph
+    assert conv.coverage.mac_share == 1.0 and not conv.coverage.float_heavy_nodes
+    assert conv.coverage.integer_kernels["QLinearConv"] == 5 and conv.coverage.integer_kernels["QGemm"] == 1
+    assert conv.size_after < 0.35 * conv.size_before
+    res = pipeline.compare(SAMPLES / "digits_cnn.onnx", out / "int8.onnx",
+                           CompareSettings(data=str(SAMPLES / "digits_cnn-eval.npz"), max_drop=1.0, runs=20))
+    assert res.top1[0] > 97.0          # the sample is a real classifier
+    assert res.drop <= 1.0 and res     # the bar: at most 1 point lost
+
+
+def test_cnn_other_methods_from_the_same_artifact(cnn_int8, tmp_path):
+    cal, _, _ = cnn_int8
+    for method in (Method.PERCENTILE, Method.ENTROPY, Method.MSE):
+        conv = pipeline.convert(SAMPLES / "digits_cnn.onnx", tmp_path / f"{method.value}.onnx",
+                                ConvertSettings(method=method), calibration=cal.output)
+        assert conv.checks[0].cosine > 0.99, method
+
+
+@pytest.mark.parametrize("mode", [Mode.STATIC, Mode.DYNAMIC])
+def test_transformer_int8_fidelity(tmp_path, mode):
+    calib = CalibrateSettings(data=str(SAMPLES / "tiny_transformer-calib.npz"))
+    conv = pipeline.convert(SAMPLES / "tiny_transformer.onnx", tmp_path / "t.onnx", ConvertSettings(mode=mode),
+                            calib_settings=calib)
+    # dynamic mode quantizes weight MatMuls only; the attention score MatMuls (activation x activation) stay float
+    assert conv.coverage.mac_share > (0.95 if mode == Mode.STATIC else 0.8)
+    res = pipeline.compare(SAMPLES / "tiny_transformer.onnx", tmp_path / "t.onnx",
+                           CompareSettings(data=str(SAMPLES / "tiny_transformer-eval.npz"), runs=10))
+    assert res.outputs[0].agreement >= 0.98 and res.outputs[0].cosine > 0.999
