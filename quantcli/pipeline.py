@@ -57,7 +57,9 @@ def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[tu
             notes.append(f"opset {modelio.model_opset(model)} kept (upgrade to 13 failed: "
                          f"{str(exc).splitlines()[0][:120]}); weights will be per-tensor")
     r = fold_batchnorm(model)
-    return r.model, notes + r.changed, skipped + r.skipped
+    if r.changed:
+        notes.append(f"{len(r.changed)} BatchNormalization node(s) folded into the preceding Conv/Gemm")
+    return r.model, notes, skipped + r.skipped
 
 
 def calibration_tensors(prepared: onnx.ModelProto) -> list[str]:

@@ -30,7 +30,7 @@ def convert(
                                                   show_default=False),
     mode: Optional[Mode] = typer.Option(None, "--mode", help="static (default) or dynamic INT8.", show_default=False),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude",
-                                                help="Keep a node float: node name, op type, glob or re:REGEX. "
+                                                metavar="NAME_OR_OPTYPE", help="Keep a node float: node name, op type, glob or re:REGEX. "
                                                      "Repeatable.", show_default=False),
     method: o.OptMethod = o.MethodOpt,
     percentile: float = o.Percentile,

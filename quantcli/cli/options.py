@@ -13,7 +13,7 @@ Recipe = typer.Option(None, "--recipe", help="TOML recipe; flags given here over
 Json = typer.Option(None, "--json", help="Also write the result as JSON to this file.", show_default=False)
 Data = typer.Option(None, "--data", help=".npz keyed by input name (first axis = samples), or a folder of .npz/.npy.",
                     show_default=False)
-MethodOpt = typer.Option(None, "--method", help="Range estimator: minmax, moving-average, percentile, entropy, mse.",
+MethodOpt = typer.Option(None, "--method", help="Range estimator (convert: re-derives ranges from the artifact).",
                          show_default=False)
 Percentile = typer.Option(None, "--percentile", help="Percentile for --method percentile (e.g. 99.99).",
                           show_default=False)
