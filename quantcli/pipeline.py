@@ -29,7 +29,7 @@ from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageS
 from .runtime.bench import compare_latency
 from .runtime.session import make_session, run
 from .transforms.fold_batchnorm import fold_batchnorm
-from .transforms.prepare import constants_to_initializers, name_nodes
+from .transforms.prepare import constants_to_initializers, gemm_bias_to_1d, name_nodes
 
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
 
@@ -43,7 +43,7 @@ def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[tu
     """Deterministic clean-up before ranges are measured: names, Constant weights, opset 13, BN folding."""
     notes: list[str] = []
     skipped: list[tuple[str, str]] = []
-    for step in (name_nodes, constants_to_initializers):
+    for step in (name_nodes, constants_to_initializers, gemm_bias_to_1d):
         r = step(model)
         model, notes = r.model, notes + r.changed
     if modelio.model_opset(model) < 13:

@@ -59,6 +59,9 @@ def render_convert(r: ConvertResult, console: Console) -> None:
         kernels = ", ".join(f"{k} {v}" for k, v in sorted(c.integer_kernels.items())) or "none"
         table.add_row("INT8 MAC coverage", f"{100 * c.mac_share:.1f}% of {c.macs_total:,} MACs in integer kernels")
         table.add_row("integer kernels", kernels)
+        if c.float_heavy_nodes:
+            names = ", ".join(c.float_heavy_nodes[:6]) + (" ..." if len(c.float_heavy_nodes) > 6 else "")
+            table.add_row("heavy ops in float", escape(f"{len(c.float_heavy_nodes)}: {names}"))
         if c.dq_left:
             table.add_row("DequantizeLinear left", f"{c.dq_left} (float ops reading quantized tensors)")
     for chk in r.checks:

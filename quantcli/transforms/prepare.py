@@ -74,3 +74,35 @@ def name_nodes(model: onnx.ModelProto) -> PassResult:
             taken.add(name)
             count += 1
     return PassResult(model, [f"{count} unnamed node(s) given names"] if count else [])
+
+
+def gemm_bias_to_1d(model: onnx.ModelProto) -> PassResult:
+    """Reshape a constant Gemm bias of shape [1, N] or [] (broadcast to [M, N]) to 1-D [N].
+
+    Exporters write biases of shape [1, N]; the int32 bias of a fused QGemm must be 1-D, so without this the
+    Gemm could not run as an integer kernel.  Broadcasting makes both shapes compute the same output.
+    """
+    model = copy.deepcopy(model)
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    users: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    changed = []
+    for node in g.node:
+        if node.op_type != "Gemm" or len(node.input) < 3 or node.input[2] not in inits or users[node.input[2]] != 1:
+            continue
+        w = inits.get(node.input[1])
+        if w is None or len(w.dims) != 2:
+            continue
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        n_out = w.dims[0] if trans_b else w.dims[1]
+        c = numpy_helper.to_array(inits[node.input[2]])
+        if c.ndim == 1 and c.shape[0] == n_out:
+            continue
+        if c.size == 1 or (c.ndim == 2 and c.shape == (1, n_out)):
+            flat = np.broadcast_to(c.reshape(-1), (n_out,)).astype(c.dtype)
+            inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(flat), node.input[2]))
+            changed.append(node.name)
+    return PassResult(model, [f"{len(changed)} Gemm bias(es) reshaped to 1-D"] if changed else [])

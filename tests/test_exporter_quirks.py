@@ -1,0 +1,47 @@
+"""What real exporters produce: old opsets, Constant weights, 2-D biases, unnamed nodes, fixed batch 1."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from models import cnn_data, small_cnn
+from quantcli import pipeline
+from quantcli.recipe import CalibrateSettings, ConvertSettings
+
+
+def _convert(tmp_path, model, n=16):
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=cnn_data(n))
+    return pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(),
+                            calib_settings=CalibrateSettings(data=str(tmp_path / "c.npz")))
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+def test_old_opset_upgraded_for_per_channel(tmp_path, opset):
+    r = _convert(tmp_path, small_cnn(opset=opset))
+    assert any("upgraded to 13" in n for n in r.notes)
+    assert r.coverage.mac_share == 1.0 and r.checks[0].cosine > 0.999
+    q = onnx.load(tmp_path / "q.onnx")
+    assert any(a.name == "axis" for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute)
+
+
+def test_constant_weights_unnamed_nodes_and_2d_gemm_bias(tmp_path):
+    m = small_cnn()
+    for node in m.graph.node:
+        node.name = ""
+    for t in list(m.graph.initializer):
+        if t.name in ("w1", "w3"):
+            m.graph.initializer.remove(t)
+            m.graph.node.insert(0, helper.make_node("Constant", [], [t.name], value=t))
+        if t.name == "bg":
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).reshape(1, 10), "bg"))
+    r = _convert(tmp_path, m)
+    assert r.coverage.mac_share == 1.0 and not r.coverage.float_heavy_nodes
+    assert r.coverage.integer_kernels["QGemm"] == 1
+    assert all(name for name in r.quantized_nodes)
+
+
+def test_fixed_batch_one_model(tmp_path):
+    r = _convert(tmp_path, small_cnn(batch=1), n=5)
+    assert r.coverage.mac_share == 1.0
