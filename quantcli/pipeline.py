@@ -1,4 +1,4 @@
-"""The Python API: :func:`calibrate`, :func:`convert`, :func:`compare`.
+"""The Python API: :func:`calibrate`, :func:`convert`, :func:`compare`, and :func:`run` for all three.
 
 The CLI calls these and tests use them; they return result objects and never print.  Each step checks
 its inputs first (files, data against the model, output path), does its work in memory, and writes
@@ -7,6 +7,8 @@ its outputs atomically.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,14 +22,17 @@ from .calibration.collect import collect_statistics
 from .cpu import detect as detect_cpu
 from .data.sources import Dataset, input_specs
 from .errors import InternalError, QuantcliError
+from .manifest import build_manifest
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
 from .quantize.policy import PlanOptions, plan
 from .quantize.qdq import QDQOptions, insert_qdq
-from .recipe import CalibrateSettings, CompareSettings, ConvertSettings, Mode, Precision, ReduceRange, Weights
-from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, OutputCheck,
-                      OutputFidelity)
+from .recipe import (AcceptSettings, CalibrateSettings, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
+                     ReduceRange, Weights)
+from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, OutputCheck,
+                      OutputFidelity, RunResult)
 from .runtime.bench import compare_latency
-from .runtime.session import make_session, run
+from .runtime.session import make_session
+from .runtime.session import run as run_session
 from .transforms.fold_batchnorm import fold_batchnorm
 from .transforms.prepare import constants_to_initializers, gemm_bias_to_1d, name_nodes
 
@@ -86,7 +91,7 @@ def calibrate(model_path: str | Path, out_path: str | Path, settings: CalibrateS
     modelio.write_text_atomic(out, artifact.to_json())
     ranges = artifact.ranges()
     return CalibrationResult(str(out), artifact.model_sha256, artifact.samples, len(artifact.observers),
-                             settings.method.value, time.perf_counter() - t0, ranges)
+                             settings.method.value, time.perf_counter() - t0, ranges, artifact.manifest)
 
 
 def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: CalibrateSettings,
@@ -104,8 +109,10 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
     observers, seen = collect_statistics(prepared, tensors, dataset.batches(bs, settings.samples),
                                          bins=settings.bins, on_batch=advance)
     cal_settings = {"method": settings.method.value, "percentile": settings.percentile, "bins": settings.bins,
-                    "batch_size": bs, "data": str(settings.data)}
-    return CalibrationArtifact(modelio.file_sha256(model_path), str(model_path), seen, cal_settings, observers)
+                    "batch_size": bs, "data": str(settings.data), "samples": settings.samples}
+    sha = modelio.file_sha256(model_path)
+    return CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
+                               build_manifest(model_path, sha, {"calibrate": cal_settings}))
 
 
 # -- convert --------------------------------------------------------------------------------------------
@@ -169,6 +176,10 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     new_model.producer_name = "quantcli"
     from . import __version__
     new_model.producer_version = __version__
+    manifest = build_manifest(model_path, modelio.file_sha256(model_path), {
+        "convert": _settings_dict(settings), "calibration": str(calibration) if calibration else None,
+        "calibrate": _plain(calib_settings) if calib_settings and calibration is None else None})
+    _set_metadata(new_model, "quantcli.manifest", json.dumps(manifest, sort_keys=True))
     data_path = (calib_settings.data if calib_settings else None)
     feeds = _validation_feeds(model, data_path, calibration)
     checks = _write_validated(new_model, model, out, feeds)
@@ -181,13 +192,25 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     return ConvertResult(str(out), settings.precision.value, settings.mode.value, _settings_dict(settings),
                          quantized, float_nodes, absorbed, n_tensors, modelio.model_size_bytes(model_path),
                          modelio.model_size_bytes(out), checks, coverage, notes, cpu.summary(),
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, manifest)
 
 
 def _settings_dict(settings: ConvertSettings) -> dict:
-    from .recipe import Recipe
+    return _plain(settings)
 
-    return Recipe(convert=settings).to_dict()["convert"]
+
+def _plain(settings) -> dict:
+    """A settings dataclass as plain JSON-able values (enums by value)."""
+    return {f.name: (v.value if hasattr(v, "value") else v)
+            for f in dataclasses.fields(settings) for v in [getattr(settings, f.name)]}
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
 
 
 def _ranges_for(model, model_path, needed: list[str], settings: ConvertSettings, symmetric: bool,
@@ -253,8 +276,8 @@ def _write_validated(new_model: onnx.ModelProto, reference: onnx.ModelProto, out
         qs = make_session(new_model, what="converted model")
     except QuantcliError as exc:
         raise InternalError(str(exc)) from None
-    ref = run(make_session(reference, what="input model"), feeds, what="input model")
-    got = run(qs, feeds, what="converted model")
+    ref = run_session(make_session(reference, what="input model"), feeds, what="input model")
+    got = run_session(qs, feeds, what="converted model")
     checks = []
     for o, r, q in zip(qs.get_outputs(), ref, got):
         if np.shape(r) != np.shape(q):
@@ -298,8 +321,8 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
         n = len(next(iter(feeds.values())))
         if first is None:
             first = {k: v[:1] for k, v in feeds.items()}
-        ra = run(sa, feeds, what=str(fp32_path))
-        rb = run(sb, feeds, what=str(quant_path))
+        ra = run_session(sa, feeds, what=str(fp32_path))
+        rb = run_session(sb, feeds, what=str(quant_path))
         for i, (a, b) in enumerate(zip(ra, rb)):
             fid[i].update(a, b)
             if np.ndim(a) >= 2 and np.shape(a)[-1] > 1 and np.shape(a)[0] == n:
@@ -327,4 +350,50 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
     return CompareResult(str(fp32_path), str(quant_path), seen, top1, top5, outputs,
                          (lat_a.median_ms, lat_b.median_ms), (lat_a.p90_ms, lat_b.p90_ms), settings.threads,
                          (modelio.model_size_bytes(fp32_path), modelio.model_size_bytes(quant_path)),
-                         settings.max_drop)
+                         settings.max_drop,
+                         build_manifest(fp32_path, modelio.file_sha256(fp32_path), {"compare": _plain(settings)}))
+
+
+# -- run: the whole job from one recipe ------------------------------------------------------------------
+def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
+    """calibrate -> convert -> compare from one recipe, then check the recipe's acceptance criteria."""
+    where = recipe.source or "recipe"
+    if not recipe.run.model:
+        raise QuantcliError(f"{where}: [run] model is not set (or pass --model)")
+    if not recipe.run.output:
+        raise QuantcliError(f"{where}: [run] output is not set (or pass -o)")
+    if not recipe.compare.data:
+        raise QuantcliError(f"{where}: [compare] data is not set: run needs evaluation data (or pass --eval-data)")
+    model, output = recipe.run.model, recipe.run.output
+    modelio.check_output_path(output, model)
+    static = recipe.convert.precision == Precision.INT8 and recipe.convert.mode == Mode.STATIC
+    cal = None
+    if static:
+        if not recipe.calibrate.data:
+            raise QuantcliError(f"{where}: [calibrate] data is not set: static INT8 needs calibration data")
+        cal_path = recipe.run.calibration or f"{output}.calib.json"
+        cal = calibrate(model, cal_path, recipe.calibrate, progress=progress)
+    conv = convert(model, output, recipe.convert, calibration=cal.output if cal else None,
+                   calib_settings=recipe.calibrate, progress=progress)
+    cmp = compare(model, output, recipe.compare, progress=progress)
+    criteria = acceptance(recipe.accept, conv, cmp)
+    return RunResult(recipe.to_dict(), cal, conv, cmp, criteria,
+                     build_manifest(model, modelio.file_sha256(model), recipe.to_dict()))
+
+
+def acceptance(accept: AcceptSettings, conv: ConvertResult, cmp: CompareResult) -> list[Criterion]:
+    out = []
+    max_drop = accept.max_drop if accept.max_drop is not None else cmp.max_drop
+    if max_drop is not None:
+        out.append(Criterion(f"max {cmp.metric} drop", max_drop, cmp.drop, cmp.drop <= max_drop + 1e-9, " pts"))
+    if accept.min_int8_coverage is not None:
+        share = 100.0 * conv.coverage.mac_share if conv.coverage else 0.0
+        out.append(Criterion("min INT8 MAC coverage", accept.min_int8_coverage, share,
+                             share >= accept.min_int8_coverage - 1e-9, "%"))
+    if accept.max_latency_ratio is not None:
+        out.append(Criterion("max latency ratio", accept.max_latency_ratio, cmp.latency_ratio,
+                             cmp.latency_ratio <= accept.max_latency_ratio))
+    if accept.max_size_mb is not None:
+        mb = conv.size_after / 1e6
+        out.append(Criterion("max model size", accept.max_size_mb, mb, mb <= accept.max_size_mb, " MB"))
+    return out

@@ -3,9 +3,11 @@
 Schema (every key optional; flags given on the command line override the recipe)::
 
     description = "..."
+    [run]         model, output, calibration          (quantcli run)
     [calibrate]   data, samples, batch_size, method, percentile, bins
     [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range
     [compare]     data, labels, max_drop, threads, runs, warmup
+    [accept]      max_drop, min_int8_coverage, max_latency_ratio, max_size_mb   (quantcli run)
 
 Unknown keys and bad values are errors naming the file, the section and the key.
 """
@@ -94,11 +96,32 @@ class CompareSettings:
 
 
 @dataclasses.dataclass
+class RunSettings:
+    """What ``quantcli run`` works on (paths relative to the current directory)."""
+
+    model: str | None = None
+    output: str | None = None
+    calibration: str | None = None   # where the calibration artifact goes (default: OUTPUT.calib.json)
+
+
+@dataclasses.dataclass
+class AcceptSettings:
+    """Acceptance criteria of ``quantcli run``: every one that is set must hold, else exit 1."""
+
+    max_drop: float | None = None            # accuracy (labels) or agreement drop, in points
+    min_int8_coverage: float | None = None   # % of multiply-accumulates in integer kernels
+    max_latency_ratio: float | None = None   # quantized / FP32 median latency at batch 1
+    max_size_mb: float | None = None         # size of the written model
+
+
+@dataclasses.dataclass
 class Recipe:
     description: str = ""
+    run: RunSettings = dataclasses.field(default_factory=RunSettings)
     calibrate: CalibrateSettings = dataclasses.field(default_factory=CalibrateSettings)
     convert: ConvertSettings = dataclasses.field(default_factory=ConvertSettings)
     compare: CompareSettings = dataclasses.field(default_factory=CompareSettings)
+    accept: AcceptSettings = dataclasses.field(default_factory=AcceptSettings)
     source: str | None = None
 
     def to_dict(self) -> dict:
@@ -113,7 +136,8 @@ class Recipe:
         return plain(self)
 
 
-_SECTIONS = {"calibrate": CalibrateSettings, "convert": ConvertSettings, "compare": CompareSettings}
+_SECTIONS = {"run": RunSettings, "calibrate": CalibrateSettings, "convert": ConvertSettings,
+             "compare": CompareSettings, "accept": AcceptSettings}
 
 
 def load_recipe(path: str | Path | None) -> Recipe:

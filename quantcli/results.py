@@ -15,6 +15,7 @@ class CalibrationResult:
     method: str
     seconds: float
     ranges: dict[str, tuple[float, float]]
+    manifest: dict = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         return (f"calibrated {self.tensors} tensors on {self.samples} samples ({self.method}) "
@@ -55,6 +56,7 @@ class ConvertResult:
     notes: list[str]
     cpu: str
     seconds: float
+    manifest: dict = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         return (f"{self.precision} ({self.mode}) model written to {self.output}: {len(self.quantized_nodes)} nodes "
@@ -84,6 +86,7 @@ class CompareResult:
     threads: int
     size: tuple[int, int]
     max_drop: float | None
+    manifest: dict = dataclasses.field(default_factory=dict)
 
     @property
     def metric(self) -> str:
@@ -110,3 +113,36 @@ class CompareResult:
         verdict = "" if self.max_drop is None else (" PASS" if self else " FAIL")
         return (f"{self.metric} drop {self.drop:.2f} pts (max {self.max_drop}), latency x{self.latency_ratio:.2f}, "
                 f"size x{self.size[1] / max(self.size[0], 1):.2f}{verdict}")
+
+
+@dataclasses.dataclass
+class Criterion:
+    """One acceptance criterion and whether it held."""
+
+    name: str
+    limit: float
+    value: float
+    passed: bool
+    unit: str = ""
+
+    def __str__(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.value:.4g}{self.unit} (limit {self.limit:g}{self.unit})"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """calibrate -> convert -> compare in one step, with the recipe's acceptance criteria."""
+
+    recipe: dict
+    calibration: CalibrationResult | None
+    convert: ConvertResult
+    compare: CompareResult
+    criteria: list[Criterion]
+    manifest: dict = dataclasses.field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return all(c.passed for c in self.criteria)
+
+    def __str__(self) -> str:
+        failed = [c.name for c in self.criteria if not c.passed]
+        return "all criteria hold" if not failed else f"failed: {', '.join(failed)}"

@@ -38,6 +38,7 @@ class CalibrationArtifact:
     samples: int
     settings: dict
     observers: dict[str, TensorObserver]
+    manifest: dict = dataclasses.field(default_factory=dict)
 
     def ranges(self, method: str | None = None, percentile: float | None = None,
                symmetric: bool = False) -> dict[str, tuple[float, float]]:
@@ -63,6 +64,7 @@ class CalibrationArtifact:
             "model": {"path": self.model_path, "sha256": self.model_sha256},
             "samples": self.samples,
             "settings": self.settings,
+            "manifest": self.manifest,
             "tensors": {name: {"range": list(ranges[name]), "stats": self.observers[name].to_dict()}
                         for name in sorted(self.observers)},
         }
@@ -85,6 +87,6 @@ def load_artifact(path: str | Path) -> CalibrationArtifact:
     try:
         observers = {name: TensorObserver.from_dict(t["stats"]) for name, t in doc["tensors"].items()}
         return CalibrationArtifact(doc["model"]["sha256"], doc["model"].get("path", ""), int(doc["samples"]),
-                                   dict(doc["settings"]), observers)
+                                   dict(doc["settings"]), observers, dict(doc.get("manifest", {})))
     except (KeyError, TypeError, ValueError) as exc:
         raise QuantcliError(f"{p}: calibration file is damaged ({type(exc).__name__}: {exc})") from None

@@ -93,15 +93,24 @@ def error_boundary():
         raise typer.Exit(int(ExitCode.INTERNAL))
 
 
-def write_json(path, obj) -> None:
+def write_reports(result, *, json_path=None, junit_path=None, markdown_path=None) -> None:
+    """Write the optional machine-readable reports of a result, each atomically."""
     from ..modelio import check_output_path, write_text_atomic
     from ..report.render import to_json
 
-    write_text_atomic(check_output_path(path), to_json(obj))
+    if json_path:
+        write_text_atomic(check_output_path(json_path), to_json(result))
+    if junit_path or markdown_path:
+        from ..report.ci import to_junit, to_markdown
+
+        if junit_path:
+            write_text_atomic(check_output_path(junit_path), to_junit(result))
+        if markdown_path:
+            write_text_atomic(check_output_path(markdown_path), to_markdown(result))
 
 
 def _register() -> None:
-    from . import calibrate, compare, convert  # noqa: F401  (commands register themselves)
+    from . import calibrate, compare, convert, run  # noqa: F401  (commands register themselves)
 
 
 _register()

@@ -10,7 +10,7 @@ from .. import pipeline
 from ..recipe import load_recipe, merge
 from ..report.render import render_calibration
 from . import options as o
-from .app import app, error_boundary, ui
+from .app import app, error_boundary, ui, write_reports
 
 
 @app.command(help="Run calibration data through the model and write a reusable calibration artifact (JSON).")
@@ -25,6 +25,7 @@ def calibrate(
     method: o.OptMethod = o.MethodOpt,
     percentile: float = o.Percentile,
     recipe: o.OptPath = o.Recipe,
+    json_out: o.OptPath = o.Json,
 ) -> None:
     with error_boundary():
         r = load_recipe(recipe)
@@ -32,3 +33,4 @@ def calibrate(
                          method=method, percentile=percentile)
         result = pipeline.calibrate(model, output, settings, progress=ui.progress)
         render_calibration(result, ui.out)
+        write_reports(result, json_path=json_out)

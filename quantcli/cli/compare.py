@@ -11,7 +11,7 @@ from ..errors import ExitCode
 from ..recipe import load_recipe, merge
 from ..report.render import render_compare
 from . import options as o
-from .app import app, error_boundary, ui, write_json
+from .app import app, error_boundary, ui, write_reports
 
 compare_app = typer.Typer(no_args_is_help=True, help="Compare a quantized model with its FP32 original.")
 app.add_typer(compare_app, name="compare")
@@ -33,6 +33,8 @@ def accuracy(
                              show_default=False),
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
+    junit: o.OptPath = o.Junit,
+    markdown: o.OptPath = o.Markdown,
 ) -> None:
     with error_boundary():
         r = load_recipe(recipe)
@@ -40,7 +42,6 @@ def accuracy(
                          max_drop=max_drop, threads=threads, runs=runs)
         result = pipeline.compare(fp32, quant, settings, progress=ui.progress)
         render_compare(result, ui.out)
-        if json_out:
-            write_json(json_out, result)
+        write_reports(result, json_path=json_out, junit_path=junit, markdown_path=markdown)
     if not result:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))

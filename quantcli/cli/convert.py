@@ -11,7 +11,7 @@ from .. import pipeline
 from ..recipe import Activations, Mode, Precision, ReduceRange, Weights, load_recipe, merge
 from ..report.render import render_convert
 from . import options as o
-from .app import app, error_boundary, ui, write_json
+from .app import app, error_boundary, ui, write_reports
 
 
 @app.command(help="Quantize (static or dynamic INT8) or convert (FP16/BF16) a model, validate it, write it.")
@@ -51,5 +51,4 @@ def convert(
         result = pipeline.convert(model, output, settings, calibration=calibration, calib_settings=calib,
                                   progress=ui.progress)
         render_convert(result, ui.out)
-        if json_out:
-            write_json(json_out, result)
+        write_reports(result, json_path=json_out)

@@ -20,3 +20,7 @@ Percentile = typer.Option(None, "--percentile", help="Percentile for --method pe
 
 OptPath = Optional[Path]
 OptMethod = Optional[Method]
+Junit = typer.Option(None, "--junit", help="Also write a JUnit XML report (one test case per criterion).",
+                     show_default=False)
+Markdown = typer.Option(None, "--markdown", help="Also write a Markdown summary (for a pull-request comment).",
+                        show_default=False)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..results import CalibrationResult, CompareResult, ConvertResult
+from ..results import CalibrationResult, CompareResult, ConvertResult, RunResult
 
 
 def _fmt_db(v: float) -> str:
@@ -111,12 +111,29 @@ def render_compare(r: CompareResult, console: Console) -> None:
         console.print(f"{verdict}: {r.metric} drop {r.drop:.2f} pts (max {r.max_drop:g})", highlight=False)
 
 
+def render_run(r: RunResult, console: Console) -> None:
+    if r.calibration is not None:
+        console.print(str(r.calibration), highlight=False)
+    render_convert(r.convert, console)
+    render_compare(r.compare, console)
+    if r.criteria:
+        table = Table(title="Acceptance", title_justify="left")
+        for col in ("criterion", "value", "limit", "result"):
+            table.add_column(col, justify="left" if col == "criterion" else "right")
+        for c in r.criteria:
+            table.add_row(c.name, f"{c.value:.4g}{c.unit}", f"{c.limit:g}{c.unit}", "pass" if c.passed else "FAIL")
+        console.print(table)
+    console.print(("PASS: " if r else "FAIL: ") + str(r), highlight=False)
+
+
 def to_jsonable(obj):
     """Dataclasses -> dicts; inf/nan -> strings (JSON has neither)."""
     if dataclasses.is_dataclass(obj):
         d = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
         if isinstance(obj, CompareResult):
             d.update(drop=obj.drop, passed=bool(obj), latency_ratio=obj.latency_ratio, metric=obj.metric)
+        if isinstance(obj, RunResult):
+            d.update(passed=bool(obj))
         return d
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
