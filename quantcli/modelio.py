@@ -22,6 +22,7 @@ from .errors import QuantcliError
 
 SUPPORTED_OPSET_MIN = 10  # QuantizeLinear/DequantizeLinear exist from opset 10
 SUPPORTED_OPSET_MAX = 23
+KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}  # what ONNX Runtime's CPU provider runs
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -61,6 +62,12 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         )
     if opset > SUPPORTED_OPSET_MAX:
         raise QuantcliError(f"{p}: opset {opset} is newer than quantcli supports (max {SUPPORTED_OPSET_MAX})")
+    custom = sorted({(n.domain, n.op_type) for n in model.graph.node if n.domain not in KNOWN_DOMAINS})
+    if custom:
+        domain, op = custom[0]
+        raise QuantcliError(f"{p}: uses custom op '{op}' of domain '{domain}' ({len(custom)} custom op type(s)); "
+                            "ONNX Runtime cannot run it without that op's library, so it cannot be calibrated "
+                            "or validated")
     if check:
         try:
             onnx.checker.check_model(model)

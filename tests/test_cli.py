@@ -147,3 +147,30 @@ def test_unwritable_output_folder(cnn):
         _bad(["convert", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", ro / "q.onnx"], "not writable")
     finally:
         ro.chmod(0o700)
+
+
+def test_run_gates_on_accept_criteria_and_writes_reports(cnn):
+    recipe = cnn / "run.toml"
+    base = (f'[run]\nmodel = "{cnn / "cnn.onnx"}"\noutput = "{cnn / "q.onnx"}"\n'
+            f'[calibrate]\ndata = "{cnn / "calib.npz"}"\n[compare]\ndata = "{cnn / "eval.npz"}"\nruns = 10\n')
+    recipe.write_text(base + "[accept]\nmax_drop = 100\nmin_int8_coverage = 95\nmax_size_mb = 10\n")
+    r = invoke("run", recipe, "--junit", cnn / "j.xml", "--markdown", cnn / "s.md", "--json", cnn / "r.json")
+    assert r.exit_code == 0, r.output
+    assert (cnn / "q.onnx").exists() and (cnn / "q.onnx.calib.json").exists()
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(cnn / "j.xml").getroot()
+    assert suite.get("tests") == "3" and suite.get("failures") == "0"
+    assert "all criteria hold" in (cnn / "s.md").read_text()
+    assert json.loads((cnn / "r.json").read_text())["passed"] is True
+    recipe.write_text(base + "[accept]\nmax_size_mb = 0.0001\n")
+    r = invoke("run", recipe, "--junit", cnn / "j.xml")
+    assert r.exit_code == 1 and "FAIL" in r.output
+    suite = ET.parse(cnn / "j.xml").getroot()
+    assert suite.get("failures") == "1" and suite.find("testcase/failure") is not None
+
+
+def test_run_without_model_is_a_usage_error(cnn):
+    (cnn / "r.toml").write_text("[accept]\nmax_drop = 1\n")
+    r = invoke("run", cnn / "r.toml")
+    assert r.exit_code == 2 and "[run] model is not set" in r.output

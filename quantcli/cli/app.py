@@ -28,16 +28,22 @@ class UI:
 
     def __init__(self) -> None:
         self.quiet = False
-        self.color = True
+        self.no_color = False
         self.out = Console()
         self.err = Console(stderr=True)
 
     def configure(self, quiet: bool, no_color: bool) -> None:
         self.quiet = quiet
+        self.no_color = no_color
         no_color = no_color or bool(os.environ.get("NO_COLOR"))
         ci = bool(os.environ.get("CI"))
         self.out = Console(no_color=no_color, highlight=not no_color, quiet=quiet)
         self.err = Console(stderr=True, no_color=no_color or ci, highlight=False)
+
+    def apply(self, quiet: bool, no_color: bool) -> None:
+        """Command-level --quiet / --no-color (the same flags are accepted before the command too)."""
+        if quiet or no_color:
+            self.configure(self.quiet or quiet, self.no_color or no_color)
 
     def progress(self, desc: str, total: int) -> Callable[[int], None]:
         if self.quiet or not self.err.is_terminal or os.environ.get("CI"):
@@ -81,7 +87,8 @@ def error_boundary():
         ui.err.print(f"quantcli: internal error: {exc}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(int(ExitCode.INTERNAL))
     except KeyboardInterrupt:
-        ui.err.print("quantcli: interrupted; no output was written", highlight=False)
+        ui.err.print("quantcli: interrupted; the output being written was removed (outputs already "
+                     "complete were kept)", highlight=False)
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     except (typer.Exit, typer.Abort, SystemExit):
         raise
@@ -116,7 +123,15 @@ def _register() -> None:
 _register()
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (kill, CI cancellation) unwinds like Ctrl-C, so temporary outputs are removed."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except KeyboardInterrupt:  # outside a command

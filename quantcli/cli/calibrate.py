@@ -26,7 +26,10 @@ def calibrate(
     percentile: float = o.Percentile,
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
+    quiet: bool = o.Quiet,
+    no_color: bool = o.NoColor,
 ) -> None:
+    ui.apply(quiet, no_color)
     with error_boundary():
         r = load_recipe(recipe)
         settings = merge(r.calibrate, data=str(data) if data else None, samples=samples, batch_size=batch_size,

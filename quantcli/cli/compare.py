@@ -35,7 +35,10 @@ def accuracy(
     json_out: o.OptPath = o.Json,
     junit: o.OptPath = o.Junit,
     markdown: o.OptPath = o.Markdown,
+    quiet: bool = o.Quiet,
+    no_color: bool = o.NoColor,
 ) -> None:
+    ui.apply(quiet, no_color)
     with error_boundary():
         r = load_recipe(recipe)
         settings = merge(r.compare, data=str(data) if data else None, labels=str(labels) if labels else None,

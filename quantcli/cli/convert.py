@@ -39,7 +39,10 @@ def convert(
                                                        show_default=False),
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
+    quiet: bool = o.Quiet,
+    no_color: bool = o.NoColor,
 ) -> None:
+    ui.apply(quiet, no_color)
     with error_boundary():
         r = load_recipe(recipe)
         settings = merge(r.convert, weights=weights, activations=activations, precision=precision, mode=mode,

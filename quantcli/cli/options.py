@@ -24,3 +24,5 @@ Junit = typer.Option(None, "--junit", help="Also write a JUnit XML report (one t
                      show_default=False)
 Markdown = typer.Option(None, "--markdown", help="Also write a Markdown summary (for a pull-request comment).",
                         show_default=False)
+Quiet = typer.Option(False, "--quiet", "-q", help="Only errors on stderr; no tables or progress.")
+NoColor = typer.Option(False, "--no-color", help="No colors (also when NO_COLOR or CI is set).")

@@ -26,7 +26,10 @@ def run(
     json_out: o.OptPath = o.Json,
     junit: o.OptPath = o.Junit,
     markdown: o.OptPath = o.Markdown,
+    quiet: bool = o.Quiet,
+    no_color: bool = o.NoColor,
 ) -> None:
+    ui.apply(quiet, no_color)
     with error_boundary():
         r = load_recipe(recipe)
         r.run = merge(r.run, model=str(model) if model else None, output=str(output) if output else None)
