@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..transforms.graph import GraphIndex, PassResult, attr, remove_unused_initializers
+from ..transforms.graph import GraphIndex, PassResult, attr, float_tensors, remove_unused_initializers
 from . import params as qp
-from .policy import float_tensors, is_excluded
+from .policy import is_excluded
 
 
 def quantize_dynamic(model: onnx.ModelProto, *, per_channel: bool = True, reduce_range: bool = False,

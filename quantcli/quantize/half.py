@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..transforms.graph import GraphIndex, remove_unused_initializers
+from ..transforms.graph import GraphIndex, float_tensors, remove_unused_initializers
 
 FP16_MAX = 65504.0
 DEFAULT_KEEP_FLOAT_OPS = frozenset({
@@ -62,15 +62,9 @@ def convert_to_half(model: onnx.ModelProto, precision: str = "fp16", *, keep_io_
 
 
 def _float_tensors(model: onnx.ModelProto) -> set[str]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
-        inferred = model
-    g = inferred.graph
-    names = {vi.name for vi in list(g.input) + list(g.value_info) + list(g.output)
-             if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
-    names |= {t.name for t in g.initializer if t.data_type == TensorProto.FLOAT}
-    for n in g.node:
+    """Float32 tensors, including float initializers and Constant outputs."""
+    names = float_tensors(model) | {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
+    for n in model.graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value" \
                 and n.attribute[0].t.data_type == TensorProto.FLOAT:
             names.add(n.output[0])

@@ -26,7 +26,7 @@ import re
 import numpy as np
 import onnx
 
-from ..transforms.graph import GraphIndex, attr
+from ..transforms.graph import GraphIndex, attr, float_tensors
 
 HEAVY = {"Conv", "MatMul", "Gemm"}
 CHEAP = {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool"}
@@ -84,20 +84,6 @@ def is_excluded(node: onnx.NodeProto, patterns: tuple[str, ...]) -> bool:
         if p.startswith("re:") and re.fullmatch(p[3:], node.name):
             return True
     return False
-
-
-def float_tensors(model: onnx.ModelProto) -> set[str]:
-    """Names of float32 tensors (inputs, intermediates, outputs) according to shape inference."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
-        inferred = model
-    g = inferred.graph
-    out = set()
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-            out.add(vi.name)
-    return out
 
 
 def plan(model: onnx.ModelProto, options: PlanOptions = PlanOptions()) -> QuantPlan:

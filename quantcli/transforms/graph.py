@@ -91,3 +91,17 @@ def unique_name(base: str, taken: set[str]) -> str:
         k += 1
     taken.add(name)
     return name
+
+
+def float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of float32 tensors (inputs, intermediates, outputs) according to shape inference."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        inferred = model
+    g = inferred.graph
+    out = set()
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            out.add(vi.name)
+    return out

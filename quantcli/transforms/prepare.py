@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import PassResult
+from .graph import PassResult, unique_name
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
@@ -66,12 +66,7 @@ def name_nodes(model: onnx.ModelProto) -> PassResult:
     count = 0
     for i, node in enumerate(model.graph.node):
         if not node.name:
-            base = f"{node.op_type}_{i}"
-            name, k = base, 1
-            while name in taken:
-                name, k = f"{base}_{k}", k + 1
-            node.name = name
-            taken.add(name)
+            node.name = unique_name(f"{node.op_type}_{i}", taken)
             count += 1
     return PassResult(model, [f"{count} unnamed node(s) given names"] if count else [])
 
