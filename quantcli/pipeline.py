@@ -28,8 +28,8 @@ from .quantize.policy import PlanOptions, plan
 from .quantize.qdq import QDQOptions, insert_qdq
 from .recipe import (AcceptSettings, CalibrateSettings, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
                      ReduceRange, Weights)
-from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, OutputCheck,
-                      OutputFidelity, RunResult)
+from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, InspectResult,
+                      OutputCheck, OutputFidelity, RunResult)
 from .runtime.bench import compare_latency
 from .runtime.session import make_session
 from .runtime.session import run as run_session
@@ -185,10 +185,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     checks = _write_validated(new_model, model, out, feeds)
     coverage = None
     if settings.precision == Precision.INT8:
-        from .validate.coverage import int8_coverage
-
-        cov = int8_coverage(new_model, {k: v.shape for k, v in feeds.items()}, reference=prepared)
-        coverage = CoverageSummary(cov.integer_nodes, cov.float_heavy, cov.dq_left, cov.mac_share, cov.macs_total)
+        coverage = _coverage(new_model, feeds, prepared)
     return ConvertResult(str(out), settings.precision.value, settings.mode.value, _settings_dict(settings),
                          quantized, float_nodes, absorbed, n_tensors, modelio.model_size_bytes(model_path),
                          modelio.model_size_bytes(out), checks, coverage, notes, cpu.summary(),
@@ -397,3 +394,21 @@ def acceptance(accept: AcceptSettings, conv: ConvertResult, cmp: CompareResult) 
         mb = conv.size_after / 1e6
         out.append(Criterion("max model size", accept.max_size_mb, mb, mb <= accept.max_size_mb, " MB"))
     return out
+
+
+# -- inspect ----------------------------------------------------------------------------------------------
+def _coverage(model: onnx.ModelProto, feeds: dict[str, np.ndarray], reference: onnx.ModelProto | None = None):
+    from .validate.coverage import int8_coverage
+
+    cov = int8_coverage(model, {k: v.shape for k, v in feeds.items()}, reference=reference)
+    return CoverageSummary(cov.integer_nodes, cov.float_heavy, cov.dq_left, cov.mac_share, cov.macs_total)
+
+
+def inspect(model_path: str | Path, *, data: str | None = None, min_coverage: float | None = None) -> InspectResult:
+    """Let ONNX Runtime optimize ``model_path`` for the CPU and report what runs in integer kernels."""
+    model = modelio.load_model(model_path)
+    feeds = _validation_feeds(model, data, None)
+    cpu = detect_cpu()
+    return InspectResult(str(model_path), {k: list(v.shape) for k, v in feeds.items()}, _coverage(model, feeds),
+                         cpu.summary(), cpu.int8_path, min_coverage,
+                         build_manifest(model_path, modelio.file_sha256(model_path), {"inspect": {"data": data}}))

@@ -146,3 +146,22 @@ class RunResult:
     def __str__(self) -> str:
         failed = [c.name for c in self.criteria if not c.passed]
         return "all criteria hold" if not failed else f"failed: {', '.join(failed)}"
+
+
+@dataclasses.dataclass
+class InspectResult:
+    """What runs in integer kernels once ONNX Runtime has optimized a (quantized) model."""
+
+    model: str
+    input_shapes: dict[str, list[int]]
+    coverage: CoverageSummary
+    cpu: str
+    int8_path: str
+    min_coverage: float | None = None
+    manifest: dict = dataclasses.field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.min_coverage is None or 100.0 * self.coverage.mac_share >= self.min_coverage - 1e-9
+
+    def __str__(self) -> str:
+        return f"{100 * self.coverage.mac_share:.1f}% of MACs in integer kernels"

@@ -174,3 +174,16 @@ def test_run_without_model_is_a_usage_error(cnn):
     (cnn / "r.toml").write_text("[accept]\nmax_drop = 1\n")
     r = invoke("run", cnn / "r.toml")
     assert r.exit_code == 2 and "[run] model is not set" in r.output
+
+
+def test_inspect_and_min_coverage_gates(cnn):
+    r = invoke("inspect", cnn / "cnn.onnx", "--min-int8-coverage", 50)
+    assert r.exit_code == 1 and "0.0% of" in r.output
+    r = invoke("convert", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "q.onnx",
+               "--min-int8-coverage", 95)
+    assert r.exit_code == 0, r.output
+    r = invoke("inspect", cnn / "q.onnx", "--min-int8-coverage", 95, "--json", cnn / "i.json")
+    assert r.exit_code == 0 and json.loads((cnn / "i.json").read_text())["coverage"]["mac_share"] == 1.0
+    r = invoke("convert", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "q2.onnx", "--exclude", "Conv",
+               "--min-int8-coverage", 95)
+    assert r.exit_code == 1 and (cnn / "q2.onnx").exists()

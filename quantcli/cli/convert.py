@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from .. import pipeline
+from ..errors import ExitCode
 from ..recipe import Activations, Mode, Precision, ReduceRange, Weights, load_recipe, merge
 from ..report.render import render_convert
 from . import options as o
@@ -38,6 +39,7 @@ def convert(
                                                        help="7-bit weights: auto (on x86 without VNNI), on, off.",
                                                        show_default=False),
     recipe: o.OptPath = o.Recipe,
+    min_int8_coverage: float = o.MinCoverage,
     json_out: o.OptPath = o.Json,
     quiet: bool = o.Quiet,
     no_color: bool = o.NoColor,
@@ -55,3 +57,10 @@ def convert(
                                   progress=ui.progress)
         render_convert(result, ui.out)
         write_reports(result, json_path=json_out)
+    if min_int8_coverage is not None:
+        share = 100.0 * result.coverage.mac_share if result.coverage else 0.0
+        ok = share >= min_int8_coverage - 1e-9
+        ui.err.print(f"{'PASS' if ok else 'FAIL'}: INT8 MAC coverage {share:.1f}% (min {min_int8_coverage:g}%)"
+                     + ("" if ok else f"; {result.output} was written"), highlight=False)
+        if not ok:
+            raise typer.Exit(int(ExitCode.CHECK_FAILED))

@@ -26,3 +26,5 @@ Markdown = typer.Option(None, "--markdown", help="Also write a Markdown summary 
                         show_default=False)
 Quiet = typer.Option(False, "--quiet", "-q", help="Only errors on stderr; no tables or progress.")
 NoColor = typer.Option(False, "--no-color", help="No colors (also when NO_COLOR or CI is set).")
+MinCoverage = typer.Option(None, "--min-int8-coverage", help="Exit 1 if less than PCT % of the multiply-accumulates "
+                                                             "run in integer kernels.", show_default=False)

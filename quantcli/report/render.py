@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..results import CalibrationResult, CompareResult, ConvertResult, RunResult
+from ..results import CalibrationResult, CompareResult, ConvertResult, CoverageSummary, InspectResult, RunResult
 
 
 def _fmt_db(v: float) -> str:
@@ -55,15 +55,7 @@ def render_convert(r: ConvertResult, console: Console) -> None:
     table.add_row("kept float", str(len(r.float_nodes)))
     table.add_row("size", f"{_mb(r.size_before)} -> {_mb(r.size_after)} (x{r.size_after / max(r.size_before, 1):.2f})")
     if r.coverage is not None:
-        c = r.coverage
-        kernels = ", ".join(f"{k} {v}" for k, v in sorted(c.integer_kernels.items())) or "none"
-        table.add_row("INT8 MAC coverage", f"{100 * c.mac_share:.1f}% of {c.macs_total:,} MACs in integer kernels")
-        table.add_row("integer kernels", kernels)
-        if c.float_heavy_nodes:
-            names = ", ".join(c.float_heavy_nodes[:6]) + (" ..." if len(c.float_heavy_nodes) > 6 else "")
-            table.add_row("heavy ops in float", escape(f"{len(c.float_heavy_nodes)}: {names}"))
-        if c.dq_left:
-            table.add_row("DequantizeLinear left", f"{c.dq_left} (float ops reading quantized tensors)")
+        _coverage_rows(table, r.coverage)
     for chk in r.checks:
         table.add_row(f"check '{chk.name}'", f"cosine {chk.cosine:.5f}, SQNR {_fmt_db(chk.sqnr_db)} dB vs FP32 "
                                               "(one sample)")
@@ -83,6 +75,32 @@ def render_convert(r: ConvertResult, console: Console) -> None:
     for note in r.notes:
         console.print(f"note: {escape(note)}", highlight=False)
     console.print(f"wrote {r.output}")
+
+
+def _coverage_rows(table: Table, c: CoverageSummary) -> None:
+    kernels = ", ".join(f"{k} {v}" for k, v in sorted(c.integer_kernels.items())) or "none"
+    table.add_row("INT8 MAC coverage", f"{100 * c.mac_share:.1f}% of {c.macs_total:,} MACs in integer kernels")
+    table.add_row("integer kernels", kernels)
+    if c.float_heavy_nodes:
+        names = ", ".join(c.float_heavy_nodes[:6]) + (" ..." if len(c.float_heavy_nodes) > 6 else "")
+        table.add_row("heavy ops in float", escape(f"{len(c.float_heavy_nodes)}: {names}"))
+    if c.dq_left:
+        table.add_row("DequantizeLinear left", f"{c.dq_left} (float ops reading quantized tensors)")
+
+
+def render_inspect(r: InspectResult, console: Console) -> None:
+    table = Table(title=f"Inspect: {r.model}", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    _coverage_rows(table, r.coverage)
+    shapes = ", ".join(f"{k} {v}" for k, v in r.input_shapes.items())
+    table.add_row("MACs counted for", escape(shapes))
+    table.add_row("CPU", escape(r.cpu))
+    table.add_row("INT8 path", r.int8_path)
+    console.print(table)
+    if r.min_coverage is not None:
+        console.print(f"{'PASS' if r else 'FAIL'}: INT8 MAC coverage {100 * r.coverage.mac_share:.1f}% "
+                      f"(min {r.min_coverage:g}%)", highlight=False)
 
 
 def render_compare(r: CompareResult, console: Console) -> None:

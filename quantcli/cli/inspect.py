@@ -1,0 +1,33 @@
+"""quantcli inspect MODEL: which nodes run in integer kernels once ONNX Runtime has optimized the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .. import pipeline
+from ..errors import ExitCode
+from ..report.render import render_inspect
+from . import options as o
+from .app import app, error_boundary, ui, write_reports
+
+
+@app.command(help="Show which nodes of a (quantized) model ONNX Runtime runs in integer kernels on this CPU, the "
+                  "share of multiply-accumulates they carry, and Q/DQ left around float ops.")
+def inspect(
+    model: Path = typer.Argument(..., help="ONNX model (any quantizer's output, or FP32).", show_default=False),
+    data: o.OptPath = typer.Option(None, "--data", help="Input shapes for MAC counts from this data's first "
+                                                        "sample (default: symbolic dims = 1).", show_default=False),
+    min_int8_coverage: float = o.MinCoverage,
+    json_out: o.OptPath = o.Json,
+    quiet: bool = o.Quiet,
+    no_color: bool = o.NoColor,
+) -> None:
+    ui.apply(quiet, no_color)
+    with error_boundary():
+        result = pipeline.inspect(model, data=str(data) if data else None, min_coverage=min_int8_coverage)
+        render_inspect(result, ui.out)
+        write_reports(result, json_path=json_out)
+    if not result:
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
