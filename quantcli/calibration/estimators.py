@@ -48,14 +48,13 @@ def moving_average_range(obs: TensorObserver) -> tuple[float, float]:
 
 
 def _abs_hist(obs: TensorObserver) -> tuple[np.ndarray, float]:
-    """Histogram of |x| on [0, amax] with the same bin count (approximate to half a bin); returns (hist, width)."""
+    """Histogram of |x| on [0, amax] with the observer's bin width (so folding leaves no empty gaps)."""
     amax = max(abs(obs.min), abs(obs.max))
+    width = obs.width if obs.width > 0 else 1.0
+    nbins = max(1, min(int(np.ceil(amax / width)), 2 * obs.bins))
     centers = np.abs(obs.edges()[:-1] + obs.width / 2)
-    if obs.min >= 0:  # already one-sided: keep the grid's resolution, just start at 0
-        centers = obs.edges()[:-1] + obs.width / 2
-    width = amax / obs.bins if amax > 0 else 1.0
-    idx = np.clip((centers / width).astype(np.int64), 0, obs.bins - 1)
-    return np.bincount(idx, weights=obs.hist, minlength=obs.bins)[: obs.bins], width
+    idx = np.clip((centers / width).astype(np.int64), 0, nbins - 1)
+    return np.bincount(idx, weights=obs.hist, minlength=nbins)[:nbins], width
 
 
 def _quantile(hist: np.ndarray, lo: float, width: float, q: float) -> float:
@@ -122,11 +121,16 @@ def _side_threshold(obs: TensorObserver, sign: int, levels: int) -> float:
     return min(_kl_threshold(hist, levels) * width, extent)
 
 
-def _kl_threshold(hist: np.ndarray, levels: int) -> int:
-    """Number of bins i (threshold = i * width) minimizing KL(P_i || Q_i), all candidates at once."""
+def _kl_threshold(hist: np.ndarray, levels: int) -> float:
+    """Threshold, in bins of ``hist`` (may be fractional), minimizing KL(P || Q) over all candidates at once.
+
+    A histogram with fewer than 4 bins per level (coarse after its range grew) is first split evenly into
+    finer bins, so thresholds below ``levels`` of the original bins can still be chosen.
+    """
+    split = int(np.ceil(4 * levels / len(hist))) if len(hist) < 4 * levels else 1
+    if split > 1:
+        hist = np.repeat(np.asarray(hist, np.float64) / split, split)
     nbins = len(hist)
-    if nbins <= levels:
-        return nbins
     cands = np.unique(np.linspace(levels, nbins, min(MAX_CANDIDATES, nbins - levels + 1)).astype(np.int64))
     hist = hist.astype(np.float64)
     c = len(cands)
@@ -150,7 +154,7 @@ def _kl_threshold(hist: np.ndarray, levels: int) -> int:
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(pn > 0, pn * np.log(pn / np.where(qn > 0, qn, 1e-12)), 0.0)
     kl = terms.sum(axis=1)
-    return int(cands[int(np.argmin(kl))])
+    return float(cands[int(np.argmin(kl))]) / split
 
 
 def mse_range(obs: TensorObserver, num_levels: int = 256, symmetric: bool = False) -> tuple[float, float]:

@@ -4,7 +4,9 @@
 
 * the running min / max and the element count (NaN/Inf are excluded and counted apart);
 * a moving-average min / max over batches: ``ma = momentum * ma + (1 - momentum) * batch_value``;
-* a histogram of ``bins`` equal bins on ``[lo, lo + bins * width]``.  When data falls outside it, the
+* a histogram of ``bins`` equal bins on ``[lo, lo + bins * width]``, fed with every element of small updates
+  and an evenly strided subsample (prime stride, ~65k elements) of large ones, so its cost does not grow
+  with the tensor size; min, max and counts always see every element.  When data falls outside it, the
   histogram grows *exactly*: the new width is ``width * 2**k`` and the new lower edge
   ``lo - n * new_width``, so each old bin ``i`` lands entirely in new bin ``n + i // 2**k`` and no count is
   smeared.  All arithmetic on edges is float64, so ranges like -3.4e38 (additive attention masks) fit.
@@ -15,6 +17,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+
+CHUNK = 1 << 18  # elements binned at a time on the float64 path
+HIST_SAMPLES = 1 << 16  # a larger update feeds the histogram an evenly strided subsample of about this size
+
+
+def _sample_step(n: int) -> int:
+    """A prime stride giving about HIST_SAMPLES elements; prime, so it does not alias with tensor dimensions."""
+    step = max(2, n // HIST_SAMPLES) | 1
+    while any(step % d == 0 for d in range(3, int(step ** 0.5) + 1, 2)):
+        step += 2
+    return step
 
 
 class TensorObserver:
@@ -45,13 +59,14 @@ class TensorObserver:
         if x.size == 0:
             return
         x = x.ravel()
-        finite = np.isfinite(x)
-        if not finite.all():
+        bmin, bmax = float(x.min()), float(x.max())  # NaN and +-inf show up here, so one pass checks them
+        if not (math.isfinite(bmin) and math.isfinite(bmax)):
+            finite = np.isfinite(x)
             self.nonfinite += int(x.size - np.count_nonzero(finite))
             x = x[finite]
             if x.size == 0:
                 return
-        bmin, bmax = float(x.min()), float(x.max())
+            bmin, bmax = float(x.min()), float(x.max())
         self.min, self.max = min(self.min, bmin), max(self.max, bmax)
         if self.batches == 0:
             self.ma_min, self.ma_max = bmin, bmax
@@ -62,7 +77,7 @@ class TensorObserver:
         self.batches += 1
         self.count += int(x.size)
         self._grow(bmin, bmax)
-        self._add(x)
+        self._add(x if x.size <= HIST_SAMPLES else x[:: _sample_step(x.size)])
 
     def _grow(self, lo: float, hi: float) -> None:
         if self.width == 0.0:
@@ -90,9 +105,20 @@ class TensorObserver:
         self.hist_lo, self.width = new_lo, w
 
     def _add(self, x: np.ndarray) -> None:
-        idx = np.floor((x.astype(np.float64) - self.hist_lo) / self.width).astype(np.int64)
-        np.clip(idx, 0, self.bins - 1, out=idx)
-        self.hist += np.bincount(idx, minlength=self.bins)
+        if max(abs(self.hist_lo), abs(self.hist_hi)) < 1e30:  # float32 is exact enough to pick a bin
+            idx = (x.astype(np.float32, copy=False) - np.float32(self.hist_lo)) * np.float32(1.0 / self.width)
+            idx = idx.astype(np.int32)
+            np.clip(idx, 0, self.bins - 1, out=idx)
+            self.hist += np.bincount(idx, minlength=self.bins)
+            return
+        # extreme ranges (e.g. -3.4e38 masks): float64, in chunks so temporaries stay small
+        for start in range(0, x.size, CHUNK):
+            part = x[start:start + CHUNK].astype(np.float64)
+            part -= self.hist_lo
+            part /= self.width
+            idx = part.astype(np.int64)  # values are >= 0 here, so truncation is floor
+            np.clip(idx, 0, self.bins - 1, out=idx)
+            self.hist += np.bincount(idx, minlength=self.bins)
 
     def merge(self, other: "TensorObserver") -> None:
         """Combine with an observer of other data (same bin count): exact for counts, min and max."""

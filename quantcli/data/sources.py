@@ -26,6 +26,7 @@ from onnx import helper
 from ..errors import QuantcliError
 
 LABELS_KEY = "labels"
+DEFAULT_BATCH = 16  # samples per run: peak memory is proportional to it, and flat in the number of samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Dataset:
         fixed = {s.batch_dim for s in self.specs if s.shape} - {None}
         if fixed:
             return int(fixed.pop())
-        return requested or 32
+        return requested or DEFAULT_BATCH
 
     def samples(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield chunks of samples ({input: array[n, ...]}) with at most ``limit`` samples in all."""

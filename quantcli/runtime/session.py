@@ -24,8 +24,9 @@ PROVIDERS = ["CPUExecutionProvider"]
 
 
 def session_options(threads: int = 0, *, level: str = "all", optimized_path: str | None = None,
-                    spinning: bool = True) -> ort.SessionOptions:
+                    spinning: bool = True, arena: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
+    so.enable_cpu_mem_arena = arena
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
@@ -43,11 +44,11 @@ def session_options(threads: int = 0, *, level: str = "all", optimized_path: str
 
 
 def make_session(model: onnx.ModelProto | str | os.PathLike, *, threads: int = 0, level: str = "all",
-                 what: str = "model", spinning: bool = True) -> ort.InferenceSession:
+                 what: str = "model", spinning: bool = True, arena: bool = True) -> ort.InferenceSession:
     """Create a CPU InferenceSession; a load failure becomes a one-line error naming ``what``."""
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     try:
-        return ort.InferenceSession(src, sess_options=session_options(threads, level=level, spinning=spinning),
+        return ort.InferenceSession(src, sess_options=session_options(threads, level=level, spinning=spinning, arena=arena),
                                     providers=PROVIDERS)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
