@@ -27,6 +27,11 @@ test: $(BIN)/quantcli
 test-all: $(BIN)/quantcli
 	$(BIN)/python -m pytest -m ''
 
+## bench: quantcli vs onnxruntime.quantization.quantize_static on every sample model, in one run
+bench: $(BIN)/quantcli
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/compare_ort.py
+
 ## samples: rebuild sample_models/ (needs torch==2.13.0 and scikit-learn; not a runtime dependency)
 samples: $(BIN)/quantcli
 	$(BIN)/python -m pip install --quiet torch==2.13.0 scikit-learn

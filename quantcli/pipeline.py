@@ -26,7 +26,7 @@ from .manifest import build_manifest
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
 from .quantize.policy import PlanOptions, plan
 from .quantize.qdq import QDQOptions, insert_qdq
-from .recipe import (AcceptSettings, CalibrateSettings, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
+from .recipe import (AcceptSettings, Activations, CalibrateSettings, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
                      ReduceRange, Weights)
 from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, InspectResult,
                       OutputCheck, OutputFidelity, RunResult)
@@ -67,12 +67,15 @@ def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[tu
     return r.model, notes, skipped + r.skipped
 
 
-def calibration_tensors(prepared: onnx.ModelProto) -> list[str]:
-    """Every tensor convert may need a range for, whatever activation scheme it picks."""
-    names: set[str] = set()
-    for sym in (False, True):
-        names |= set(plan(prepared, PlanOptions(symmetric_activations=sym)).calibrated_tensors())
-    return sorted(names)
+def calibration_tensors(prepared: onnx.ModelProto, activations: Activations = Activations.ASYMMETRIC) -> list[str]:
+    """The tensors convert needs ranges for with this activation scheme, plus the outputs of layout ops
+    (which normally share their input's range but need their own when ``--exclude`` cuts them off).
+
+    Asymmetric activations absorb Relu/Clip into their producer's range, so the producer's own output
+    is not needed: tapping fewer tensors keeps ONNX Runtime's Conv+Relu fusions in the tap model.
+    """
+    p = plan(prepared, PlanOptions(symmetric_activations=activations == Activations.SYMMETRIC))
+    return sorted(set(p.calibrated_tensors()) | set(p.shared))
 
 
 def _open_dataset(path: str | None, model: onnx.ModelProto, what: str, **kw) -> Dataset:
@@ -83,22 +86,24 @@ def _open_dataset(path: str | None, model: onnx.ModelProto, what: str, **kw) -> 
 
 # -- calibrate ------------------------------------------------------------------------------------------
 def calibrate(model_path: str | Path, out_path: str | Path, settings: CalibrateSettings, *,
+              activations: Activations = Activations.ASYMMETRIC,
               progress: Progress = _no_progress) -> CalibrationResult:
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, settings.data)
-    artifact = _calibrate_model(model, str(model_path), settings, progress)
+    artifact, pass_seconds = _calibrate_model(model, str(model_path), settings, progress, activations)
     modelio.write_text_atomic(out, artifact.to_json())
     ranges = artifact.ranges()
     return CalibrationResult(str(out), artifact.model_sha256, artifact.samples, len(artifact.observers),
-                             settings.method.value, time.perf_counter() - t0, ranges, artifact.manifest)
+                             settings.method.value, time.perf_counter() - t0, ranges, pass_seconds,
+                             artifact.manifest)
 
 
-def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: CalibrateSettings,
-                     progress: Progress) -> CalibrationArtifact:
+def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: CalibrateSettings, progress: Progress,
+                     activations: Activations, tensors: list[str] | None = None) -> tuple[CalibrationArtifact, float]:
     dataset = _open_dataset(settings.data, model, "calibrate")
     prepared, _, _ = prepare(model)
-    tensors = calibration_tensors(prepared)
+    tensors = tensors if tensors is not None else calibration_tensors(prepared, activations)
     if not tensors:
         raise QuantcliError(f"{model_path}: nothing to calibrate (no quantizable Conv/MatMul/Gemm with float inputs)")
     bs = dataset.default_batch_size(settings.batch_size)
@@ -106,13 +111,15 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
     if used == 0:
         raise QuantcliError(f"{settings.data}: fewer samples than the model's fixed batch size {bs}")
     advance = progress("calibrating", used)
-    observers, seen = collect_statistics(prepared, tensors, dataset.batches(bs, settings.samples),
+    observers, seen, pass_seconds = collect_statistics(prepared, tensors, dataset.batches(bs, settings.samples),
                                          bins=settings.bins, on_batch=advance)
     cal_settings = {"method": settings.method.value, "percentile": settings.percentile, "bins": settings.bins,
-                    "batch_size": bs, "data": str(settings.data), "samples": settings.samples}
+                    "batch_size": bs, "data": str(settings.data), "samples": settings.samples,
+                    "activations": activations.value}
     sha = modelio.file_sha256(model_path)
-    return CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
-                               build_manifest(model_path, sha, {"calibrate": cal_settings}))
+    artifact = CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
+                                   build_manifest(model_path, sha, {"calibrate": cal_settings}))
+    return artifact, pass_seconds
 
 
 # -- convert --------------------------------------------------------------------------------------------
@@ -220,14 +227,17 @@ def _ranges_for(model, model_path, needed: list[str], settings: ConvertSettings,
             raise QuantcliError(f"{calibration}: made for another model (sha256 {artifact.model_sha256[:12]}..., "
                                 f"{model_path} is {sha[:12]}...); re-run quantcli calibrate on this model")
     elif calib_settings is not None and calib_settings.data:
-        artifact = _calibrate_model(model, str(model_path), calib_settings, progress)
+        artifact, _ = _calibrate_model(model, str(model_path), calib_settings, progress, settings.activations,
+                                       tensors=needed)
     else:
         raise QuantcliError("convert: static INT8 needs ranges: give --calibration CALIB.json or --data PATH "
                             "(or use --mode dynamic, or --precision fp16)")
     missing = [t for t in needed if t not in artifact.observers]
     if missing:
+        hint = (" with --activations symmetric" if settings.activations == Activations.SYMMETRIC
+                and artifact.settings.get("activations") != "symmetric" else " with this quantcli version")
         raise QuantcliError(f"{calibration}: has no statistics for tensor '{missing[0]}' "
-                            f"({len(missing)} missing); re-run quantcli calibrate with this quantcli version")
+                            f"({len(missing)} missing); re-run quantcli calibrate{hint}")
     method = settings.method.value if settings.method else None
     if method and method != artifact.settings.get("method"):
         notes.append(f"ranges re-derived from the calibration statistics with method '{method}'")
@@ -369,7 +379,7 @@ def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
         if not recipe.calibrate.data:
             raise QuantcliError(f"{where}: [calibrate] data is not set: static INT8 needs calibration data")
         cal_path = recipe.run.calibration or f"{output}.calib.json"
-        cal = calibrate(model, cal_path, recipe.calibrate, progress=progress)
+        cal = calibrate(model, cal_path, recipe.calibrate, activations=recipe.convert.activations, progress=progress)
     conv = convert(model, output, recipe.convert, calibration=cal.output if cal else None,
                    calib_settings=recipe.calibrate, progress=progress)
     cmp = compare(model, output, recipe.compare, progress=progress)

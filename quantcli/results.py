@@ -15,6 +15,7 @@ class CalibrationResult:
     method: str
     seconds: float
     ranges: dict[str, tuple[float, float]]
+    pass_seconds: float = 0.0   # the data pass alone (inference with taps + statistics)
     manifest: dict = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:

@@ -187,3 +187,15 @@ def test_inspect_and_min_coverage_gates(cnn):
     r = invoke("convert", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "q2.onnx", "--exclude", "Conv",
                "--min-int8-coverage", 95)
     assert r.exit_code == 1 and (cnn / "q2.onnx").exists()
+
+
+def test_symmetric_activations_need_a_matching_calibration(cnn):
+    invoke("calibrate", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "c.json")
+    r = invoke("convert", cnn / "cnn.onnx", "--calibration", cnn / "c.json", "-o", cnn / "q.onnx",
+               "--activations", "symmetric")
+    assert r.exit_code == 2 and "re-run quantcli calibrate with --activations symmetric" in r.output
+    invoke("calibrate", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "s.json",
+           "--activations", "symmetric")
+    r = invoke("convert", cnn / "cnn.onnx", "--calibration", cnn / "s.json", "-o", cnn / "q.onnx",
+               "--activations", "symmetric", "--exclude", "Conv")
+    assert r.exit_code == 0, r.output

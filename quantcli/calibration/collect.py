@@ -7,6 +7,7 @@ outputs are dropped, so memory depends on the model and the batch size, never on
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable
 
 import numpy as np
@@ -18,8 +19,9 @@ from .observers import TensorObserver
 
 def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict[str, np.ndarray]], *,
                        bins: int = 2048, momentum: float = 0.9, threads: int = 0,
-                       on_batch: Callable[[int], None] | None = None) -> tuple[dict[str, TensorObserver], int]:
-    """Observe ``tensors`` over ``batches``; returns (observers, number of samples seen)."""
+                       on_batch: Callable[[int], None] | None = None
+                       ) -> tuple[dict[str, TensorObserver], int, float]:
+    """Observe ``tensors`` over ``batches``; returns (observers, samples seen, seconds spent in the data pass)."""
     inputs = {i.name for i in model.graph.input}
     tapped = [t for t in tensors if t not in inputs]
     fed = [t for t in tensors if t in inputs]
@@ -29,6 +31,7 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
         if tapped else None
     observers = {t: TensorObserver(bins=bins, momentum=momentum) for t in tensors}
     samples = 0
+    t0 = time.perf_counter()
     for feeds in batches:
         n = len(next(iter(feeds.values())))
         if session is not None:
@@ -41,4 +44,4 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
         samples += n
         if on_batch:
             on_batch(n)
-    return observers, samples
+    return observers, samples, time.perf_counter() - t0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from .. import pipeline
-from ..recipe import load_recipe, merge
+from ..recipe import Activations, load_recipe, merge
 from ..report.render import render_calibration
 from . import options as o
 from .app import app, error_boundary, ui, write_reports
@@ -24,6 +25,10 @@ def calibrate(
                                    show_default=False),
     method: o.OptMethod = o.MethodOpt,
     percentile: float = o.Percentile,
+    activations: Optional[Activations] = typer.Option(None, "--activations",
+                                                      help="The activation scheme convert will use (default: the "
+                                                           "recipe's [convert] activations, else asymmetric).",
+                                                      show_default=False),
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
     quiet: bool = o.Quiet,
@@ -34,6 +39,7 @@ def calibrate(
         r = load_recipe(recipe)
         settings = merge(r.calibrate, data=str(data) if data else None, samples=samples, batch_size=batch_size,
                          method=method, percentile=percentile)
-        result = pipeline.calibrate(model, output, settings, progress=ui.progress)
+        conv = merge(r.convert, activations=activations)
+        result = pipeline.calibrate(model, output, settings, activations=conv.activations, progress=ui.progress)
         render_calibration(result, ui.out)
         write_reports(result, json_path=json_out)
