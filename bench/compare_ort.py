@@ -7,7 +7,7 @@ For each sample model: FP32; onnxruntime's quantize_static after its quant_pre_p
 Prints accuracy (or top-1 agreement with FP32), cosine to FP32, latency ratio to FP32 at batch 1 and batch 32
 with 2 threads (all models of a row timed in alternating blocks in the same run), model size, INT8 MAC
 coverage of ONNX Runtime's optimized graph, and the calibration's wall time and peak memory (each calibration
-runs in a fresh subprocess; peak RSS from getrusage).  A second table checks that quantcli's calibration
+runs in a fresh subprocess; peak RSS is its VmHWM).  A second table checks that quantcli's calibration
 memory does not grow with the number of samples (32 vs 512 samples of the same model).
 """
 
@@ -44,6 +44,14 @@ def _tile(arrays: dict, n: int) -> dict:
     return out
 
 
+def _peak_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def worker(kind: str, model: str, data: str, n: int, out: str, per_channel: bool) -> None:
     with np.load(data) as z:
         arrays = {k: z[k] for k in z.files if k != "labels"}
@@ -58,15 +66,18 @@ def worker(kind: str, model: str, data: str, n: int, out: str, per_channel: bool
         cal = pipeline.calibrate(model, tmp / "calib.json", CalibrateSettings(data=str(tmp / "calib.npz")))
         seconds = time.perf_counter() - t0
         pipeline.convert(model, out, ConvertSettings(), calibration=cal.output)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        peak = _peak_mb()
         # plain FP32 inference over the same data and batches, for the calibration overhead ratio
-        from quantcli.data.sources import DEFAULT_BATCH
+        from quantcli.data.sources import DEFAULT_BATCH, Dataset, input_specs
+        from quantcli.modelio import load_model
         from quantcli.runtime.session import make_session
 
-        sess = make_session(model)
+        fp32 = load_model(model)
+        sess = make_session(fp32)
+        ds = Dataset(tmp / "calib.npz", input_specs(fp32))
         t1 = time.perf_counter()
-        for i in range(0, n, DEFAULT_BATCH):
-            sess.run(None, {k: v[i:i + DEFAULT_BATCH] for k, v in arrays.items()})
+        for feeds in ds.batches(DEFAULT_BATCH):  # the same data path as calibration
+            sess.run(None, feeds)
         plain = time.perf_counter() - t1
         pass_seconds = cal.pass_seconds
     else:
@@ -87,7 +98,7 @@ def worker(kind: str, model: str, data: str, n: int, out: str, per_channel: bool
                         weight_type=QuantType.QInt8, calibrate_method=method)
         seconds = time.perf_counter() - t0
         plain = pass_seconds = None
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        peak = _peak_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": peak, "plain_seconds": plain, "pass_seconds": pass_seconds}))
 
 

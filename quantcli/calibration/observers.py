@@ -5,7 +5,7 @@
 * the running min / max and the element count (NaN/Inf are excluded and counted apart);
 * a moving-average min / max over batches: ``ma = momentum * ma + (1 - momentum) * batch_value``;
 * a histogram of ``bins`` equal bins on ``[lo, lo + bins * width]``, fed with every element of small updates
-  and an evenly strided subsample (prime stride, ~65k elements) of large ones, so its cost does not grow
+  and an evenly strided subsample (prime stride, ~33k elements) of large ones, so its cost does not grow
   with the tensor size; min, max and counts always see every element.  When data falls outside it, the
   histogram grows *exactly*: the new width is ``width * 2**k`` and the new lower edge
   ``lo - n * new_width``, so each old bin ``i`` lands entirely in new bin ``n + i // 2**k`` and no count is
@@ -20,7 +20,7 @@ import numpy as np
 
 
 CHUNK = 1 << 18  # elements binned at a time on the float64 path
-HIST_SAMPLES = 1 << 16  # a larger update feeds the histogram an evenly strided subsample of about this size
+HIST_SAMPLES = 1 << 15  # a larger update feeds the histogram an evenly strided subsample of about this size
 
 
 def _sample_step(n: int) -> int:
