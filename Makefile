@@ -31,6 +31,7 @@ test-all: $(BIN)/quantcli
 bench: $(BIN)/quantcli
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/compare_ort.py
+	$(BIN)/python bench/recovery.py
 
 ## samples: rebuild sample_models/ (needs torch==2.13.0 and scikit-learn; not a runtime dependency)
 samples: $(BIN)/quantcli

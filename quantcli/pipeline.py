@@ -7,6 +7,7 @@ its outputs atomically.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -24,9 +25,9 @@ from .data.sources import Dataset, input_specs
 from .errors import InternalError, QuantcliError
 from .manifest import build_manifest
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
-from .quantize.policy import PlanOptions, plan
+from .quantize.policy import PlanOptions, QuantPlan, plan
 from .quantize.qdq import QDQOptions, insert_qdq
-from .recipe import (AcceptSettings, Activations, CalibrateSettings, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
+from .recipe import (AcceptSettings, Activations, BiasCorrection, CalibrateSettings, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
                      ReduceRange, Weights)
 from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, InspectResult,
                       OutputCheck, OutputFidelity, RunResult)
@@ -44,10 +45,22 @@ def _no_progress(desc: str, total: int) -> Callable[[int], None]:
 
 
 # -- preparation shared by calibrate and convert ------------------------------------------------------
-def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[tuple[str, str]]]:
-    """Deterministic clean-up before ranges are measured: names, Constant weights, opset 13, BN folding."""
+@dataclasses.dataclass
+class Prepared:
+    """The model as calibrate and convert both see it, and what preparing it did."""
+
+    model: onnx.ModelProto
+    notes: list[str]
+    skipped: list[tuple[str, str]]
+    bn_stats: dict            # folded layer -> (beta, gamma) of its BatchNorm output
+    cle_scales: dict          # first layer of an equalized pair -> per-channel divisor
+    cle_report: list[str]
+
+
+def prepare(model: onnx.ModelProto, *, cle: bool = False) -> Prepared:
+    """Deterministic clean-up before ranges are measured: names, Constant weights, opset 13, BN folding,
+    and cross-layer equalization if asked (calibrate and convert must agree on it)."""
     notes: list[str] = []
-    skipped: list[tuple[str, str]] = []
     for step in (name_nodes, constants_to_initializers, gemm_bias_to_1d):
         r = step(model)
         model, notes = r.model, notes + r.changed
@@ -64,7 +77,15 @@ def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[tu
     r = fold_batchnorm(model)
     if r.changed:
         notes.append(f"{len(r.changed)} BatchNormalization node(s) folded into the preceding Conv/Gemm")
-    return r.model, notes, skipped + r.skipped
+    prepared = Prepared(r.model, notes, list(r.skipped), r.data, {}, [])
+    if cle:
+        from .transforms.equalize import equalize
+
+        e = equalize(prepared.model)
+        prepared.model, prepared.cle_scales = e.model, e.data
+        prepared.cle_report = e.changed + [f"{n}: not equalized ({why})" for n, why in e.skipped]
+        notes.append(f"cross-layer equalization: {len(e.changed)} pair(s) equalized, {len(e.skipped)} skipped")
+    return prepared
 
 
 def calibration_tensors(prepared: onnx.ModelProto, activations: Activations = Activations.ASYMMETRIC) -> list[str]:
@@ -86,12 +107,14 @@ def _open_dataset(path: str | None, model: onnx.ModelProto, what: str, **kw) -> 
 
 # -- calibrate ------------------------------------------------------------------------------------------
 def calibrate(model_path: str | Path, out_path: str | Path, settings: CalibrateSettings, *,
-              activations: Activations = Activations.ASYMMETRIC,
+              convert_settings: ConvertSettings | None = None,
               progress: Progress = _no_progress) -> CalibrationResult:
+    """Observe the tensors that convert, with ``convert_settings`` (activation scheme, CLE), will quantize."""
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, settings.data)
-    artifact, pass_seconds = _calibrate_model(model, str(model_path), settings, progress, activations)
+    artifact, pass_seconds = _calibrate_model(model, str(model_path), settings, progress,
+                                              convert_settings or ConvertSettings())
     modelio.write_text_atomic(out, artifact.to_json())
     ranges = artifact.ranges()
     return CalibrationResult(str(out), artifact.model_sha256, artifact.samples, len(artifact.observers),
@@ -100,10 +123,11 @@ def calibrate(model_path: str | Path, out_path: str | Path, settings: CalibrateS
 
 
 def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: CalibrateSettings, progress: Progress,
-                     activations: Activations, tensors: list[str] | None = None) -> tuple[CalibrationArtifact, float]:
+                     conv: ConvertSettings, tensors: list[str] | None = None,
+                     prepared: onnx.ModelProto | None = None) -> tuple[CalibrationArtifact, float]:
     dataset = _open_dataset(settings.data, model, "calibrate")
-    prepared, _, _ = prepare(model)
-    tensors = tensors if tensors is not None else calibration_tensors(prepared, activations)
+    prepared = prepared if prepared is not None else prepare(model, cle=conv.cle).model
+    tensors = tensors if tensors is not None else calibration_tensors(prepared, conv.activations)
     if not tensors:
         raise QuantcliError(f"{model_path}: nothing to calibrate (no quantizable Conv/MatMul/Gemm with float inputs)")
     bs = dataset.default_batch_size(settings.batch_size)
@@ -115,7 +139,7 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
                                          bins=settings.bins, on_batch=advance)
     cal_settings = {"method": settings.method.value, "percentile": settings.percentile, "bins": settings.bins,
                     "batch_size": bs, "data": str(settings.data), "samples": settings.samples,
-                    "activations": activations.value}
+                    "activations": conv.activations.value, "cle": conv.cle}
     sha = modelio.file_sha256(model_path)
     artifact = CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
                                    build_manifest(model_path, sha, {"calibrate": cal_settings}))
@@ -131,6 +155,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     out = modelio.check_output_path(out_path, model_path, calibration)
     cpu = detect_cpu()
     notes: list[str] = []
+    transforms: list[str] = []
     float_nodes: dict[str, str] = {}
     quantized: dict[str, str] = {}
     absorbed: list[str] = []
@@ -153,9 +178,11 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
             notes.append(f"{len(rep.clamped_initializers)} initializer(s) clamped to the half range: "
                          + ", ".join(rep.clamped_initializers[:5]))
     else:
-        prepared, prep_notes, prep_skipped = prepare(model)
-        notes += prep_notes
-        float_nodes.update({n: why for n, why in prep_skipped})
+        prep = prepare(model, cle=settings.cle)
+        prepared = prep.model
+        notes += prep.notes
+        float_nodes.update({n: why for n, why in prep.skipped})
+        transforms += prep.cle_report
         per_channel = settings.weights == Weights.PER_CHANNEL
         if per_channel and modelio.model_opset(prepared) < 13:
             per_channel = False
@@ -168,14 +195,9 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
             new_model = r.model
             float_nodes.update(kept)
         else:
-            symmetric = settings.activations.value == "symmetric"
-            qplan = plan(prepared, PlanOptions(per_channel=per_channel, symmetric_activations=symmetric,
-                                               exclude=tuple(settings.exclude)))
-            ranges = _ranges_for(model, model_path, qplan.calibrated_tensors(), settings, symmetric,
-                                 calibration, calib_settings, progress, notes)
-            r = insert_qdq(prepared, qplan, ranges, QDQOptions(symmetric_activations=symmetric,
-                                                                reduce_range=reduce_range))
-            new_model = r.model
+            qplan, new_model, bc_report = _static_int8(model, model_path, prep, settings, per_channel, reduce_range,
+                                                       calibration, calib_settings, progress, notes)
+            transforms += bc_report
             quantized, absorbed = dict(qplan.quantized_nodes), sorted(qplan.absorbed)
             float_nodes.update(qplan.float_nodes)
             n_tensors = len(qplan.activations) + len(qplan.shared)
@@ -196,7 +218,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     return ConvertResult(str(out), settings.precision.value, settings.mode.value, _settings_dict(settings),
                          quantized, float_nodes, absorbed, n_tensors, modelio.model_size_bytes(model_path),
                          modelio.model_size_bytes(out), checks, coverage, notes, cpu.summary(),
-                         time.perf_counter() - t0, manifest)
+                         time.perf_counter() - t0, transforms, manifest)
 
 
 def _settings_dict(settings: ConvertSettings) -> dict:
@@ -217,18 +239,68 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
     model.metadata_props.add(key=key, value=value)
 
 
-def _ranges_for(model, model_path, needed: list[str], settings: ConvertSettings, symmetric: bool,
-                calibration, calib_settings: CalibrateSettings | None, progress: Progress,
-                notes: list[str]) -> dict[str, tuple[float, float]]:
+def _static_int8(model, model_path, prep: Prepared, settings: ConvertSettings, per_channel: bool,
+                 reduce_range: bool, calibration, calib_settings: CalibrateSettings | None, progress: Progress,
+                 notes: list[str]) -> tuple[QuantPlan, onnx.ModelProto, list[str]]:
+    """Plan, ranges, bias correction, Q/DQ insertion; returns (plan, QDQ model, bias-correction report)."""
+    from .quantize import params as qp
+    from .transforms.bias_correction import add_zero_biases, analytic_correction
+
+    symmetric = settings.activations == Activations.SYMMETRIC
+    work = prep.model
+    bc = settings.bias_correction
+    if bc != BiasCorrection.OFF:
+        work = copy.deepcopy(work)
+        add_zero_biases(work)
+    qplan = plan(work, PlanOptions(per_channel=per_channel, symmetric_activations=symmetric,
+                                   exclude=tuple(settings.exclude)))
+    ranges, artifact = _ranges_for(model, model_path, work, qplan.calibrated_tensors(), settings, symmetric,
+                                   calibration, calib_settings, progress, notes)
+    options = QDQOptions(symmetric_activations=symmetric, reduce_range=reduce_range)
+    axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
+    layers = [n.name for n in work.graph.node if n.name in axes]
+    report: list[str] = []
+    if bc == BiasCorrection.EMPIRICAL:
+        data = (calib_settings.data if calib_settings and calib_settings.data else artifact.settings.get("data"))
+        if not data or not Path(data).exists():
+            notes.append(f"empirical bias correction needs the calibration data ({data or 'not recorded'} is not "
+                         "there): used analytic bias correction instead; pass --data to measure it")
+            bc = BiasCorrection.ANALYTIC
+    if bc == BiasCorrection.EMPIRICAL:
+        ds = Dataset(data, input_specs(model))
+        batches = list(ds.batches(ds.default_batch_size(None), limit=256))
+        from .calibration.empirical import empirical_bias_correction
+
+        work, report = empirical_bias_correction(work, qplan, ranges, options, batches, layers,
+                                                 on_layer=progress("bias correction", len(layers)))
+    elif bc == BiasCorrection.ANALYTIC:
+        def dequantized(w, axis):
+            p = qp.weight_params(w, axis=axis, reduce_range=reduce_range)
+            return qp.dequantize(qp.quantize_weight(w, p, reduce_range=reduce_range), p)
+
+        report = analytic_correction(work, {n: axes[n] for n in layers}, prep.bn_stats, prep.cle_scales,
+                                     dequantized)
+    if report:
+        notes.append(f"bias correction ({bc.value}): {sum('shifted' in line for line in report)} layer(s) corrected")
+    return qplan, insert_qdq(work, qplan, ranges, options).model, report
+
+
+def _ranges_for(model, model_path, prepared: onnx.ModelProto, needed: list[str], settings: ConvertSettings,
+                symmetric: bool, calibration, calib_settings: CalibrateSettings | None, progress: Progress,
+                notes: list[str]) -> tuple[dict[str, tuple[float, float]], CalibrationArtifact]:
     if calibration is not None:
         artifact = load_artifact(calibration)
         sha = modelio.file_sha256(model_path)
         if artifact.model_sha256 != sha:
             raise QuantcliError(f"{calibration}: made for another model (sha256 {artifact.model_sha256[:12]}..., "
                                 f"{model_path} is {sha[:12]}...); re-run quantcli calibrate on this model")
+        if bool(artifact.settings.get("cle", False)) != settings.cle:
+            on = "on" if artifact.settings.get("cle") else "off"
+            raise QuantcliError(f"{calibration}: calibrated with cross-layer equalization {on}, but convert has it "
+                                f"{'on' if settings.cle else 'off'}; run calibrate and convert with the same --cle")
     elif calib_settings is not None and calib_settings.data:
-        artifact, _ = _calibrate_model(model, str(model_path), calib_settings, progress, settings.activations,
-                                       tensors=needed)
+        artifact, _ = _calibrate_model(model, str(model_path), calib_settings, progress, settings,
+                                       tensors=needed, prepared=prepared)
     else:
         raise QuantcliError("convert: static INT8 needs ranges: give --calibration CALIB.json or --data PATH "
                             "(or use --mode dynamic, or --precision fp16)")
@@ -242,7 +314,7 @@ def _ranges_for(model, model_path, needed: list[str], settings: ConvertSettings,
     if method and method != artifact.settings.get("method"):
         notes.append(f"ranges re-derived from the calibration statistics with method '{method}'")
     notes.append(f"ranges: {method or artifact.settings.get('method')} over {artifact.samples} calibration samples")
-    return artifact.ranges(method, settings.percentile, symmetric=symmetric)
+    return artifact.ranges(method, settings.percentile, symmetric=symmetric), artifact
 
 
 def _validation_feeds(model: onnx.ModelProto, data_path: str | None, calibration) -> dict[str, np.ndarray]:
@@ -379,7 +451,7 @@ def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
         if not recipe.calibrate.data:
             raise QuantcliError(f"{where}: [calibrate] data is not set: static INT8 needs calibration data")
         cal_path = recipe.run.calibration or f"{output}.calib.json"
-        cal = calibrate(model, cal_path, recipe.calibrate, activations=recipe.convert.activations, progress=progress)
+        cal = calibrate(model, cal_path, recipe.calibrate, convert_settings=recipe.convert, progress=progress)
     conv = convert(model, output, recipe.convert, calibration=cal.output if cal else None,
                    calib_settings=recipe.calibrate, progress=progress)
     cmp = compare(model, output, recipe.compare, progress=progress)

@@ -5,7 +5,8 @@ Schema (every key optional; flags given on the command line override the recipe)
     description = "..."
     [run]         model, output, calibration          (quantcli run)
     [calibrate]   data, samples, batch_size, method, percentile, bins
-    [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range
+    [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range, cle,
+                  bias_correction
     [compare]     data, labels, max_drop, threads, runs, warmup
     [accept]      max_drop, min_int8_coverage, max_latency_ratio, max_size_mb   (quantcli run)
 
@@ -57,6 +58,12 @@ class Mode(str, enum.Enum):
     DYNAMIC = "dynamic"
 
 
+class BiasCorrection(str, enum.Enum):
+    OFF = "off"
+    EMPIRICAL = "empirical"
+    ANALYTIC = "analytic"
+
+
 class ReduceRange(str, enum.Enum):
     AUTO = "auto"
     ON = "on"
@@ -83,6 +90,8 @@ class ConvertSettings:
     method: Method | None = None       # re-derive ranges from the artifact's statistics with another method
     percentile: float | None = None
     reduce_range: ReduceRange = ReduceRange.AUTO
+    cle: bool = True                    # cross-layer equalization (also applied by calibrate: keep them equal)
+    bias_correction: BiasCorrection = BiasCorrection.EMPIRICAL  # analytic when no calibration data is at hand
 
 
 @dataclasses.dataclass

@@ -57,6 +57,7 @@ class ConvertResult:
     notes: list[str]
     cpu: str
     seconds: float
+    transforms: list[str] = dataclasses.field(default_factory=list)  # per layer: CLE scales, bias shifts, skips
     manifest: dict = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:

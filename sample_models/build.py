@@ -1,6 +1,7 @@
 """Rebuild the sample models and their data from scikit-learn's bundled digits data set (offline).
 
-    python sample_models/build.py            # needs torch==2.13.0, scikit-learn, onnx, onnxruntime, numpy
+    python sample_models/build.py [cnn] [transformer] [mobile]   # default: all; needs torch==2.13.0,
+                                                                 # scikit-learn, onnx, onnxruntime, numpy
 
 Both models are trained with PyTorch (CPU, seeded, deterministic algorithms, one thread) and then written
 as ONNX graphs node by node with onnx.helper, copying the trained weights, so the graph structure is
@@ -10,11 +11,13 @@ Erf-based GELU in the transformer).  torch is used here only; quantcli never imp
 Files written next to this script:
   digits_cnn.onnx, digits_cnn-calib.npz (input), digits_cnn-eval.npz (input, labels)
   tiny_transformer.onnx, tiny_transformer-calib.npz (input_ids), tiny_transformer-eval.npz (input_ids, labels)
+  mobile_digits.onnx, mobile_digits-calib.npz (input), mobile_digits-eval.npz (input, labels)
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -308,10 +311,116 @@ def build_transformer(data, labels, train_idx, eval_idx) -> None:
           f"{np.abs(got - ref).max():.2e}; runs with batch 1, sequence 32")
 
 
+# -- the MobileNet-style CNN -----------------------------------------------------------------------------------
+class MobileDigits(nn.Module):
+    """MobileNet-v1 style: a stem, depthwise-separable blocks with BatchNorm + ReLU, GAP, a linear head."""
+
+    WIDTHS = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2)]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        blocks = []
+        for cin, cout, stride in self.WIDTHS:
+            blocks.append(nn.Sequential(
+                nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()))
+        self.blocks = nn.ModuleList(blocks)
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = b(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def mobile_graph(m: MobileDigits) -> onnx.GraphProto:
+    nodes, inits = [], []
+
+    def conv_bn_act(prefix, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: str) -> str:
+        w = f"{prefix}.conv.weight"
+        inits.append(numpy_helper.from_array(t2n(conv.weight), w))
+        k = conv.kernel_size[0]
+        nodes.append(helper.make_node("Conv", [x, w], [f"{prefix}/conv_out"], name=f"{prefix}/conv",
+                                      kernel_shape=[k, k], strides=list(conv.stride), pads=[conv.padding[0]] * 4,
+                                      group=conv.groups))
+        for p, t in (("scale", bn.weight), ("bias", bn.bias), ("mean", bn.running_mean), ("var", bn.running_var)):
+            inits.append(numpy_helper.from_array(t2n(t), f"{prefix}.bn.{p}"))
+        nodes.append(helper.make_node("BatchNormalization", [f"{prefix}/conv_out"] + [f"{prefix}.bn.{p}" for p in
+                                      ("scale", "bias", "mean", "var")], [f"{prefix}/bn_out"], name=f"{prefix}/bn",
+                                      epsilon=bn.eps))
+        nodes.append(helper.make_node("Relu", [f"{prefix}/bn_out"], [f"{prefix}/relu_out"], name=f"{prefix}/relu"))
+        return f"{prefix}/relu_out"
+
+    x = conv_bn_act("stem", m.stem[0], m.stem[1], "input")
+    for i, b in enumerate(m.blocks):
+        x = conv_bn_act(f"block{i}/dw", b[0], b[1], x)
+        x = conv_bn_act(f"block{i}/pw", b[3], b[4], x)
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["head/pool_out"], name="head/pool"))
+    nodes.append(helper.make_node("Flatten", ["head/pool_out"], ["head/flat_out"], name="head/flatten", axis=1))
+    inits += [numpy_helper.from_array(t2n(m.fc.weight), "head.fc.weight"),
+              numpy_helper.from_array(t2n(m.fc.bias), "head.fc.bias")]
+    nodes.append(helper.make_node("Gemm", ["head/flat_out", "head.fc.weight", "head.fc.bias"], ["logits"],
+                                  name="head/fc", transB=1))
+    return helper.make_graph(nodes, "mobile_digits",
+                             [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
+                             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+
+
+def spread_channel_scales(model: MobileDigits, factor: float = 10.0) -> None:
+    """Spread the per-channel scales of every depthwise layer with the ReLU scaling symmetry, exactly.
+
+    relu(k * x) = k * relu(x) for k > 0, so multiplying a depthwise layer's BatchNorm (gamma, beta) by k_c and
+    dividing the next pointwise layer's input channel c by k_c leaves the network's function unchanged.
+    BatchNorm makes a trained network blind to these scales, and in real MobileNets folding BatchNorm into
+    depthwise weights gives channel ranges that differ by orders of magnitude; k_c is log-uniform in
+    [1/factor, factor] (seeded) to reproduce that here.
+    """
+    rng = np.random.default_rng(SEED)
+    with torch.no_grad():
+        for b in model.blocks:
+            bn, pw = b[1], b[3]
+            k = torch.from_numpy(np.exp(rng.uniform(-np.log(factor), np.log(factor), bn.num_features))).float()
+            bn.weight.mul_(k)
+            bn.bias.mul_(k)
+            pw.weight.div_(k.view(1, -1, 1, 1))
+
+
+def build_mobile(data, labels, train_idx, eval_idx) -> None:
+    setup()
+    images = cnn_images(data)
+    mean, std = float(images[train_idx].mean()), float(images[train_idx].std())
+    images = ((images - mean) / std).astype(np.float32)
+    model = MobileDigits()
+    train(model, torch.from_numpy(images[train_idx]), torch.from_numpy(labels[train_idx]), epochs=15, lr=3e-3)
+    with torch.no_grad():
+        before = model(torch.from_numpy(images[eval_idx])).numpy()
+    spread_channel_scales(model)
+    with torch.no_grad():
+        after = model(torch.from_numpy(images[eval_idx])).numpy()
+    print(f"mobile_digits: channel-scale spread changes the logits by at most {np.abs(after - before).max():.2e}")
+    path = HERE / "mobile_digits.onnx"
+    save_model(mobile_graph(model), path,
+               "MobileNet-v1 style digits classifier: depthwise-separable blocks with BatchNorm and ReLU. "
+               f"Input: 8x8 digits upsampled to 32x32, (x/16 - {mean:.4f}) / {std:.4f}.")
+    calib = images[train_idx][np.random.default_rng(SEED).permutation(len(train_idx))[:128]]
+    np.savez(HERE / "mobile_digits-calib.npz", input=calib)
+    np.savez(HERE / "mobile_digits-eval.npz", input=images[eval_idx], labels=labels[eval_idx])
+    got = ort_logits(path, {"input": images[eval_idx]})
+    acc = float((got.argmax(1) == labels[eval_idx]).mean() * 100)
+    print(f"mobile_digits: eval accuracy {acc:.2f}% (ONNX Runtime)")
+
+
 def main() -> None:
     data, labels, train_idx, eval_idx = split()
-    build_cnn(data, labels, train_idx, eval_idx)
-    build_transformer(data, labels, train_idx, eval_idx)
+    which = set(sys.argv[1:]) or {"cnn", "transformer", "mobile"}
+    if "cnn" in which:
+        build_cnn(data, labels, train_idx, eval_idx)
+    if "transformer" in which:
+        build_transformer(data, labels, train_idx, eval_idx)
+    if "mobile" in which:
+        build_mobile(data, labels, train_idx, eval_idx)
 
 
 if __name__ == "__main__":

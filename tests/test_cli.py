@@ -199,3 +199,13 @@ def test_symmetric_activations_need_a_matching_calibration(cnn):
     r = invoke("convert", cnn / "cnn.onnx", "--calibration", cnn / "s.json", "-o", cnn / "q.onnx",
                "--activations", "symmetric", "--exclude", "Conv")
     assert r.exit_code == 0, r.output
+
+
+def test_cle_must_match_between_calibrate_and_convert(cnn):
+    invoke("calibrate", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "c.json", "--no-cle")
+    r = invoke("convert", cnn / "cnn.onnx", "--calibration", cnn / "c.json", "-o", cnn / "q.onnx")
+    assert r.exit_code == 2 and "run calibrate and convert with the same --cle" in r.output
+    r = invoke("convert", cnn / "cnn.onnx", "--calibration", cnn / "c.json", "-o", cnn / "q.onnx", "--no-cle",
+               "--bias-correction", "analytic", "--json", cnn / "r.json")
+    assert r.exit_code == 0, r.output
+    assert any("analytic" in t for t in json.loads((cnn / "r.json").read_text())["transforms"])

@@ -51,3 +51,22 @@ def test_transformer_int8_fidelity(tmp_path, mode):
     res = pipeline.compare(SAMPLES / "tiny_transformer.onnx", tmp_path / "t.onnx",
                            CompareSettings(data=str(SAMPLES / "tiny_transformer-eval.npz"), runs=10))
     assert res.outputs[0].agreement >= 0.98 and res.outputs[0].cosine > 0.999
+
+
+def test_mobile_per_tensor_collapses_and_cle_bias_correction_recover(tmp_path):
+    """The classic case: per-tensor weights on depthwise layers with spread channel ranges collapse."""
+    from quantcli.recipe import BiasCorrection, Weights
+
+    model, calib, ev = (SAMPLES / "mobile_digits.onnx", SAMPLES / "mobile_digits-calib.npz",
+                        SAMPLES / "mobile_digits-eval.npz")
+    acc = {}
+    for key, cle, bc in (("plain", False, BiasCorrection.OFF), ("recovered", True, BiasCorrection.EMPIRICAL)):
+        settings = ConvertSettings(weights=Weights.PER_TENSOR, cle=cle, bias_correction=bc)
+        conv = pipeline.convert(model, tmp_path / f"{key}.onnx", settings,
+                                calib_settings=CalibrateSettings(data=str(calib)))
+        res = pipeline.compare(model, tmp_path / f"{key}.onnx", CompareSettings(data=str(ev), runs=2, warmup=2))
+        acc[key] = res
+        if cle:
+            assert any("->" in line for line in conv.transforms) and any("shifted" in line for line in conv.transforms)
+    assert acc["plain"].drop > 20                      # collapses
+    assert acc["recovered"].drop <= 1.0                # back within a point of FP32

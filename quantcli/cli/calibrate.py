@@ -29,6 +29,7 @@ def calibrate(
                                                       help="The activation scheme convert will use (default: the "
                                                            "recipe's [convert] activations, else asymmetric).",
                                                       show_default=False),
+    cle: Optional[bool] = o.Cle,
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
     quiet: bool = o.Quiet,
@@ -39,7 +40,7 @@ def calibrate(
         r = load_recipe(recipe)
         settings = merge(r.calibrate, data=str(data) if data else None, samples=samples, batch_size=batch_size,
                          method=method, percentile=percentile)
-        conv = merge(r.convert, activations=activations)
-        result = pipeline.calibrate(model, output, settings, activations=conv.activations, progress=ui.progress)
+        conv = merge(r.convert, activations=activations, cle=cle)
+        result = pipeline.calibrate(model, output, settings, convert_settings=conv, progress=ui.progress)
         render_calibration(result, ui.out)
         write_reports(result, json_path=json_out)

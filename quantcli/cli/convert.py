@@ -9,7 +9,7 @@ import typer
 
 from .. import pipeline
 from ..errors import ExitCode
-from ..recipe import Activations, Mode, Precision, ReduceRange, Weights, load_recipe, merge
+from ..recipe import Activations, BiasCorrection, Mode, Precision, ReduceRange, Weights, load_recipe, merge
 from ..report.render import render_convert
 from . import options as o
 from .app import app, error_boundary, ui, write_reports
@@ -38,6 +38,11 @@ def convert(
     reduce_range: Optional[ReduceRange] = typer.Option(None, "--reduce-range",
                                                        help="7-bit weights: auto (on x86 without VNNI), on, off.",
                                                        show_default=False),
+    cle: Optional[bool] = o.Cle,
+    bias_correction: Optional[BiasCorrection] = typer.Option(
+        None, "--bias-correction", help="Remove the output shift weight quantization causes: empirical (on "
+                                        "calibration data), analytic (from BatchNorm statistics) or off.",
+        show_default=False),
     recipe: o.OptPath = o.Recipe,
     min_int8_coverage: float = o.MinCoverage,
     json_out: o.OptPath = o.Json,
@@ -48,7 +53,8 @@ def convert(
     with error_boundary():
         r = load_recipe(recipe)
         settings = merge(r.convert, weights=weights, activations=activations, precision=precision, mode=mode,
-                         exclude=exclude, method=method, percentile=percentile, reduce_range=reduce_range)
+                         exclude=exclude, method=method, percentile=percentile, reduce_range=reduce_range,
+                         cle=cle, bias_correction=bias_correction)
         calib = merge(r.calibrate, data=str(data) if data else None)
         if calibration is None and not calib.data and settings.precision == Precision.INT8 \
                 and settings.mode == Mode.STATIC:

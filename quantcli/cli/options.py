@@ -28,3 +28,5 @@ Quiet = typer.Option(False, "--quiet", "-q", help="Only errors on stderr; no tab
 NoColor = typer.Option(False, "--no-color", help="No colors (also when NO_COLOR or CI is set).")
 MinCoverage = typer.Option(None, "--min-int8-coverage", help="Exit 1 if less than PCT % of the multiply-accumulates "
                                                              "run in integer kernels.", show_default=False)
+Cle = typer.Option(None, "--cle/--no-cle", help="Cross-layer equalization (calibrate and convert must agree).",
+                   show_default=False)

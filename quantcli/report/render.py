@@ -72,6 +72,14 @@ def render_convert(r: ConvertResult, console: Console) -> None:
             shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
             ft.add_row(escape(why), f"{len(names)}: {escape(shown)}")
         console.print(ft)
+    if r.transforms:
+        tt = Table(title="Transforms (per layer)", title_justify="left", show_header=False)
+        tt.add_column("what", overflow="fold")
+        for line in r.transforms[:30]:
+            tt.add_row(escape(line))
+        if len(r.transforms) > 30:
+            tt.add_row(f"... {len(r.transforms) - 30} more (see --json)")
+        console.print(tt)
     for note in r.notes:
         console.print(f"note: {escape(note)}", highlight=False)
     console.print(f"wrote {r.output}")

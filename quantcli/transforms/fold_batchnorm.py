@@ -78,6 +78,8 @@ def fold_batchnorm(model: onnx.ModelProto) -> PassResult:
         layer.output[0] = bn.output[0]
         _drop_value_info(g, old_out)
         removed.add(id(bn))
+        # the folded layer's output is ~ N(beta, gamma^2) per channel: analytic bias correction uses it
+        result.data[layer.name] = (beta.astype(np.float64), np.abs(gamma).astype(np.float64))
         result.changed.append(f"{bn.name or bn.output[0]} folded into {layer.name or layer.op_type}")
     if removed:
         keep = [n for n in g.node if id(n) not in removed]

@@ -17,6 +17,7 @@ class PassResult:
     model: onnx.ModelProto
     changed: list[str] = dataclasses.field(default_factory=list)
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    data: dict = dataclasses.field(default_factory=dict)  # pass-specific results (e.g. folded BN statistics)
 
 
 class GraphIndex:

@@ -1,0 +1,160 @@
+"""Cross-layer equalization and bias correction: function preserved, skips explained, errors reduced."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from models import cnn_data, small_cnn
+from quantcli.quantize import params as qp
+from quantcli.quantize.policy import PlanOptions, plan
+from quantcli.quantize.qdq import insert_qdq
+from quantcli.runtime.session import make_session, tap_model
+from quantcli.transforms.bias_correction import analytic_shift, relu_gaussian_mean
+from quantcli.transforms.equalize import equalization_scales, equalize, find_pairs
+from quantcli.transforms.fold_batchnorm import fold_batchnorm
+
+
+def _chain(act="Relu", share=False, residual=False, groups=1, spread=30.0, seed=0):
+    """x -> Conv(8->16) -> act -> depthwise Conv(16) -> Relu -> pointwise Conv(16->8) [-> Add residual]."""
+    rng = np.random.default_rng(seed)
+    k = np.exp(rng.uniform(-np.log(spread), np.log(spread), 16)).astype(np.float32)
+    w1 = rng.normal(size=(16, 8, 3, 3)).astype(np.float32) * k[:, None, None, None] * 0.2
+    w2 = rng.normal(size=(16, 16 // groups if groups != 16 else 1, 3, 3)).astype(np.float32) * 0.3
+    w3 = rng.normal(size=(8, 16, 1, 1)).astype(np.float32) * 0.3
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))]
+    inits += [numpy_helper.from_array(rng.normal(size=16).astype(np.float32) * k * 0.1, "b1"),
+              numpy_helper.from_array(rng.normal(size=16).astype(np.float32) * 0.1, "b2"),
+              numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+              numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    act_node = (helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"], name="act1") if act == "Clip"
+                else helper.make_node(act, ["c1"], ["a1"], name="act1"))
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1] * 4), act_node,
+             helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], name="dw", pads=[1] * 4, group=groups),
+             helper.make_node("Relu", ["c2"], ["a2"], name="act2"),
+             helper.make_node("Conv", ["a2", "w3"], ["y0"], name="pw")]
+    out = "y0"
+    if share:
+        nodes.append(helper.make_node("Conv", ["a2", "w3"], ["y1"], name="pw_twin"))
+        nodes.append(helper.make_node("Add", ["y0", "y1"], ["y"], name="sum"))
+        out = "y"
+    if residual:
+        nodes.append(helper.make_node("Conv", ["a1", "w3"], ["skip"], name="skip_conv"))
+        nodes.append(helper.make_node("Add", [out, "skip"], ["y"], name="res"))
+        out = "y"
+    if out == "y0":
+        nodes.append(helper.make_node("Identity", ["y0"], ["y"], name="out"))
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 6, 6])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+X = np.random.default_rng(1).normal(size=(16, 8, 6, 6)).astype(np.float32)
+
+
+def _run(m, x=X):
+    return make_session(m).run(None, {"x": x})[0]
+
+
+def _spread(w, axis):
+    r = np.max(np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)), axis=1)
+    return r.max() / r.min()
+
+
+def test_scales_equalize_ranges():
+    s = equalization_scales(np.array([4.0, 1.0, 0.0]), np.array([1.0, 4.0, 2.0]))
+    np.testing.assert_allclose(s, [2.0, 0.5, 1.0])
+
+
+def test_depthwise_chain_equalized_and_function_preserved():
+    m = _chain(groups=16)
+    r = equalize(m)
+    assert [line.split(":")[0] for line in r.changed] == ["conv1 -> dw", "dw -> pw"]
+    np.testing.assert_allclose(_run(r.model), _run(m), rtol=1e-4, atol=1e-4)
+    w1 = {t.name: numpy_helper.to_array(t) for t in r.model.graph.initializer}["w1"]
+    w1_before = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}["w1"]
+    assert _spread(w1, 0) < _spread(w1_before, 0) / 5
+
+
+@pytest.mark.parametrize("kwargs,node,reason", [
+    ({"act": "Clip"}, "conv1", "Clip after it is not positively homogeneous"),
+    ({"residual": True}, "conv1", "several consumers"),
+    ({"share": True}, "dw", "several consumers"),
+    ({"groups": 2}, "conv1", "grouped convolution"),
+])
+def test_unsafe_pairs_are_skipped_with_reasons(kwargs, node, reason):
+    m = _chain(**kwargs)
+    r = equalize(m)
+    assert any(n == node and reason in why for n, why in r.skipped), r.skipped
+    np.testing.assert_allclose(_run(r.model), _run(m), rtol=1e-4, atol=1e-4)
+
+
+def test_shared_weights_are_not_equalized():
+    m = _chain()
+    m.graph.node.insert(1, helper.make_node("Conv", ["x", "w1"], ["extra"], name="w1_user", pads=[1] * 4))
+    m.graph.output.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 16, 6, 6]))
+    pairs, skipped = find_pairs(m)
+    assert ("conv1", "weight of conv1 is shared with other nodes") in skipped
+
+
+def test_cnn_with_residual_and_bn_keeps_outputs():
+    m = fold_batchnorm(small_cnn()).model
+    r = equalize(m)
+    x = cnn_data(8)
+    np.testing.assert_allclose(make_session(r.model).run(None, {"x": x})[0],
+                               make_session(m).run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    assert any("dwconv -> pwconv" in c for c in r.changed)
+
+
+def test_relu_gaussian_mean_matches_sampling():
+    rng = np.random.default_rng(0)
+    for mu, sigma in ((0.0, 1.0), (1.5, 0.5), (-2.0, 1.0)):
+        mc = np.maximum(rng.normal(mu, sigma, 400_000), 0).mean()
+        assert abs(relu_gaussian_mean(np.array([mu]), np.array([sigma]))[0] - mc) < 0.01
+
+
+def test_analytic_shift_is_expected_error():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    p = qp.weight_params(w, axis=None)
+    wq = qp.dequantize(qp.quantize_weight(w, p), p)
+    mean_in = np.array([0.5, 1.0, 2.0])
+    node = helper.make_node("Conv", ["x", "w"], ["y"])
+    x = np.broadcast_to(mean_in[None, :, None, None], (1, 3, 3, 3))
+    expected = ((wq - w) * x).reshape(4, -1).sum(axis=1)
+    np.testing.assert_allclose(analytic_shift(node, w, wq, mean_in), expected, rtol=1e-6)
+
+
+def test_empirical_bias_correction_reduces_each_layers_mean_error(tmp_path):
+    """On held-out data, every corrected layer's mean output error per channel gets smaller."""
+    from quantcli.calibration.empirical import empirical_bias_correction
+    from quantcli.quantize.qdq import QDQOptions
+
+    m = equalize(_chain(groups=16, spread=3.0)).model
+    rng = np.random.default_rng(5)
+    # inputs with a non-zero mean, like images, so weight rounding biases every layer's output
+    calib = [{"x": (rng.normal(size=(16, 8, 6, 6)) + 1.0).astype(np.float32)} for _ in range(8)]
+    held = (rng.normal(size=(64, 8, 6, 6)) + 1.0).astype(np.float32)
+    p = plan(m, PlanOptions(per_channel=False))
+    tensors = p.calibrated_tensors()
+    vals = make_session(tap_model(m, tensors)).run(None, calib[0])
+    ranges = {t: (float(v.min()), float(v.max())) for t, v in zip(tensors, vals)}
+    opts = QDQOptions()
+    layers = ["conv1", "dw", "pw"]
+    fixed, report = empirical_bias_correction(m, p, ranges, opts, calib, layers)
+    assert len(report) == 3 and all("shifted" in line for line in report)
+
+    def layer_errors(model):
+        q = insert_qdq(model, p, ranges, opts).model
+        outs = {n.name: n.output[0] for n in q.graph.node if n.name in layers}
+        ref = dict(zip(layers, make_session(tap_model(m, [next(n.output[0] for n in m.graph.node if n.name == l)
+                                                          for l in layers])).run(None, {"x": held})))
+        got = dict(zip(layers, make_session(tap_model(q, [outs[l] for l in layers])).run(None, {"x": held})))
+        return {l: np.abs((got[l] - ref[l]).mean(axis=(0, 2, 3))).mean() for l in layers}
+
+    before, after = layer_errors(m), layer_errors(fixed)
+    for layer in layers:
+        assert after[layer] < before[layer], (layer, before, after)
