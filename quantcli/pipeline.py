@@ -25,7 +25,7 @@ from .data.sources import Dataset, input_specs
 from .errors import InternalError, QuantcliError
 from .manifest import build_manifest
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
-from .quantize.policy import PlanOptions, QuantPlan, plan
+from .quantize.policy import PlanOptions, QuantPlan, plan, resolve_presets
 from .quantize.qdq import QDQOptions, insert_qdq
 from .recipe import (AcceptSettings, Activations, BiasCorrection, CalibrateSettings, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
                      ReduceRange, Weights)
@@ -160,6 +160,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     quantized: dict[str, str] = {}
     absorbed: list[str] = []
     n_tensors = 0
+    search = None
     prepared = model
     reduce_range = settings.reduce_range == ReduceRange.ON or (
         settings.reduce_range == ReduceRange.AUTO and cpu.u8s8_saturates)
@@ -191,15 +192,26 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
             from .quantize.dynamic import quantize_dynamic
 
             r, quantized, kept = quantize_dynamic(prepared, per_channel=per_channel, reduce_range=reduce_range,
-                                                  exclude=tuple(settings.exclude))
+                                                  exclude=resolve_presets(prepared, settings.exclude))
             new_model = r.model
             float_nodes.update(kept)
         else:
-            qplan, new_model, bc_report = _static_int8(model, model_path, prep, settings, per_channel, reduce_range,
-                                                       calibration, calib_settings, progress, notes)
+            artifact = _artifact_for(model, model_path, prep, settings, calibration, calib_settings, progress)
+            build = _builder(model, prep, settings, per_channel, reduce_range, artifact, calibration,
+                             calib_settings, progress, notes)
+            qplan, new_model, bc_report = build()
+            if settings.max_drop is not None:
+                qplan, new_model, bc_report, search = _mixed_precision(model, prep, settings, qplan, new_model,
+                                                                       bc_report, build, artifact, calib_settings,
+                                                                       notes)
             transforms += bc_report
+            if bc_report:
+                notes.append(f"bias correction ({settings.bias_correction.value}): "
+                             f"{sum('shifted' in line for line in bc_report)} layer(s) corrected")
             quantized, absorbed = dict(qplan.quantized_nodes), sorted(qplan.absorbed)
             float_nodes.update(qplan.float_nodes)
+            for rank_i, name in enumerate(search["float_nodes"] if search else [], 1):
+                float_nodes[name] = f"kept float by the --max-drop search (sensitivity rank {rank_i})"
             n_tensors = len(qplan.activations) + len(qplan.shared)
 
     new_model.producer_name = "quantcli"
@@ -218,7 +230,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     return ConvertResult(str(out), settings.precision.value, settings.mode.value, _settings_dict(settings),
                          quantized, float_nodes, absorbed, n_tensors, modelio.model_size_bytes(model_path),
                          modelio.model_size_bytes(out), checks, coverage, notes, cpu.summary(),
-                         time.perf_counter() - t0, transforms, manifest)
+                         time.perf_counter() - t0, transforms, manifest, search)
 
 
 def _settings_dict(settings: ConvertSettings) -> dict:
@@ -239,9 +251,82 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
     model.metadata_props.add(key=key, value=value)
 
 
-def _static_int8(model, model_path, prep: Prepared, settings: ConvertSettings, per_channel: bool,
-                 reduce_range: bool, calibration, calib_settings: CalibrateSettings | None, progress: Progress,
-                 notes: list[str]) -> tuple[QuantPlan, onnx.ModelProto, list[str]]:
+def _builder(model, prep: Prepared, settings: ConvertSettings, per_channel: bool, reduce_range: bool,
+             artifact: CalibrationArtifact, calibration, calib_settings, progress: Progress, notes: list[str]):
+    """A cached ``build(extra_exclusions=(), only=None) -> (plan, QDQ model, report)`` for these settings."""
+    import functools
+
+    @functools.lru_cache(maxsize=None)
+    def build(extra: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
+        s2 = dataclasses.replace(settings, exclude=list(settings.exclude) + list(extra))
+        return _static_int8(model, prep, s2, per_channel, reduce_range, artifact, calibration, calib_settings,
+                            progress, notes, only=only)
+    return build
+
+
+def _eval_dataset(model, settings: ConvertSettings, calib_settings, artifact, what: str,
+                  labels: str | None = None) -> Dataset:
+    data = settings.eval_data or (calib_settings.data if calib_settings and calib_settings.data else None) \
+        or artifact.settings.get("data")
+    if not data or not Path(data).exists():
+        raise QuantcliError(f"{what} needs evaluation data: pass --eval-data PATH (labels in it give accuracy, "
+                            "else agreement with FP32 is the metric)")
+    return Dataset(data, input_specs(model), labels_path=labels)
+
+
+def _alone(prep: Prepared, qplan: QuantPlan, build, evaluator, feeds_shape: dict, progress: Progress) -> list:
+    """(a) of the analysis: each weighted node quantized alone."""
+    from .sensitivity import NodeSensitivity
+    from .validate.coverage import heavy_macs
+
+    macs = heavy_macs(prep.model, feeds_shape)
+    total = sum(macs.values()) or 1
+    nodes = [n for n, op in qplan.quantized_nodes.items() if op in ("Conv", "MatMul", "Gemm")]
+    advance = progress("sensitivity", len(nodes))
+    rows = []
+    for name in nodes:
+        score = evaluator.score(build((), (name,))[1])
+        rows.append(NodeSensitivity(name, qplan.quantized_nodes[name], macs.get(name, 0) / total, score.drop,
+                                    score.sqnr_db, None))
+        advance(1)
+    return rows
+
+
+def _mixed_precision(model, prep: Prepared, settings: ConvertSettings, qplan, new_model, report, build,
+                     artifact, calib_settings, notes: list[str]):
+    """convert --max-drop: keep the fewest most sensitive nodes in float so that the drop is within budget."""
+    from .sensitivity import Evaluator, rank, search_exclusions
+
+    t0 = time.perf_counter()
+    ev = Evaluator(model, _eval_dataset(model, settings, calib_settings, artifact, "convert --max-drop"))
+    full = ev.score(new_model)
+    search = {"metric": ev.metric_name, "max_drop": settings.max_drop, "all_int8_drop": full.drop,
+              "float_nodes": [], "drop": full.drop, "steps": [], "evaluations": 0, "seconds": 0.0}
+    if full.drop > settings.max_drop + 1e-9:
+        shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
+        ranking = [r.node for r in rank(_alone(prep, qplan, build, ev, shapes, _no_progress))]
+        excluded, score, _, steps = search_exclusions(ranking, lambda ex: build(ex)[1], ev, settings.max_drop)
+        qplan, new_model, report = build(excluded)
+        search.update(float_nodes=list(excluded), drop=score.drop, steps=steps,
+                      recipe_fragment="[convert]\nexclude = [" + ", ".join(
+                          f'"{n}"' for n in list(settings.exclude) + list(excluded)) + "]\n")
+        if score.drop > settings.max_drop + 1e-9:
+            notes.append(f"--max-drop {settings.max_drop:g}: not reachable even with {len(excluded)} node(s) in "
+                         f"float (drop {score.drop:.2f} pts)")
+        else:
+            notes.append(f"--max-drop {settings.max_drop:g}: {len(excluded)} node(s) kept in float "
+                         f"({', '.join(excluded)}); {ev.metric_name} drop {full.drop:.2f} -> {score.drop:.2f} pts")
+    else:
+        notes.append(f"--max-drop {settings.max_drop:g}: all-INT8 drop {full.drop:.2f} pts is within budget")
+    search["evaluations"] = ev.evaluations
+    search["seconds"] = time.perf_counter() - t0
+    return qplan, new_model, report, search
+
+
+def _static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: bool, reduce_range: bool,
+                 artifact: CalibrationArtifact, calibration, calib_settings: CalibrateSettings | None,
+                 progress: Progress, notes: list[str],
+                 only: tuple[str, ...] | None = None) -> tuple[QuantPlan, onnx.ModelProto, list[str]]:
     """Plan, ranges, bias correction, Q/DQ insertion; returns (plan, QDQ model, bias-correction report)."""
     from .quantize import params as qp
     from .transforms.bias_correction import add_zero_biases, analytic_correction
@@ -253,9 +338,8 @@ def _static_int8(model, model_path, prep: Prepared, settings: ConvertSettings, p
         work = copy.deepcopy(work)
         add_zero_biases(work)
     qplan = plan(work, PlanOptions(per_channel=per_channel, symmetric_activations=symmetric,
-                                   exclude=tuple(settings.exclude)))
-    ranges, artifact = _ranges_for(model, model_path, work, qplan.calibrated_tensors(), settings, symmetric,
-                                   calibration, calib_settings, progress, notes)
+                                   exclude=resolve_presets(work, settings.exclude), only=only))
+    ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
     options = QDQOptions(symmetric_activations=symmetric, reduce_range=reduce_range)
     axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
     layers = [n.name for n in work.graph.node if n.name in axes]
@@ -272,7 +356,8 @@ def _static_int8(model, model_path, prep: Prepared, settings: ConvertSettings, p
         from .calibration.empirical import empirical_bias_correction
 
         work, report = empirical_bias_correction(work, qplan, ranges, options, batches, layers,
-                                                 on_layer=progress("bias correction", len(layers)))
+                                                 on_layer=progress("bias correction", len(layers))
+                                                 if only is None else None)
     elif bc == BiasCorrection.ANALYTIC:
         def dequantized(w, axis):
             p = qp.weight_params(w, axis=axis, reduce_range=reduce_range)
@@ -280,14 +365,12 @@ def _static_int8(model, model_path, prep: Prepared, settings: ConvertSettings, p
 
         report = analytic_correction(work, {n: axes[n] for n in layers}, prep.bn_stats, prep.cle_scales,
                                      dequantized)
-    if report:
-        notes.append(f"bias correction ({bc.value}): {sum('shifted' in line for line in report)} layer(s) corrected")
     return qplan, insert_qdq(work, qplan, ranges, options).model, report
 
 
-def _ranges_for(model, model_path, prepared: onnx.ModelProto, needed: list[str], settings: ConvertSettings,
-                symmetric: bool, calibration, calib_settings: CalibrateSettings | None, progress: Progress,
-                notes: list[str]) -> tuple[dict[str, tuple[float, float]], CalibrationArtifact]:
+def _artifact_for(model, model_path, prep: Prepared, settings: ConvertSettings, calibration,
+                  calib_settings: CalibrateSettings | None, progress: Progress) -> CalibrationArtifact:
+    """The calibration artifact: loaded (and checked against this model and settings) or made now."""
     if calibration is not None:
         artifact = load_artifact(calibration)
         sha = modelio.file_sha256(model_path)
@@ -298,23 +381,30 @@ def _ranges_for(model, model_path, prepared: onnx.ModelProto, needed: list[str],
             on = "on" if artifact.settings.get("cle") else "off"
             raise QuantcliError(f"{calibration}: calibrated with cross-layer equalization {on}, but convert has it "
                                 f"{'on' if settings.cle else 'off'}; run calibrate and convert with the same --cle")
-    elif calib_settings is not None and calib_settings.data:
+        return artifact
+    if calib_settings is not None and calib_settings.data:
         artifact, _ = _calibrate_model(model, str(model_path), calib_settings, progress, settings,
-                                       tensors=needed, prepared=prepared)
-    else:
-        raise QuantcliError("convert: static INT8 needs ranges: give --calibration CALIB.json or --data PATH "
-                            "(or use --mode dynamic, or --precision fp16)")
+                                       prepared=prep.model)
+        return artifact
+    raise QuantcliError("convert: static INT8 needs ranges: give --calibration CALIB.json or --data PATH "
+                        "(or use --mode dynamic, or --precision fp16)")
+
+
+def _ranges(artifact: CalibrationArtifact, needed: list[str], settings: ConvertSettings, symmetric: bool,
+            calibration, notes: list[str]) -> dict[str, tuple[float, float]]:
     missing = [t for t in needed if t not in artifact.observers]
     if missing:
         hint = (" with --activations symmetric" if settings.activations == Activations.SYMMETRIC
                 and artifact.settings.get("activations") != "symmetric" else " with this quantcli version")
-        raise QuantcliError(f"{calibration}: has no statistics for tensor '{missing[0]}' "
+        raise QuantcliError(f"{calibration or 'calibration'}: has no statistics for tensor '{missing[0]}' "
                             f"({len(missing)} missing); re-run quantcli calibrate{hint}")
     method = settings.method.value if settings.method else None
-    if method and method != artifact.settings.get("method"):
-        notes.append(f"ranges re-derived from the calibration statistics with method '{method}'")
-    notes.append(f"ranges: {method or artifact.settings.get('method')} over {artifact.samples} calibration samples")
-    return artifact.ranges(method, settings.percentile, symmetric=symmetric), artifact
+    line = f"ranges: {method or artifact.settings.get('method')} over {artifact.samples} calibration samples"
+    if line not in notes:
+        if method and method != artifact.settings.get("method"):
+            notes.append(f"ranges re-derived from the calibration statistics with method '{method}'")
+        notes.append(line)
+    return artifact.ranges(method, settings.percentile, symmetric=symmetric)
 
 
 def _validation_feeds(model: onnx.ModelProto, data_path: str | None, calibration) -> dict[str, np.ndarray]:
@@ -494,3 +584,34 @@ def inspect(model_path: str | Path, *, data: str | None = None, min_coverage: fl
     return InspectResult(str(model_path), {k: list(v.shape) for k, v in feeds.items()}, _coverage(model, feeds),
                          cpu.summary(), cpu.int8_path, min_coverage,
                          build_manifest(model_path, modelio.file_sha256(model_path), {"inspect": {"data": data}}))
+
+
+# -- analyze ----------------------------------------------------------------------------------------------
+def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: str | Path | None = None,
+            calib_settings: CalibrateSettings | None = None, labels: str | None = None,
+            progress: Progress = _no_progress):
+    """Per-node sensitivity: (a) each node quantized alone, (b) each node's SQNR inside the all-INT8 model."""
+    from .results import AnalyzeResult
+    from .sensitivity import Evaluator, node_output_sqnr, rank
+
+    t0 = time.perf_counter()
+    model = modelio.load_model(model_path)
+    prep = prepare(model, cle=settings.cle)
+    per_channel = settings.weights == Weights.PER_CHANNEL and modelio.model_opset(prep.model) >= 13
+    reduce_range = settings.reduce_range == ReduceRange.ON or (
+        settings.reduce_range == ReduceRange.AUTO and detect_cpu().u8s8_saturates)
+    artifact = _artifact_for(model, model_path, prep, settings, calibration, calib_settings, progress)
+    notes: list[str] = []
+    build = _builder(model, prep, settings, per_channel, reduce_range, artifact, calibration, calib_settings,
+                     progress, notes)
+    ev = Evaluator(model, _eval_dataset(model, settings, calib_settings, artifact, "analyze", labels))
+    qplan, full_model, _ = build()
+    full = ev.score(full_model)
+    shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
+    rows = _alone(prep, qplan, build, ev, shapes, progress)
+    inside = node_output_sqnr(prep.model, full_model, [r.node for r in rows], ev.batches)
+    for r in rows:
+        r.full_sqnr_db = inside.get(r.node)
+    return AnalyzeResult(str(model_path), ev.metric_name, ev.ref_metric, full.drop, full.sqnr_db,
+                         [dataclasses.asdict(r) for r in rank(rows)], ev.evaluations, time.perf_counter() - t0,
+                         build_manifest(model_path, modelio.file_sha256(model_path), {"analyze": _plain(settings)}))

@@ -6,7 +6,7 @@ Schema (every key optional; flags given on the command line override the recipe)
     [run]         model, output, calibration          (quantcli run)
     [calibrate]   data, samples, batch_size, method, percentile, bins
     [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range, cle,
-                  bias_correction
+                  bias_correction, max_drop, eval_data
     [compare]     data, labels, max_drop, threads, runs, warmup
     [accept]      max_drop, min_int8_coverage, max_latency_ratio, max_size_mb   (quantcli run)
 
@@ -92,6 +92,8 @@ class ConvertSettings:
     reduce_range: ReduceRange = ReduceRange.AUTO
     cle: bool = True                    # cross-layer equalization (also applied by calibrate: keep them equal)
     bias_correction: BiasCorrection = BiasCorrection.EMPIRICAL  # analytic when no calibration data is at hand
+    max_drop: float | None = None       # mixed precision: keep the fewest sensitive nodes float within this budget
+    eval_data: str | None = None        # data to measure that drop on (default: the calibration data)
 
 
 @dataclasses.dataclass

@@ -59,6 +59,7 @@ class ConvertResult:
     seconds: float
     transforms: list[str] = dataclasses.field(default_factory=list)  # per layer: CLE scales, bias shifts, skips
     manifest: dict = dataclasses.field(default_factory=dict)
+    search: dict | None = None   # convert --max-drop: the nodes kept float, the drop, each bisection step
 
     def __str__(self) -> str:
         return (f"{self.precision} ({self.mode}) model written to {self.output}: {len(self.quantized_nodes)} nodes "
@@ -167,3 +168,22 @@ class InspectResult:
 
     def __str__(self) -> str:
         return f"{100 * self.coverage.mac_share:.1f}% of MACs in integer kernels"
+
+
+@dataclasses.dataclass
+class AnalyzeResult:
+    """Per-node quantization sensitivity, worst first."""
+
+    model: str
+    metric: str
+    fp32_metric: float
+    all_int8_drop: float
+    all_int8_sqnr_db: float
+    nodes: list[dict]          # NodeSensitivity as dicts: node, op, mac_share, alone_drop, alone_sqnr_db, full_sqnr_db
+    evaluations: int
+    seconds: float
+    manifest: dict = dataclasses.field(default_factory=dict)
+
+    def __str__(self) -> str:
+        worst = self.nodes[0]["node"] if self.nodes else "-"
+        return f"all-INT8 {self.metric} drop {self.all_int8_drop:.2f} pts; most sensitive node: {worst}"

@@ -12,6 +12,7 @@ Files written next to this script:
   digits_cnn.onnx, digits_cnn-calib.npz (input), digits_cnn-eval.npz (input, labels)
   tiny_transformer.onnx, tiny_transformer-calib.npz (input_ids), tiny_transformer-eval.npz (input_ids, labels)
   mobile_digits.onnx, mobile_digits-calib.npz (input), mobile_digits-eval.npz (input, labels)
+  outlier_cnn.onnx (digits_cnn with an activation outlier; uses the digits_cnn data files)
 """
 
 from __future__ import annotations
@@ -412,15 +413,62 @@ def build_mobile(data, labels, train_idx, eval_idx) -> None:
     print(f"mobile_digits: eval accuracy {acc:.2f}% (ONNX Runtime)")
 
 
+# -- the activation-outlier CNN (derived from digits_cnn) -------------------------------------------------------
+def build_outlier(scale: float = 128.0, channel: int | None = None) -> None:
+    """digits_cnn with one channel of its residual stream scaled by ``scale``, exactly preserving the function.
+
+    Channel c of down1's output is multiplied by ``scale`` (its BatchNorm gamma and beta), the depthwise conv
+    reading it divides channel c back, the pointwise BatchNorm multiplies its output channel c so both operands
+    of the residual Add carry the same scale, and down2 divides its input channel c.  The residual stream then
+    holds one channel with a ``scale``x wider range than the others -- an activation outlier on a tensor with
+    several consumers, which cross-layer equalization cannot reach.
+    """
+    model = onnx.load(str(HERE / "digits_cnn.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+
+    def arr(name):
+        return numpy_helper.to_array(inits[name]).copy()
+
+    def put(name, value):
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+    if channel is None:  # the channel with the largest folded BatchNorm output scale
+        channel = int(np.argmax(np.abs(arr("down1.bn.scale"))))
+    for bn in ("down1.bn", "dsblock/pw.bn"):
+        for p in ("scale", "bias"):
+            v = arr(f"{bn}.{p}")
+            v[channel] *= scale
+            put(f"{bn}.{p}", v)
+    w = arr("dsblock/dw.conv.weight")
+    w[channel] /= scale
+    put("dsblock/dw.conv.weight", w)
+    w = arr("down2.conv.weight")
+    w[:, channel] /= scale
+    put("down2.conv.weight", w)
+    model.graph.name = "outlier_cnn"
+    model.doc_string = (f"digits_cnn with channel {channel} of the residual stream scaled by {scale:g} (function "
+                        "unchanged): an activation outlier that per-tensor activation ranges cannot absorb.")
+    onnx.checker.check_model(model, full_check=True)
+    path = HERE / "outlier_cnn.onnx"
+    onnx.save(model, str(path))
+    with np.load(HERE / "digits_cnn-eval.npz") as z:
+        x, y = z["input"], z["labels"]
+    ref, got = ort_logits(HERE / "digits_cnn.onnx", {"input": x}), ort_logits(path, {"input": x})
+    print(f"outlier_cnn: channel {channel} x{scale:g}; max |logits - digits_cnn| {np.abs(got - ref).max():.2e}; "
+          f"eval accuracy {float((got.argmax(1) == y).mean() * 100):.2f}% (uses the digits_cnn data files)")
+
+
 def main() -> None:
     data, labels, train_idx, eval_idx = split()
-    which = set(sys.argv[1:]) or {"cnn", "transformer", "mobile"}
+    which = set(sys.argv[1:]) or {"cnn", "transformer", "mobile", "outlier"}
     if "cnn" in which:
         build_cnn(data, labels, train_idx, eval_idx)
     if "transformer" in which:
         build_transformer(data, labels, train_idx, eval_idx)
     if "mobile" in which:
         build_mobile(data, labels, train_idx, eval_idx)
+    if "outlier" in which:
+        build_outlier()
 
 
 if __name__ == "__main__":

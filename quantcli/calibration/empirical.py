@@ -50,6 +50,8 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
     model = copy.deepcopy(prepared)
     nodes = {n.name: n for n in model.graph.node}
     layers = [name for name in layers if name in nodes]
+    if not layers:
+        return model, []
     ops = [nodes[name].op_type for name in layers]
     ref = _means(model, [nodes[name].output[0] for name in layers], ops, batches)
     report = []

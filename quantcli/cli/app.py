@@ -117,7 +117,7 @@ def write_reports(result, *, json_path=None, junit_path=None, markdown_path=None
 
 
 def _register() -> None:
-    from . import calibrate, compare, convert, inspect, run  # noqa: F401  (commands register themselves)
+    from . import analyze, calibrate, compare, convert, inspect, run  # noqa: F401  (commands register themselves)
 
 
 _register()

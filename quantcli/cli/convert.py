@@ -44,6 +44,12 @@ def convert(
                                         "calibration data), analytic (from BatchNorm statistics) or off.",
         show_default=False),
     recipe: o.OptPath = o.Recipe,
+    max_drop: float = typer.Option(None, "--max-drop", help="Mixed precision: keep the fewest most sensitive "
+                                                            "nodes in float so the drop stays within PCT points.",
+                                   show_default=False),
+    eval_data: o.OptPath = o.EvalData,
+    recipe_out: o.OptPath = typer.Option(None, "--recipe-out", help="Write the exclusions --max-drop chose as a "
+                                                                    "recipe fragment (TOML).", show_default=False),
     min_int8_coverage: float = o.MinCoverage,
     json_out: o.OptPath = o.Json,
     quiet: bool = o.Quiet,
@@ -54,7 +60,8 @@ def convert(
         r = load_recipe(recipe)
         settings = merge(r.convert, weights=weights, activations=activations, precision=precision, mode=mode,
                          exclude=exclude, method=method, percentile=percentile, reduce_range=reduce_range,
-                         cle=cle, bias_correction=bias_correction)
+                         cle=cle, bias_correction=bias_correction, max_drop=max_drop,
+                         eval_data=str(eval_data) if eval_data else None)
         calib = merge(r.calibrate, data=str(data) if data else None)
         if calibration is None and not calib.data and settings.precision == Precision.INT8 \
                 and settings.mode == Mode.STATIC:
@@ -63,6 +70,11 @@ def convert(
                                   progress=ui.progress)
         render_convert(result, ui.out)
         write_reports(result, json_path=json_out)
+        if recipe_out:
+            from ..modelio import check_output_path, write_text_atomic
+
+            fragment = (result.search or {}).get("recipe_fragment") or "[convert]\nexclude = []\n"
+            write_text_atomic(check_output_path(recipe_out), "# chosen by quantcli convert --max-drop\n" + fragment)
     if min_int8_coverage is not None:
         share = 100.0 * result.coverage.mac_share if result.coverage else 0.0
         ok = share >= min_int8_coverage - 1e-9

@@ -30,3 +30,5 @@ MinCoverage = typer.Option(None, "--min-int8-coverage", help="Exit 1 if less tha
                                                              "run in integer kernels.", show_default=False)
 Cle = typer.Option(None, "--cle/--no-cle", help="Cross-layer equalization (calibrate and convert must agree).",
                    show_default=False)
+EvalData = typer.Option(None, "--eval-data", help="Data to measure accuracy (labels) or agreement on "
+                                                  "(default: the calibration data).", show_default=False)

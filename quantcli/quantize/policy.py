@@ -73,6 +73,21 @@ class PlanOptions:
     per_channel: bool = True
     symmetric_activations: bool = False
     exclude: tuple[str, ...] = ()
+    only: tuple[str, ...] | None = None  # quantize just these heavy nodes (sensitivity analysis)
+
+
+def resolve_presets(model: onnx.ModelProto, patterns: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Expand ``@first`` / ``@last`` into the names of the first / last Conv, MatMul or Gemm of the graph."""
+    heavy = [n.name for n in model.graph.node if n.op_type in HEAVY]
+    out = []
+    for p in patterns:
+        if p == "@first" and heavy:
+            out.append(heavy[0])
+        elif p == "@last" and heavy:
+            out.append(heavy[-1])
+        elif p not in ("@first", "@last"):
+            out.append(p)
+    return tuple(out)
 
 
 def is_excluded(node: onnx.NodeProto, patterns: tuple[str, ...]) -> bool:
@@ -103,6 +118,8 @@ def plan(model: onnx.ModelProto, options: PlanOptions = PlanOptions()) -> QuantP
             continue
         if is_excluded(node, options.exclude):
             p.float_nodes[node.name] = "excluded by --exclude"
+            continue
+        if options.only is not None and node.name not in options.only:
             continue
         why = _heavy_reason(node, idx, is_act)
         if why:

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..results import CalibrationResult, CompareResult, ConvertResult, CoverageSummary, InspectResult, RunResult
+from ..results import (AnalyzeResult, CalibrationResult, CompareResult, ConvertResult, CoverageSummary,
+                       InspectResult, RunResult)
 
 
 def _fmt_db(v: float) -> str:
@@ -72,6 +73,17 @@ def render_convert(r: ConvertResult, console: Console) -> None:
             shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
             ft.add_row(escape(why), f"{len(names)}: {escape(shown)}")
         console.print(ft)
+    if r.search and r.search.get("float_nodes"):
+        st = Table(title=f"Mixed precision search (--max-drop {r.search['max_drop']:g}, {r.search['metric']})",
+                   title_justify="left", show_header=False)
+        st.add_column("what")
+        st.add_column("value", overflow="fold")
+        st.add_row("all-INT8 drop", f"{r.search['all_int8_drop']:.2f} pts")
+        st.add_row("kept in float", escape(", ".join(r.search["float_nodes"])))
+        st.add_row("drop now", f"{r.search['drop']:.2f} pts")
+        st.add_row("search", f"{r.search['evaluations']} evaluations in {r.search['seconds']:.1f}s")
+        st.add_row("recipe fragment", escape(r.search.get("recipe_fragment", "").strip()))
+        console.print(st)
     if r.transforms:
         tt = Table(title="Transforms (per layer)", title_justify="left", show_header=False)
         tt.add_column("what", overflow="fold")
@@ -109,6 +121,21 @@ def render_inspect(r: InspectResult, console: Console) -> None:
     if r.min_coverage is not None:
         console.print(f"{'PASS' if r else 'FAIL'}: INT8 MAC coverage {100 * r.coverage.mac_share:.1f}% "
                       f"(min {r.min_coverage:g}%)", highlight=False)
+
+
+def render_analyze(r: AnalyzeResult, console: Console, top: int = 20) -> None:
+    def db(v):
+        return "" if v is None else _fmt_db(v)
+    table = Table(title=f"Sensitivity of {r.model} ({r.metric}; FP32 {r.fp32_metric:.2f}%; all-INT8 drop "
+                        f"{r.all_int8_drop:.2f} pts, SQNR {_fmt_db(r.all_int8_sqnr_db)} dB)", title_justify="left")
+    for col in ("#", "node", "op", "MACs %", "alone: drop pts", "alone: SQNR dB", "in all-INT8: SQNR dB"):
+        table.add_column(col, justify="left" if col in ("node", "op") else "right", overflow="fold")
+    for i, n in enumerate(r.nodes[:top], 1):
+        table.add_row(str(i), escape(n["node"]), n["op"], f"{100 * n['mac_share']:.1f}", f"{n['alone_drop']:.2f}",
+                      db(n["alone_sqnr_db"]), db(n["full_sqnr_db"]))
+    console.print(table)
+    console.print(f"{r.evaluations} evaluations in {r.seconds:.1f}s; keep the worst in float with --exclude NAME, "
+                  "or let convert --max-drop PCT choose", highlight=False)
 
 
 def render_compare(r: CompareResult, console: Console) -> None:

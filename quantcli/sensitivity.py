@@ -1,0 +1,136 @@
+"""Which nodes hurt, and how to keep the fewest of them in float under an accuracy budget.
+
+* :class:`Evaluator` runs the FP32 model once over the evaluation data and caches its outputs; each candidate
+  model then costs one session and one pass: the metric drop (top-1 accuracy with labels, else top-1
+  agreement with FP32) and the output SQNR.
+* :func:`analyze` -- (a) each quantizable node quantized alone, everything else FP32: its metric drop and
+  output SQNR; (b) in the fully quantized model, each node's own output SQNR against the FP32 model's, which
+  shows how error accumulates along the graph.  Ranked worst first.
+* :func:`search_exclusions` -- quantize everything; if over budget, rank nodes by (a) and bisect over the ranking
+  for the fewest top-ranked nodes to keep in float so that the budget holds.  Deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from .data.sources import Dataset
+from .metrics import FidelityAccumulator, agreement_count, topk_correct
+from .runtime.session import make_session, run, tap_model
+
+
+@dataclasses.dataclass
+class Score:
+    drop: float       # points of accuracy (labels) or of agreement with FP32
+    sqnr_db: float    # first output vs FP32
+    metric: float     # the accuracy or agreement itself, in %
+
+
+class Evaluator:
+    """Scores candidate models against cached FP32 outputs on one evaluation set."""
+
+    def __init__(self, fp32: onnx.ModelProto, dataset: Dataset, *, limit: int | None = None) -> None:
+        bs = dataset.default_batch_size(None)
+        self.batches = list(dataset.batches(bs, limit))
+        n = sum(len(next(iter(b.values()))) for b in self.batches)
+        self.labels = dataset.labels[:n] if dataset.labels is not None else None
+        self.ref = self._outputs(fp32)
+        self.ref_metric = self._accuracy(self.ref) if self.labels is not None else 100.0
+        self.evaluations = 0
+
+    def _outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
+        s = make_session(model, what="candidate model")
+        return [run(s, b, what="candidate model")[0] for b in self.batches]
+
+    def _accuracy(self, outs: list[np.ndarray]) -> float:
+        logits = np.concatenate([o.reshape(len(o), -1) for o in outs])
+        return 100.0 * topk_correct(logits, self.labels, 1) / len(self.labels)
+
+    @property
+    def metric_name(self) -> str:
+        return "top-1 accuracy" if self.labels is not None else "top-1 agreement"
+
+    def score(self, model: onnx.ModelProto) -> Score:
+        self.evaluations += 1
+        outs = self._outputs(model)
+        fid = FidelityAccumulator()
+        agree = total = 0
+        for r, q in zip(self.ref, outs):
+            fid.update(r, q)
+            agree += agreement_count(r, q) if np.ndim(r) >= 2 else 0
+            total += len(r)
+        if self.labels is not None:
+            metric = self._accuracy(outs)
+            return Score(self.ref_metric - metric, fid.sqnr_db, metric)
+        metric = 100.0 * agree / max(total, 1)
+        return Score(100.0 - metric, fid.sqnr_db, metric)
+
+
+@dataclasses.dataclass
+class NodeSensitivity:
+    node: str
+    op: str
+    mac_share: float          # share of the model's multiply-accumulates in this node
+    alone_drop: float         # metric drop with only this node quantized
+    alone_sqnr_db: float      # output SQNR with only this node quantized
+    full_sqnr_db: float | None  # this node's own output SQNR inside the fully quantized model
+
+
+def node_output_sqnr(fp32: onnx.ModelProto, quant: onnx.ModelProto, nodes: list[str],
+                     batches: list[dict]) -> dict[str, float]:
+    """Each node's output SQNR in ``quant`` against the same node's output in ``fp32`` (pre-quantization)."""
+    fnames = {n.name: n.output[0] for n in fp32.graph.node if n.name in nodes}
+    qnames = {n.name: n.output[0] for n in quant.graph.node if n.name in nodes}
+    common = [n for n in nodes if n in fnames and n in qnames]
+    sf = make_session(tap_model(fp32, [fnames[n] for n in common]), what="FP32 tap model")
+    sq = make_session(tap_model(quant, [qnames[n] for n in common]), what="quantized tap model")
+    acc = {n: FidelityAccumulator() for n in common}
+    for b in batches:
+        for n, r, q in zip(common, run(sf, b), run(sq, b)):
+            acc[n].update(r, q)
+    return {n: a.sqnr_db for n, a in acc.items()}
+
+
+def rank(rows: list[NodeSensitivity]) -> list[NodeSensitivity]:
+    """Worst first: largest drop alone, then lowest SQNR alone, then name (deterministic)."""
+    return sorted(rows, key=lambda r: (-round(r.alone_drop, 6), r.alone_sqnr_db, r.node))
+
+
+def search_exclusions(ranking: list[str], build: Callable[[tuple[str, ...]], onnx.ModelProto], evaluator: Evaluator,
+                      max_drop: float, on_step: Callable[[str], None] | None = None
+                      ) -> tuple[tuple[str, ...], Score, onnx.ModelProto, list[dict]]:
+    """Fewest top-ranked nodes to keep float so that the drop is within ``max_drop`` (bisection over k)."""
+    steps: list[dict] = []
+
+    def trial(k: int):
+        excluded = tuple(ranking[:k])
+        model = build(excluded)
+        score = evaluator.score(model)
+        steps.append({"float_nodes": k, "drop": score.drop, "sqnr_db": score.sqnr_db})
+        if on_step:
+            on_step(f"{k} node(s) in float: drop {score.drop:.2f} pts")
+        return excluded, score, model
+
+    best = trial(0)
+    if best[1].drop <= max_drop + 1e-9:
+        return best[0], best[1], best[2], steps
+    lo, hi = 0, len(ranking)          # lo fails; find the smallest k in (lo, hi] that holds
+    top = trial(hi)
+    if top[1].drop > max_drop + 1e-9:
+        return top[0], top[1], top[2], steps  # even all ranked nodes in float do not meet it: say so upstream
+    best = top
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        cand = trial(mid)
+        if cand[1].drop <= max_drop + 1e-9:
+            hi, best = mid, cand
+        else:
+            lo = mid
+    return best[0], best[1], best[2], steps
+
+

@@ -1,0 +1,82 @@
+"""Sensitivity analysis and the --max-drop mixed-precision search on the activation-outlier sample."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from quantcli import pipeline
+from quantcli.cli.app import app
+from quantcli.quantize.policy import resolve_presets
+from quantcli.recipe import CalibrateSettings, ConvertSettings
+from quantcli.sensitivity import search_exclusions
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+MODEL = SAMPLES / "outlier_cnn.onnx"
+CALIB = CalibrateSettings(data=str(SAMPLES / "digits_cnn-calib.npz"))
+EVAL = str(SAMPLES / "digits_cnn-eval.npz")
+
+
+def test_analyze_ranks_the_outlier_layers_first():
+    r = pipeline.analyze(MODEL, ConvertSettings(eval_data=EVAL), calib_settings=CALIB)
+    assert r.all_int8_drop > 1.0 and r.metric == "top-1 accuracy"
+    top3 = {n["node"] for n in r.nodes[:3]}
+    assert top3 <= {"down1/conv", "dsblock/dw/conv", "dsblock/pw/conv", "down2/conv"}
+    assert all(n["full_sqnr_db"] is not None for n in r.nodes)
+    assert abs(sum(n["mac_share"] for n in r.nodes) - 1.0) < 1e-6
+    assert r.evaluations == len(r.nodes) + 1  # one evaluation per node, plus the all-INT8 model
+
+
+def test_max_drop_finds_a_model_within_budget_with_few_float_nodes(tmp_path):
+    conv = pipeline.convert(MODEL, tmp_path / "m.onnx", ConvertSettings(max_drop=1.0, eval_data=EVAL),
+                            calib_settings=CALIB)
+    s = conv.search
+    assert s["all_int8_drop"] > 1.0 and s["drop"] <= 1.0
+    assert 1 <= len(s["float_nodes"]) <= 3
+    assert all(conv.float_nodes[n].startswith("kept float by the --max-drop search") for n in s["float_nodes"])
+    assert 'exclude = ["' in s["recipe_fragment"]
+    res = pipeline.compare(MODEL, tmp_path / "m.onnx",
+                           pipeline.CompareSettings(data=EVAL, runs=2, warmup=2))
+    assert res.drop <= 1.0
+    again = pipeline.convert(MODEL, tmp_path / "m2.onnx", ConvertSettings(max_drop=1.0, eval_data=EVAL),
+                             calib_settings=CALIB)
+    assert (tmp_path / "m.onnx").read_bytes() == (tmp_path / "m2.onnx").read_bytes()  # deterministic
+
+
+def test_search_bisects_over_the_ranking():
+    class FakeEval:
+        evaluations = 0
+
+        def score(self, model):
+            from quantcli.sensitivity import Score
+
+            k = len(model)  # the "model" here is the tuple of float nodes
+            return Score(drop=max(0.0, 5.0 - 2.0 * k), sqnr_db=0.0, metric=0.0)
+
+    excluded, score, _, steps = search_exclusions(list("abcdefgh"), lambda ex: ex, FakeEval(), 1.0)
+    assert excluded == ("a", "b") and score.drop == 1.0
+    assert len(steps) <= 5  # 0, all, then log2 bisection
+
+
+def test_presets_first_and_last():
+    import onnx
+
+    m = onnx.load(MODEL)
+    assert resolve_presets(m, ["@first", "@last", "x"]) == ("stem/conv", "head/fc", "x")
+
+
+def test_cli_analyze_and_convert_max_drop(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["analyze", str(MODEL), "--data", CALIB.data, "--eval-data", EVAL, "--json",
+                            str(tmp_path / "a.json"), "--top", "3"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "a.json").read_text())["nodes"][0]["alone_drop"] > 0
+    r = runner.invoke(app, ["convert", str(MODEL), "--data", CALIB.data, "--eval-data", EVAL, "--max-drop", "1",
+                            "-o", str(tmp_path / "q.onnx"), "--recipe-out", str(tmp_path / "frag.toml")],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    frag = (tmp_path / "frag.toml").read_text()
+    r = runner.invoke(app, ["convert", str(MODEL), "--data", CALIB.data, "-o", str(tmp_path / "q2.onnx"),
+                            "--recipe", str(tmp_path / "frag.toml"), "--exclude", "@first"], catch_exceptions=False)
+    assert r.exit_code == 0 and "exclude" in frag
