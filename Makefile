@@ -32,6 +32,7 @@ bench: $(BIN)/quantcli
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/compare_ort.py
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/mixed_precision.py
 
 ## samples: rebuild sample_models/ (needs torch==2.13.0 and scikit-learn; not a runtime dependency)
 samples: $(BIN)/quantcli
