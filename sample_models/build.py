@@ -111,47 +111,54 @@ def cnn_images(data: np.ndarray) -> np.ndarray:
     return F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).numpy()
 
 
-def cnn_graph(m: DigitsCNN) -> onnx.GraphProto:
-    nodes, inits = [], []
+def append_conv_bn(nodes: list, inits: list, prefix: str, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: str,
+                   relu: bool) -> str:
+    """Conv (its bias, if any) -> BatchNormalization (running statistics) [-> Relu]; returns the output name."""
+    w = f"{prefix}.conv.weight"
+    inits.append(numpy_helper.from_array(t2n(conv.weight), w))
+    ins = [x, w]
+    if conv.bias is not None:
+        inits.append(numpy_helper.from_array(t2n(conv.bias), f"{prefix}.conv.bias"))
+        ins.append(f"{prefix}.conv.bias")
+    k = conv.kernel_size[0]
+    nodes.append(helper.make_node("Conv", ins, [f"{prefix}/conv_out"], name=f"{prefix}/conv",
+                                  kernel_shape=[k, k], strides=list(conv.stride), pads=[conv.padding[0]] * 4,
+                                  group=conv.groups))
+    for p, t in (("scale", bn.weight), ("bias", bn.bias), ("mean", bn.running_mean), ("var", bn.running_var)):
+        inits.append(numpy_helper.from_array(t2n(t), f"{prefix}.bn.{p}"))
+    out = f"{prefix}/bn_out"
+    nodes.append(helper.make_node("BatchNormalization", [f"{prefix}/conv_out"] + [f"{prefix}.bn.{p}" for p in
+                                  ("scale", "bias", "mean", "var")], [out], name=f"{prefix}/bn",
+                                  epsilon=bn.eps, momentum=0.9))
+    if relu:
+        nodes.append(helper.make_node("Relu", [out], [f"{prefix}/relu_out"], name=f"{prefix}/relu"))
+        return f"{prefix}/relu_out"
+    return out
 
-    def conv_bn(prefix, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: str, relu: bool) -> str:
-        w = f"{prefix}.conv.weight"
-        inits.append(numpy_helper.from_array(t2n(conv.weight), w))
-        ins = [x, w]
-        if conv.bias is not None:
-            inits.append(numpy_helper.from_array(t2n(conv.bias), f"{prefix}.conv.bias"))
-            ins.append(f"{prefix}.conv.bias")
-        k = conv.kernel_size[0]
-        nodes.append(helper.make_node("Conv", ins, [f"{prefix}/conv_out"], name=f"{prefix}/conv",
-                                      kernel_shape=[k, k], strides=list(conv.stride), pads=[conv.padding[0]] * 4,
-                                      group=conv.groups))
-        for p, t in (("scale", bn.weight), ("bias", bn.bias), ("mean", bn.running_mean), ("var", bn.running_var)):
-            inits.append(numpy_helper.from_array(t2n(t), f"{prefix}.bn.{p}"))
-        out = f"{prefix}/bn_out"
-        nodes.append(helper.make_node("BatchNormalization", [f"{prefix}/conv_out"] + [f"{prefix}.bn.{p}" for p in
-                                      ("scale", "bias", "mean", "var")], [out], name=f"{prefix}/bn",
-                                      epsilon=bn.eps, momentum=0.9))
-        if relu:
-            nodes.append(helper.make_node("Relu", [out], [f"{prefix}/relu_out"], name=f"{prefix}/relu"))
-            return f"{prefix}/relu_out"
-        return out
 
-    x = conv_bn("stem", m.stem[0], m.stem[1], "input", True)
-    x = conv_bn("down1", m.down1[0], m.down1[1], x, True)
-    h = conv_bn("dsblock/dw", m.dw[0], m.dw[1], x, True)
-    h = conv_bn("dsblock/pw", m.pw[0], m.pw[1], h, False)
-    nodes.append(helper.make_node("Add", [h, x], ["dsblock/add_out"], name="dsblock/add"))
-    nodes.append(helper.make_node("Relu", ["dsblock/add_out"], ["dsblock/relu_out"], name="dsblock/relu"))
-    x = conv_bn("down2", m.down2[0], m.down2[1], "dsblock/relu_out", True)
+def image_classifier_graph(name: str, nodes: list, inits: list, x: str, fc: nn.Linear) -> onnx.GraphProto:
+    """GlobalAveragePool -> Flatten -> Gemm head on ``x``, and the graph with input/output declared."""
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["head/pool_out"], name="head/pool"))
     nodes.append(helper.make_node("Flatten", ["head/pool_out"], ["head/flat_out"], name="head/flatten", axis=1))
-    inits += [numpy_helper.from_array(t2n(m.fc.weight), "head.fc.weight"),
-              numpy_helper.from_array(t2n(m.fc.bias), "head.fc.bias")]
+    inits += [numpy_helper.from_array(t2n(fc.weight), "head.fc.weight"),
+              numpy_helper.from_array(t2n(fc.bias), "head.fc.bias")]
     nodes.append(helper.make_node("Gemm", ["head/flat_out", "head.fc.weight", "head.fc.bias"], ["logits"],
                                   name="head/fc", transB=1))
-    return helper.make_graph(nodes, "digits_cnn",
+    return helper.make_graph(nodes, name,
                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+
+
+def cnn_graph(m: DigitsCNN) -> onnx.GraphProto:
+    nodes, inits = [], []
+    x = append_conv_bn(nodes, inits, "stem", m.stem[0], m.stem[1], "input", True)
+    x = append_conv_bn(nodes, inits, "down1", m.down1[0], m.down1[1], x, True)
+    h = append_conv_bn(nodes, inits, "dsblock/dw", m.dw[0], m.dw[1], x, True)
+    h = append_conv_bn(nodes, inits, "dsblock/pw", m.pw[0], m.pw[1], h, False)
+    nodes.append(helper.make_node("Add", [h, x], ["dsblock/add_out"], name="dsblock/add"))
+    nodes.append(helper.make_node("Relu", ["dsblock/add_out"], ["dsblock/relu_out"], name="dsblock/relu"))
+    x = append_conv_bn(nodes, inits, "down2", m.down2[0], m.down2[1], "dsblock/relu_out", True)
+    return image_classifier_graph("digits_cnn", nodes, inits, x, m.fc)
 
 
 def build_cnn(data, labels, train_idx, eval_idx) -> None:
@@ -338,35 +345,11 @@ class MobileDigits(nn.Module):
 
 def mobile_graph(m: MobileDigits) -> onnx.GraphProto:
     nodes, inits = [], []
-
-    def conv_bn_act(prefix, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: str) -> str:
-        w = f"{prefix}.conv.weight"
-        inits.append(numpy_helper.from_array(t2n(conv.weight), w))
-        k = conv.kernel_size[0]
-        nodes.append(helper.make_node("Conv", [x, w], [f"{prefix}/conv_out"], name=f"{prefix}/conv",
-                                      kernel_shape=[k, k], strides=list(conv.stride), pads=[conv.padding[0]] * 4,
-                                      group=conv.groups))
-        for p, t in (("scale", bn.weight), ("bias", bn.bias), ("mean", bn.running_mean), ("var", bn.running_var)):
-            inits.append(numpy_helper.from_array(t2n(t), f"{prefix}.bn.{p}"))
-        nodes.append(helper.make_node("BatchNormalization", [f"{prefix}/conv_out"] + [f"{prefix}.bn.{p}" for p in
-                                      ("scale", "bias", "mean", "var")], [f"{prefix}/bn_out"], name=f"{prefix}/bn",
-                                      epsilon=bn.eps))
-        nodes.append(helper.make_node("Relu", [f"{prefix}/bn_out"], [f"{prefix}/relu_out"], name=f"{prefix}/relu"))
-        return f"{prefix}/relu_out"
-
-    x = conv_bn_act("stem", m.stem[0], m.stem[1], "input")
+    x = append_conv_bn(nodes, inits, "stem", m.stem[0], m.stem[1], "input", True)
     for i, b in enumerate(m.blocks):
-        x = conv_bn_act(f"block{i}/dw", b[0], b[1], x)
-        x = conv_bn_act(f"block{i}/pw", b[3], b[4], x)
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["head/pool_out"], name="head/pool"))
-    nodes.append(helper.make_node("Flatten", ["head/pool_out"], ["head/flat_out"], name="head/flatten", axis=1))
-    inits += [numpy_helper.from_array(t2n(m.fc.weight), "head.fc.weight"),
-              numpy_helper.from_array(t2n(m.fc.bias), "head.fc.bias")]
-    nodes.append(helper.make_node("Gemm", ["head/flat_out", "head.fc.weight", "head.fc.bias"], ["logits"],
-                                  name="head/fc", transB=1))
-    return helper.make_graph(nodes, "mobile_digits",
-                             [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
-                             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+        x = append_conv_bn(nodes, inits, f"block{i}/dw", b[0], b[1], x, True)
+        x = append_conv_bn(nodes, inits, f"block{i}/pw", b[3], b[4], x, True)
+    return image_classifier_graph("mobile_digits", nodes, inits, x, m.fc)
 
 
 def spread_channel_scales(model: MobileDigits, factor: float = 10.0) -> None:
