@@ -27,7 +27,7 @@ from .manifest import build_manifest
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
 from .quantize.policy import PlanOptions, QuantPlan, plan, resolve_presets
 from .quantize.qdq import QDQOptions, insert_qdq
-from .recipe import (AcceptSettings, Activations, BiasCorrection, CalibrateSettings, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
+from .recipe import (AcceptSettings, Activations, BiasCorrection, CalibrateSettings, NodePrecision, to_plain, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
                      ReduceRange, Weights)
 from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, InspectResult,
                       OutputCheck, OutputFidelity, RunResult)
@@ -210,6 +210,14 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
                              f"{sum('shifted' in line for line in bc_report)} layer(s) corrected")
             quantized, absorbed = dict(qplan.quantized_nodes), sorted(qplan.absorbed)
             float_nodes.update(qplan.float_nodes)
+            from .quantize.policy import is_excluded
+
+            for node in prep.model.graph.node:
+                for r in settings.nodes:
+                    if r.precision != NodePrecision.INT8 and node.name in float_nodes and (
+                            is_excluded(node, (r.match,)) or node.name in resolve_presets(prep.model, (r.match,))):
+                        float_nodes[node.name] = ("runs in FP16 (node rule)" if r.precision == NodePrecision.FP16
+                                                  else "kept FP32 (node rule)")
             for rank_i, name in enumerate(search["float_nodes"] if search else [], 1):
                 float_nodes[name] = f"kept float by the --max-drop search (sensitivity rank {rank_i})"
             n_tensors = len(qplan.activations) + len(qplan.shared)
@@ -239,8 +247,7 @@ def _settings_dict(settings: ConvertSettings) -> dict:
 
 def _plain(settings) -> dict:
     """A settings dataclass as plain JSON-able values (enums by value)."""
-    return {f.name: (v.value if hasattr(v, "value") else v)
-            for f in dataclasses.fields(settings) for v in [getattr(settings, f.name)]}
+    return to_plain(settings)
 
 
 def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
@@ -333,13 +340,22 @@ def _static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: 
 
     symmetric = settings.activations == Activations.SYMMETRIC
     work = prep.model
+    rules = settings.nodes
+    by_precision = {p: tuple(r.match for r in rules if r.precision == p) for p in NodePrecision}
+    if by_precision[NodePrecision.FP32] or by_precision[NodePrecision.FP16]:
+        settings = dataclasses.replace(settings, exclude=list(settings.exclude) + list(
+            by_precision[NodePrecision.FP32] + by_precision[NodePrecision.FP16]))
     bc = settings.bias_correction
     if bc != BiasCorrection.OFF:
         work = copy.deepcopy(work)
         add_zero_biases(work)
+    granularity = {r.match: r.weights == Weights.PER_CHANNEL for r in rules
+                   if r.precision == NodePrecision.INT8 and r.weights is not None}
     qplan = plan(work, PlanOptions(per_channel=per_channel, symmetric_activations=symmetric,
-                                   exclude=resolve_presets(work, settings.exclude), only=only))
+                                   exclude=resolve_presets(work, settings.exclude), only=only,
+                                   granularity=tuple(granularity.items())))
     ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
+    ranges = _node_method_ranges(work, qplan, ranges, artifact, settings, symmetric)
     options = QDQOptions(symmetric_activations=symmetric, reduce_range=reduce_range)
     axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
     layers = [n.name for n in work.graph.node if n.name in axes]
@@ -365,7 +381,49 @@ def _static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: 
 
         report = analytic_correction(work, {n: axes[n] for n in layers}, prep.bn_stats, prep.cle_scales,
                                      dequantized)
-    return qplan, insert_qdq(work, qplan, ranges, options).model, report
+    qdq = insert_qdq(work, qplan, ranges, options).model
+    if by_precision[NodePrecision.FP16]:
+        qdq = _half_nodes(qdq, by_precision[NodePrecision.FP16])
+    return qplan, qdq, report
+
+
+def _node_tensors(model: onnx.ModelProto, qplan: QuantPlan, pattern: str) -> set[str]:
+    """Activation tensors read or written by the nodes matching ``pattern`` (absorbed Relu outputs included)."""
+    from .quantize.policy import is_excluded
+
+    outputs = {n.name: n.output[0] for n in model.graph.node}
+    names: set[str] = set()
+    for node in model.graph.node:
+        if is_excluded(node, (pattern,)):
+            names |= set(node.input) | set(node.output)
+            names |= {outputs[act] for act, prod in qplan.absorbed.items() if prod == node.name}
+    return names
+
+
+def _node_method_ranges(model, qplan: QuantPlan, ranges: dict, artifact: CalibrationArtifact,
+                        settings: ConvertSettings, symmetric: bool) -> dict:
+    """Per-node range methods ([[convert.nodes]] method/percentile) for the tensors those nodes touch."""
+    rules = [r for r in settings.nodes if r.precision == NodePrecision.INT8 and (r.method or r.percentile)]
+    if not rules:
+        return ranges
+    ranges = dict(ranges)
+    for r in rules:
+        method = r.method or settings.method
+        method = method.value if method else artifact.settings["method"]
+        pct = r.percentile if r.percentile is not None else (settings.percentile or 99.99)
+        for t in sorted(_node_tensors(model, qplan, r.match) & set(ranges)):
+            ranges[t] = artifact.range_of(t, method, pct, symmetric)
+    return ranges
+
+
+def _half_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> onnx.ModelProto:
+    """Run the nodes matching ``patterns`` in FP16 inside an otherwise INT8/FP32 model (casts around them)."""
+    from .quantize.half import convert_to_half
+    from .quantize.policy import is_excluded
+
+    others = tuple(n.name for n in model.graph.node if not is_excluded(n, patterns))
+    half, _ = convert_to_half(model, "fp16", keep_nodes=others)
+    return half
 
 
 def _artifact_for(model, model_path, prep: Prepared, settings: ConvertSettings, calibration,

@@ -6,7 +6,8 @@ Schema (every key optional; flags given on the command line override the recipe)
     [run]         model, output, calibration          (quantcli run)
     [calibrate]   data, samples, batch_size, method, percentile, bins
     [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range, cle,
-                  bias_correction, max_drop, eval_data
+                  bias_correction, max_drop, eval_data, and [[convert.nodes]] tables of
+                  match, precision (int8|fp16|fp32), weights, method, percentile
     [compare]     data, labels, max_drop, threads, runs, warmup
     [accept]      max_drop, min_int8_coverage, max_latency_ratio, max_size_mb   (quantcli run)
 
@@ -80,6 +81,27 @@ class CalibrateSettings:
     bins: int = 2048
 
 
+class NodePrecision(str, enum.Enum):
+    INT8 = "int8"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+@dataclasses.dataclass
+class NodeRule:
+    """Per-node mixed precision: nodes matching ``match`` (name, op type, glob or re:REGEX) get these settings.
+
+    ``precision`` fp32 keeps them float, fp16 runs them in half precision (casts around them), int8 (default)
+    quantizes them with their own ``weights`` granularity and activation range ``method`` / ``percentile``.
+    """
+
+    match: str = ""
+    precision: NodePrecision = NodePrecision.INT8
+    weights: Weights | None = None
+    method: Method | None = None
+    percentile: float | None = None
+
+
 @dataclasses.dataclass
 class ConvertSettings:
     precision: Precision = Precision.INT8
@@ -94,6 +116,7 @@ class ConvertSettings:
     bias_correction: BiasCorrection = BiasCorrection.EMPIRICAL  # analytic when no calibration data is at hand
     max_drop: float | None = None       # mixed precision: keep the fewest sensitive nodes float within this budget
     eval_data: str | None = None        # data to measure that drop on (default: the calibration data)
+    nodes: list[NodeRule] = dataclasses.field(default_factory=list)  # [[convert.nodes]] per-node overrides
 
 
 @dataclasses.dataclass
@@ -136,15 +159,18 @@ class Recipe:
     source: str | None = None
 
     def to_dict(self) -> dict:
-        def plain(v):
-            if isinstance(v, enum.Enum):
-                return v.value
-            if dataclasses.is_dataclass(v):
-                return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-            if isinstance(v, list):
-                return [plain(x) for x in v]
-            return v
-        return plain(self)
+        return to_plain(self)
+
+
+def to_plain(v):
+    """Settings dataclasses -> plain JSON-able values (enums by value), recursively."""
+    if isinstance(v, enum.Enum):
+        return v.value
+    if dataclasses.is_dataclass(v):
+        return {f.name: to_plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, list):
+        return [to_plain(x) for x in v]
+    return v
 
 
 _SECTIONS = {"run": RunSettings, "calibrate": CalibrateSettings, "convert": ConvertSettings,
@@ -217,11 +243,48 @@ def coerce(value, hint, where: str):
         if not isinstance(value, str):
             raise QuantcliError(f"{where}: expected a string, got {value!r}")
         return value
+    if typing.get_origin(hint) is list and typing.get_args(hint) == (NodeRule,):
+        if not isinstance(value, list):
+            raise QuantcliError(f"{where}: expected an array of tables ([[convert.nodes]]), got {value!r}")
+        rules = []
+        for i, item in enumerate(value):
+            rule = item if isinstance(item, NodeRule) else None
+            if rule is None:
+                if not isinstance(item, dict):
+                    raise QuantcliError(f"{where}[{i}]: expected a table with 'match', got {item!r}")
+                rule = _build(NodeRule, item, f"{where}[{i}]")
+            if not rule.match:
+                raise QuantcliError(f"{where}[{i}]: 'match' is required (node name, op type, glob or re:REGEX)")
+            rules.append(rule)
+        return rules
     if typing.get_origin(hint) is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise QuantcliError(f"{where}: expected a list of strings, got {value!r}")
         return list(value)
     raise TypeError(f"unsupported recipe field type {hint}")  # a bug in the schema, not user input
+
+
+def parse_node_rule(text: str) -> NodeRule:
+    """``PATTERN:key=value[,key=value]`` (the --node flag) -> NodeRule, e.g. ``head/*:precision=fp16``."""
+    pattern, sep, rest = text.rpartition(":") if ":" in text and "=" in text.rsplit(":", 1)[-1] else (text, "", "")
+    if not sep:
+        raise QuantcliError(f"--node {text!r}: expected PATTERN:key=value[,key=value] "
+                            "(keys: precision, weights, method, percentile)")
+    table = {"match": pattern}
+    for item in rest.split(","):
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise QuantcliError(f"--node {text!r}: '{item}' is not key=value")
+        table[key.strip()] = float(val) if key.strip() == "percentile" and _is_number(val) else val.strip()
+    return _build(NodeRule, table, f"--node {text!r}:")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def merge(section, **flags):

@@ -80,3 +80,45 @@ def test_cli_analyze_and_convert_max_drop(tmp_path):
     r = runner.invoke(app, ["convert", str(MODEL), "--data", CALIB.data, "-o", str(tmp_path / "q2.onnx"),
                             "--recipe", str(tmp_path / "frag.toml"), "--exclude", "@first"], catch_exceptions=False)
     assert r.exit_code == 0 and "exclude" in frag
+
+
+def test_node_rules_fp16_fp32_and_int8_overrides(tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    from quantcli.recipe import Method, NodePrecision, NodeRule, Weights
+
+    rules = [NodeRule("head/fc", NodePrecision.FP16), NodeRule("stem/conv", NodePrecision.FP32),
+             NodeRule("dsblock/*", weights=Weights.PER_TENSOR, method=Method.PERCENTILE, percentile=99.9)]
+    base = SAMPLES / "digits_cnn.onnx"
+    conv = pipeline.convert(base, tmp_path / "n.onnx", ConvertSettings(nodes=rules), calib_settings=CALIB)
+    assert conv.float_nodes["head/fc"] == "runs in FP16 (node rule)"
+    assert conv.float_nodes["stem/conv"] == "kept FP32 (node rule)"
+    m = onnx.load(tmp_path / "n.onnx")
+    inits = {t.name: t for t in m.graph.initializer}
+    assert inits["head.fc.weight"].data_type == TensorProto.FLOAT16
+    dq = {n.input[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    assert list(inits["dsblock/dw.conv.weight_scale"].dims) == []      # per-tensor by the rule
+    assert list(inits["down2.conv.weight_scale"].dims) == [128]        # per-channel elsewhere
+    assert "stem.conv.weight_quantized" not in inits and dq
+    assert conv.coverage.integer_kernels.get("QLinearConv") == 4
+    res = pipeline.compare(base, tmp_path / "n.onnx", pipeline.CompareSettings(data=EVAL, runs=2, warmup=2))
+    assert res.drop <= 1.0
+
+
+def test_node_rules_from_recipe_and_flag(tmp_path):
+    from quantcli.errors import QuantcliError
+    from quantcli.recipe import load_recipe, parse_node_rule
+
+    p = tmp_path / "r.toml"
+    p.write_text('[[convert.nodes]]\nmatch = "head/*"\nprecision = "fp16"\n'
+                 '[[convert.nodes]]\nmatch = "re:down.*"\nweights = "per-tensor"\n')
+    r = load_recipe(p)
+    assert [n.match for n in r.convert.nodes] == ["head/*", "re:down.*"]
+    assert parse_node_rule("a/b:precision=fp32").precision.value == "fp32"
+    for bad in ("nokey", "x:precision=int4", "x:colour=red"):
+        with pytest.raises(QuantcliError):
+            parse_node_rule(bad)
+    p.write_text('[[convert.nodes]]\nprecision = "fp16"\n')
+    with pytest.raises(QuantcliError, match="'match' is required"):
+        load_recipe(p)

@@ -56,6 +56,12 @@ class CalibrationArtifact:
             out[name] = (float(lo), float(hi))
         return out
 
+    def range_of(self, name: str, method: str, percentile: float, symmetric: bool = False) -> tuple[float, float]:
+        """One tensor's range with another method (per-node overrides)."""
+        lo, hi = estimate_range(self.observers[name], method, percentile=percentile,
+                                num_levels=255 if symmetric else 256, symmetric=symmetric)
+        return float(lo), float(hi)
+
     def to_json(self) -> str:
         ranges = self.ranges()
         doc = {

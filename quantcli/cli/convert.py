@@ -9,7 +9,8 @@ import typer
 
 from .. import pipeline
 from ..errors import ExitCode
-from ..recipe import Activations, BiasCorrection, Mode, Precision, ReduceRange, Weights, load_recipe, merge
+from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange, Weights, load_recipe, merge,
+                      parse_node_rule)
 from ..report.render import render_convert
 from . import options as o
 from .app import app, error_boundary, ui, write_reports
@@ -33,6 +34,10 @@ def convert(
     exclude: Optional[List[str]] = typer.Option(None, "--exclude",
                                                 metavar="NAME_OR_OPTYPE", help="Keep a node float: node name, op type, glob or re:REGEX. "
                                                      "Repeatable.", show_default=False),
+    node: Optional[List[str]] = typer.Option(None, "--node", metavar="PATTERN:KEY=VALUE,...",
+                                             help="Per-node mixed precision, repeatable: precision=int8|fp16|fp32, "
+                                                  "weights=per-channel|per-tensor, method=..., percentile=P. "
+                                                  "E.g. --node 'head/*:precision=fp16'.", show_default=False),
     method: o.OptMethod = o.MethodOpt,
     percentile: float = o.Percentile,
     reduce_range: Optional[ReduceRange] = typer.Option(None, "--reduce-range",
@@ -61,6 +66,7 @@ def convert(
         settings = merge(r.convert, weights=weights, activations=activations, precision=precision, mode=mode,
                          exclude=exclude, method=method, percentile=percentile, reduce_range=reduce_range,
                          cle=cle, bias_correction=bias_correction, max_drop=max_drop,
+                         nodes=[parse_node_rule(t) for t in node] if node else None,
                          eval_data=str(eval_data) if eval_data else None)
         calib = merge(r.calibrate, data=str(data) if data else None)
         if calibration is None and not calib.data and settings.precision == Precision.INT8 \

@@ -74,6 +74,7 @@ class PlanOptions:
     symmetric_activations: bool = False
     exclude: tuple[str, ...] = ()
     only: tuple[str, ...] | None = None  # quantize just these heavy nodes (sensitivity analysis)
+    granularity: tuple[tuple[str, bool], ...] = ()  # (pattern, per_channel) per-node weight granularity
 
 
 def resolve_presets(model: onnx.ModelProto, patterns: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -236,7 +237,11 @@ def _heavy_reason(node: onnx.NodeProto, idx: GraphIndex, is_act) -> str | None:
 
 
 def _weight_axis(node: onnx.NodeProto, idx: GraphIndex, i: int, options: PlanOptions) -> int | None:
-    if not options.per_channel:
+    per_channel = options.per_channel
+    for pattern, pc in options.granularity:
+        if is_excluded(node, (pattern,)):
+            per_channel = pc
+    if not per_channel:
         return None
     w = idx.const(node.input[i])
     if node.op_type == "Conv":
