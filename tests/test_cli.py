@@ -209,3 +209,10 @@ def test_cle_must_match_between_calibrate_and_convert(cnn):
                "--bias-correction", "analytic", "--json", cnn / "r.json")
     assert r.exit_code == 0, r.output
     assert any("analytic" in t for t in json.loads((cnn / "r.json").read_text())["transforms"])
+
+
+def test_version_and_help():
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.output.startswith("quantcli ")
+    r = invoke()
+    assert r.exit_code == 0 and "calibrate" in r.output and "convert" in r.output

@@ -65,12 +65,16 @@ class UI:
 ui = UI()
 
 
-@app.callback()
-def root(quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr; no tables or progress."),
+@app.callback(invoke_without_command=True)
+def root(ctx: typer.Context,
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr; no tables or progress."),
          no_color: bool = typer.Option(False, "--no-color", help="No colors (also: NO_COLOR or CI set)."),
          version: bool = typer.Option(False, "--version", help="Show the version and exit.", is_eager=True)) -> None:
     if version:
         typer.echo(f"quantcli {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
         raise typer.Exit(0)
     ui.configure(quiet, no_color)
 
