@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import __version__
 from ..errors import ExitCode, InternalError, QuantcliError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=False, rich_markup_mode=None,
                   help="Quantize FP32 ONNX models to INT8 / FP16 / BF16 for ONNX Runtime on CPU.\n\n"
                        "Typical run: calibrate -> convert -> compare accuracy.")
 
