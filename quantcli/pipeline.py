@@ -7,7 +7,6 @@ its outputs atomically.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -23,11 +22,11 @@ from .calibration.collect import collect_statistics
 from .cpu import detect as detect_cpu
 from .data.sources import Dataset, input_specs
 from .errors import InternalError, QuantcliError
+from .int8 import builder, eval_dataset, mixed_precision, sensitivities_alone
 from .manifest import build_manifest
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
-from .quantize.policy import PlanOptions, QuantPlan, plan, resolve_presets
-from .quantize.qdq import QDQOptions, insert_qdq
-from .recipe import (AcceptSettings, Activations, BiasCorrection, CalibrateSettings, NodePrecision, to_plain, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
+from .quantize.policy import PlanOptions, plan, resolve_presets
+from .recipe import (AcceptSettings, Activations, CalibrateSettings, NodePrecision, to_plain, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
                      ReduceRange, Weights)
 from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, InspectResult,
                       OutputCheck, OutputFidelity, RunResult)
@@ -197,11 +196,11 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
             float_nodes.update(kept)
         else:
             artifact = _artifact_for(model, model_path, prep, settings, calibration, calib_settings, progress)
-            build = _builder(model, prep, settings, per_channel, reduce_range, artifact, calibration,
+            build = builder(model, prep, settings, per_channel, reduce_range, artifact, calibration,
                              calib_settings, progress, notes)
             qplan, new_model, bc_report = build()
             if settings.max_drop is not None:
-                qplan, new_model, bc_report, search = _mixed_precision(model, prep, settings, qplan, new_model,
+                qplan, new_model, bc_report, search = mixed_precision(model, prep, settings, qplan, new_model,
                                                                        bc_report, build, artifact, calib_settings,
                                                                        notes)
             transforms += bc_report
@@ -258,174 +257,6 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
     model.metadata_props.add(key=key, value=value)
 
 
-def _builder(model, prep: Prepared, settings: ConvertSettings, per_channel: bool, reduce_range: bool,
-             artifact: CalibrationArtifact, calibration, calib_settings, progress: Progress, notes: list[str]):
-    """A cached ``build(extra_exclusions=(), only=None) -> (plan, QDQ model, report)`` for these settings."""
-    import functools
-
-    @functools.lru_cache(maxsize=None)
-    def build(extra: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
-        s2 = dataclasses.replace(settings, exclude=list(settings.exclude) + list(extra))
-        return _static_int8(model, prep, s2, per_channel, reduce_range, artifact, calibration, calib_settings,
-                            progress, notes, only=only)
-    return build
-
-
-def _eval_dataset(model, settings: ConvertSettings, calib_settings, artifact, what: str,
-                  labels: str | None = None) -> Dataset:
-    data = settings.eval_data or (calib_settings.data if calib_settings and calib_settings.data else None) \
-        or artifact.settings.get("data")
-    if not data or not Path(data).exists():
-        raise QuantcliError(f"{what} needs evaluation data: pass --eval-data PATH (labels in it give accuracy, "
-                            "else agreement with FP32 is the metric)")
-    return Dataset(data, input_specs(model), labels_path=labels)
-
-
-def _alone(prep: Prepared, qplan: QuantPlan, build, evaluator, feeds_shape: dict, progress: Progress) -> list:
-    """(a) of the analysis: each weighted node quantized alone."""
-    from .sensitivity import NodeSensitivity
-    from .validate.coverage import heavy_macs
-
-    macs = heavy_macs(prep.model, feeds_shape)
-    total = sum(macs.values()) or 1
-    nodes = [n for n, op in qplan.quantized_nodes.items() if op in ("Conv", "MatMul", "Gemm")]
-    advance = progress("sensitivity", len(nodes))
-    rows = []
-    for name in nodes:
-        score = evaluator.score(build((), (name,))[1])
-        rows.append(NodeSensitivity(name, qplan.quantized_nodes[name], macs.get(name, 0) / total, score.drop,
-                                    score.sqnr_db, None))
-        advance(1)
-    return rows
-
-
-def _mixed_precision(model, prep: Prepared, settings: ConvertSettings, qplan, new_model, report, build,
-                     artifact, calib_settings, notes: list[str]):
-    """convert --max-drop: keep the fewest most sensitive nodes in float so that the drop is within budget."""
-    from .sensitivity import Evaluator, rank, search_exclusions
-
-    t0 = time.perf_counter()
-    ev = Evaluator(model, _eval_dataset(model, settings, calib_settings, artifact, "convert --max-drop"))
-    full = ev.score(new_model)
-    search = {"metric": ev.metric_name, "max_drop": settings.max_drop, "all_int8_drop": full.drop,
-              "float_nodes": [], "drop": full.drop, "steps": [], "evaluations": 0, "seconds": 0.0}
-    if full.drop > settings.max_drop + 1e-9:
-        shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
-        ranking = [r.node for r in rank(_alone(prep, qplan, build, ev, shapes, _no_progress))]
-        excluded, score, _, steps = search_exclusions(ranking, lambda ex: build(ex)[1], ev, settings.max_drop)
-        qplan, new_model, report = build(excluded)
-        search.update(float_nodes=list(excluded), drop=score.drop, steps=steps,
-                      recipe_fragment="[convert]\nexclude = [" + ", ".join(
-                          f'"{n}"' for n in list(settings.exclude) + list(excluded)) + "]\n")
-        if score.drop > settings.max_drop + 1e-9:
-            notes.append(f"--max-drop {settings.max_drop:g}: not reachable even with {len(excluded)} node(s) in "
-                         f"float (drop {score.drop:.2f} pts)")
-        else:
-            notes.append(f"--max-drop {settings.max_drop:g}: {len(excluded)} node(s) kept in float "
-                         f"({', '.join(excluded)}); {ev.metric_name} drop {full.drop:.2f} -> {score.drop:.2f} pts")
-    else:
-        notes.append(f"--max-drop {settings.max_drop:g}: all-INT8 drop {full.drop:.2f} pts is within budget")
-    search["evaluations"] = ev.evaluations
-    search["seconds"] = time.perf_counter() - t0
-    return qplan, new_model, report, search
-
-
-def _static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: bool, reduce_range: bool,
-                 artifact: CalibrationArtifact, calibration, calib_settings: CalibrateSettings | None,
-                 progress: Progress, notes: list[str],
-                 only: tuple[str, ...] | None = None) -> tuple[QuantPlan, onnx.ModelProto, list[str]]:
-    """Plan, ranges, bias correction, Q/DQ insertion; returns (plan, QDQ model, bias-correction report)."""
-    from .quantize import params as qp
-    from .transforms.bias_correction import add_zero_biases, analytic_correction
-
-    symmetric = settings.activations == Activations.SYMMETRIC
-    work = prep.model
-    rules = settings.nodes
-    by_precision = {p: tuple(r.match for r in rules if r.precision == p) for p in NodePrecision}
-    if by_precision[NodePrecision.FP32] or by_precision[NodePrecision.FP16]:
-        settings = dataclasses.replace(settings, exclude=list(settings.exclude) + list(
-            by_precision[NodePrecision.FP32] + by_precision[NodePrecision.FP16]))
-    bc = settings.bias_correction
-    if bc != BiasCorrection.OFF:
-        work = copy.deepcopy(work)
-        add_zero_biases(work)
-    granularity = {r.match: r.weights == Weights.PER_CHANNEL for r in rules
-                   if r.precision == NodePrecision.INT8 and r.weights is not None}
-    qplan = plan(work, PlanOptions(per_channel=per_channel, symmetric_activations=symmetric,
-                                   exclude=resolve_presets(work, settings.exclude), only=only,
-                                   granularity=tuple(granularity.items())))
-    ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
-    ranges = _node_method_ranges(work, qplan, ranges, artifact, settings, symmetric)
-    options = QDQOptions(symmetric_activations=symmetric, reduce_range=reduce_range)
-    axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
-    layers = [n.name for n in work.graph.node if n.name in axes]
-    report: list[str] = []
-    if bc == BiasCorrection.EMPIRICAL:
-        data = (calib_settings.data if calib_settings and calib_settings.data else artifact.settings.get("data"))
-        if not data or not Path(data).exists():
-            notes.append(f"empirical bias correction needs the calibration data ({data or 'not recorded'} is not "
-                         "there): used analytic bias correction instead; pass --data to measure it")
-            bc = BiasCorrection.ANALYTIC
-    if bc == BiasCorrection.EMPIRICAL:
-        ds = Dataset(data, input_specs(model))
-        batches = list(ds.batches(ds.default_batch_size(None), limit=256))
-        from .calibration.empirical import empirical_bias_correction
-
-        work, report = empirical_bias_correction(work, qplan, ranges, options, batches, layers,
-                                                 on_layer=progress("bias correction", len(layers))
-                                                 if only is None else None)
-    elif bc == BiasCorrection.ANALYTIC:
-        def dequantized(w, axis):
-            p = qp.weight_params(w, axis=axis, reduce_range=reduce_range)
-            return qp.dequantize(qp.quantize_weight(w, p, reduce_range=reduce_range), p)
-
-        report = analytic_correction(work, {n: axes[n] for n in layers}, prep.bn_stats, prep.cle_scales,
-                                     dequantized)
-    qdq = insert_qdq(work, qplan, ranges, options).model
-    if by_precision[NodePrecision.FP16]:
-        qdq = _half_nodes(qdq, by_precision[NodePrecision.FP16])
-    return qplan, qdq, report
-
-
-def _node_tensors(model: onnx.ModelProto, qplan: QuantPlan, pattern: str) -> set[str]:
-    """Activation tensors read or written by the nodes matching ``pattern`` (absorbed Relu outputs included)."""
-    from .quantize.policy import is_excluded
-
-    outputs = {n.name: n.output[0] for n in model.graph.node}
-    names: set[str] = set()
-    for node in model.graph.node:
-        if is_excluded(node, (pattern,)):
-            names |= set(node.input) | set(node.output)
-            names |= {outputs[act] for act, prod in qplan.absorbed.items() if prod == node.name}
-    return names
-
-
-def _node_method_ranges(model, qplan: QuantPlan, ranges: dict, artifact: CalibrationArtifact,
-                        settings: ConvertSettings, symmetric: bool) -> dict:
-    """Per-node range methods ([[convert.nodes]] method/percentile) for the tensors those nodes touch."""
-    rules = [r for r in settings.nodes if r.precision == NodePrecision.INT8 and (r.method or r.percentile)]
-    if not rules:
-        return ranges
-    ranges = dict(ranges)
-    for r in rules:
-        method = r.method or settings.method
-        method = method.value if method else artifact.settings["method"]
-        pct = r.percentile if r.percentile is not None else (settings.percentile or 99.99)
-        for t in sorted(_node_tensors(model, qplan, r.match) & set(ranges)):
-            ranges[t] = artifact.range_of(t, method, pct, symmetric)
-    return ranges
-
-
-def _half_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> onnx.ModelProto:
-    """Run the nodes matching ``patterns`` in FP16 inside an otherwise INT8/FP32 model (casts around them)."""
-    from .quantize.half import convert_to_half
-    from .quantize.policy import is_excluded
-
-    others = tuple(n.name for n in model.graph.node if not is_excluded(n, patterns))
-    half, _ = convert_to_half(model, "fp16", keep_nodes=others)
-    return half
-
-
 def _artifact_for(model, model_path, prep: Prepared, settings: ConvertSettings, calibration,
                   calib_settings: CalibrateSettings | None, progress: Progress) -> CalibrationArtifact:
     """The calibration artifact: loaded (and checked against this model and settings) or made now."""
@@ -446,23 +277,6 @@ def _artifact_for(model, model_path, prep: Prepared, settings: ConvertSettings, 
         return artifact
     raise QuantcliError("convert: static INT8 needs ranges: give --calibration CALIB.json or --data PATH "
                         "(or use --mode dynamic, or --precision fp16)")
-
-
-def _ranges(artifact: CalibrationArtifact, needed: list[str], settings: ConvertSettings, symmetric: bool,
-            calibration, notes: list[str]) -> dict[str, tuple[float, float]]:
-    missing = [t for t in needed if t not in artifact.observers]
-    if missing:
-        hint = (" with --activations symmetric" if settings.activations == Activations.SYMMETRIC
-                and artifact.settings.get("activations") != "symmetric" else " with this quantcli version")
-        raise QuantcliError(f"{calibration or 'calibration'}: has no statistics for tensor '{missing[0]}' "
-                            f"({len(missing)} missing); re-run quantcli calibrate{hint}")
-    method = settings.method.value if settings.method else None
-    line = f"ranges: {method or artifact.settings.get('method')} over {artifact.samples} calibration samples"
-    if line not in notes:
-        if method and method != artifact.settings.get("method"):
-            notes.append(f"ranges re-derived from the calibration statistics with method '{method}'")
-        notes.append(line)
-    return artifact.ranges(method, settings.percentile, symmetric=symmetric)
 
 
 def _validation_feeds(model: onnx.ModelProto, data_path: str | None, calibration) -> dict[str, np.ndarray]:
@@ -660,13 +474,13 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
         settings.reduce_range == ReduceRange.AUTO and detect_cpu().u8s8_saturates)
     artifact = _artifact_for(model, model_path, prep, settings, calibration, calib_settings, progress)
     notes: list[str] = []
-    build = _builder(model, prep, settings, per_channel, reduce_range, artifact, calibration, calib_settings,
+    build = builder(model, prep, settings, per_channel, reduce_range, artifact, calibration, calib_settings,
                      progress, notes)
-    ev = Evaluator(model, _eval_dataset(model, settings, calib_settings, artifact, "analyze", labels))
+    ev = Evaluator(model, eval_dataset(model, settings, calib_settings, artifact, "analyze", labels))
     qplan, full_model, _ = build()
     full = ev.score(full_model)
     shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
-    rows = _alone(prep, qplan, build, ev, shapes, progress)
+    rows = sensitivities_alone(prep, qplan, build, ev, shapes, progress)
     inside = node_output_sqnr(prep.model, full_model, [r.node for r in rows], ev.batches)
     for r in rows:
         r.full_sqnr_db = inside.get(r.node)
