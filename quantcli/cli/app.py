@@ -127,15 +127,7 @@ def _register() -> None:
 _register()
 
 
-def _terminate(signum, frame) -> None:
-    """SIGTERM (kill, CI cancellation) unwinds like Ctrl-C, so temporary outputs are removed."""
-    raise KeyboardInterrupt
-
-
-def main() -> None:
-    import signal
-
-    signal.signal(signal.SIGTERM, _terminate)
+def run_app() -> None:
     try:
         app()
     except KeyboardInterrupt:  # outside a command
