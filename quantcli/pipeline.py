@@ -160,6 +160,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     absorbed: list[str] = []
     n_tensors = 0
     search = None
+    artifact = None
     prepared = model
     reduce_range = settings.reduce_range == ReduceRange.ON or (
         settings.reduce_range == ReduceRange.AUTO and cpu.u8s8_saturates)
@@ -228,8 +229,9 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
         "convert": _settings_dict(settings), "calibration": str(calibration) if calibration else None,
         "calibrate": _plain(calib_settings) if calib_settings and calibration is None else None})
     _set_metadata(new_model, "quantcli.manifest", json.dumps(manifest, sort_keys=True))
-    data_path = (calib_settings.data if calib_settings else None)
-    feeds = _validation_feeds(model, data_path, calibration)
+    data_path = (calib_settings.data if calib_settings and calib_settings.data else None) or (
+        artifact.settings.get("data") if artifact is not None else None)
+    feeds = _validation_feeds(model, data_path)
     checks = _write_validated(new_model, model, out, feeds)
     coverage = None
     if settings.precision == Precision.INT8:
@@ -279,14 +281,9 @@ def _artifact_for(model, model_path, prep: Prepared, settings: ConvertSettings, 
                         "(or use --mode dynamic, or --precision fp16)")
 
 
-def _validation_feeds(model: onnx.ModelProto, data_path: str | None, calibration) -> dict[str, np.ndarray]:
+def _validation_feeds(model: onnx.ModelProto, data_path: str | None) -> dict[str, np.ndarray]:
     """One batch-1 input for the post-write check: the first data sample, else seeded synthetic data."""
     specs = input_specs(model)
-    if data_path is None and calibration is not None:
-        try:
-            data_path = load_artifact(calibration).settings.get("data")
-        except QuantcliError:
-            data_path = None
     if data_path and Path(data_path).exists():
         try:
             ds = Dataset(data_path, specs)
@@ -451,7 +448,7 @@ def _coverage(model: onnx.ModelProto, feeds: dict[str, np.ndarray], reference: o
 def inspect(model_path: str | Path, *, data: str | None = None, min_coverage: float | None = None) -> InspectResult:
     """Let ONNX Runtime optimize ``model_path`` for the CPU and report what runs in integer kernels."""
     model = modelio.load_model(model_path)
-    feeds = _validation_feeds(model, data, None)
+    feeds = _validation_feeds(model, data)
     cpu = detect_cpu()
     return InspectResult(str(model_path), {k: list(v.shape) for k, v in feeds.items()}, _coverage(model, feeds),
                          cpu.summary(), cpu.int8_path, min_coverage,
