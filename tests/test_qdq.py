@@ -5,12 +5,17 @@ import onnx
 import pytest
 
 from models import cnn_data, small_cnn, small_mlp
+from quantcli.cpu import detect
 from quantcli.quantize.dynamic import quantize_dynamic
 from quantcli.quantize.policy import PlanOptions, plan
 from quantcli.quantize.qdq import QDQOptions, insert_qdq
 from quantcli.runtime.session import make_session, optimized_model, tap_model
 from quantcli.transforms.fold_batchnorm import fold_batchnorm
 from quantcli.validate.coverage import int8_coverage
+
+
+# What `convert` does by default (--reduce-range auto): 7-bit weights where this CPU's u8s8 kernels saturate.
+REDUCE_RANGE = detect().u8s8_saturates
 
 
 def _minmax_ranges(model, tensors, feeds):
@@ -22,7 +27,7 @@ def _quantize(model, feeds, **opts):
     p = plan(model, PlanOptions(**opts))
     ranges = _minmax_ranges(model, p.calibrated_tensors(), feeds)
     sym = opts.get("symmetric_activations", False)
-    return insert_qdq(model, p, ranges, QDQOptions(symmetric_activations=sym)).model, p
+    return insert_qdq(model, p, ranges, QDQOptions(symmetric_activations=sym, reduce_range=REDUCE_RANGE)).model, p
 
 
 def _sqnr(ref, got):
@@ -92,7 +97,7 @@ def test_mlp_static_matmul_uses_integer_kernels():
 def test_dynamic_quantization_fuses_and_matches():
     m = small_mlp()
     x = np.random.default_rng(0).normal(size=(4, 5, 32)).astype(np.float32)
-    r, quantized, kept = quantize_dynamic(m)
+    r, quantized, kept = quantize_dynamic(m, reduce_range=REDUCE_RANGE)
     onnx.checker.check_model(r.model, full_check=True)
     assert quantized == {"fc1": "MatMul", "fc2": "MatMul"}
     ref = make_session(m).run(None, {"x": x})[0]
@@ -101,10 +106,28 @@ def test_dynamic_quantization_fuses_and_matches():
     assert ops & {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}, ops
 
 
+def test_cpu_saturation_claim_matches_onnxruntime():
+    """cpu.u8s8_saturates is what ONNX Runtime's kernels do on this machine, not only what the flags suggest.
+
+    Zero-centred activations (uint8 around zero point 128) against full-range int8 weights: where the u8s8
+    kernel adds product pairs in int16 (x86 without VNNI) it saturates and 7-bit weights win by far; with int32
+    accumulation full-range weights are the more precise choice.
+    """
+    m = small_mlp()
+    x = np.random.default_rng(0).normal(size=(4, 5, 32)).astype(np.float32)
+    ref = make_session(m).run(None, {"x": x})[0]
+    sqnr = {rr: _sqnr(ref, make_session(quantize_dynamic(m, reduce_range=rr)[0].model).run(None, {"x": x})[0])
+            for rr in (False, True)}
+    if detect().u8s8_saturates:
+        assert sqnr[False] < sqnr[True] - 6, sqnr
+    else:
+        assert sqnr[False] > sqnr[True], sqnr
+
+
 def test_dynamic_gemm_with_bias_and_alpha():
     m = fold_batchnorm(small_cnn()).model
     x = cnn_data(4)
-    r, quantized, kept = quantize_dynamic(m)
+    r, quantized, kept = quantize_dynamic(m, reduce_range=REDUCE_RANGE)
     assert quantized == {"fc": "Gemm"} and "conv1" in kept
     ref = make_session(m).run(None, {"x": x})[0]
     assert _sqnr(ref, make_session(r.model).run(None, {"x": x})[0]) > 25
