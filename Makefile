@@ -30,6 +30,7 @@ test-all: $(BIN)/quantcli
 ## bench: quantcli vs onnxruntime.quantization.quantize_static on every sample model, in one run
 bench: $(BIN)/quantcli
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/kernels.py
 	$(BIN)/python bench/compare_ort.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/mixed_precision.py

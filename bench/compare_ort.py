@@ -167,8 +167,8 @@ def main() -> None:
     from quantcli.cpu import detect
 
     console = Console(width=170)
-    console.print(f"onnxruntime {onnxruntime.__version__}; CPU {detect().summary()}; 2 intra-op threads; "
-                  f"{args.samples} calibration samples", highlight=False)
+    console.print(f"onnxruntime {onnxruntime.__version__}; CPU {detect().summary()} ({detect().int8_path}); 2 intra-op threads; "
+                  f"{args.samples} calibration samples", highlight=False, markup=False)
     table = Table(title="quantcli vs onnxruntime.quantization.quantize_static (ratios to FP32, same run)")
     for col in ("model", "variant", "accuracy %", "agree %", "cosine", "lat b1", "lat b32", "b1 vs best ORT",
                 "size kB", "INT8 MACs %", "calib s", "calib peak MB"):
@@ -184,7 +184,7 @@ def main() -> None:
             stats = run_worker(kind, model, calib, args.samples, out, pc)
             calib_stats[variant] = stats
             if "error" in stats:
-                console.print(f"{name} {variant}: failed: {stats['error']}", highlight=False)
+                console.print(f"{name} {variant}: failed: {stats['error']}", highlight=False, markup=False)
                 continue
             paths[variant] = out
         rows = evaluate(paths, ev)
