@@ -54,6 +54,20 @@ class CpuInfo:
     def u8s8_saturates(self) -> bool:
         return self.is_x86 and not self.has_vnni
 
+    @property
+    def int8_speed_note(self) -> str | None:
+        """Why integer kernels will not beat FP32 on this CPU, or None where they are expected to.
+
+        Measured with bench/kernels.py on an AVX2 machine without VNNI (AMD EPYC, onnxruntime 1.32): fused
+        QLinearConv/QLinearMatMul ran at 1.0-1.1x the FP32 latency for large ops, 1.1-1.3x for small ones and
+        1.5-1.8x for depthwise convolutions; the same kernels with AVX512-VNNI ran models about 2x faster.
+        """
+        if self.is_x86 and not self.has_vnni:
+            return ("this CPU has no VNNI/AMX: ONNX Runtime's u8s8 kernels run at about FP32 speed here "
+                    "(depthwise convs slower), so expect a smaller model, not a faster one; "
+                    "CPUs with VNNI or AMX run the same model faster")
+        return None
+
     def summary(self) -> str:
         shown = [f for f in X86_FLAGS + ARM_FLAGS if f in self.flags]
         return f"{self.arch} [{', '.join(shown) or 'no SIMD flags found'}]"

@@ -166,6 +166,8 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
         settings.reduce_range == ReduceRange.AUTO and cpu.u8s8_saturates)
     if settings.precision == Precision.INT8 and settings.reduce_range == ReduceRange.AUTO:
         notes.append(f"CPU INT8 path: {cpu.int8_path}; weights {'7-bit (reduce range)' if reduce_range else 'full 8-bit'}")
+    if settings.precision == Precision.INT8 and cpu.int8_speed_note:
+        notes.append(f"speed: {cpu.int8_speed_note}")
 
     if settings.precision in (Precision.FP16, Precision.BF16):
         from .quantize.half import convert_to_half
