@@ -19,7 +19,7 @@ import onnx
 from .calibration.artifact import CalibrationArtifact
 from .data.sources import Dataset, input_specs
 from .errors import QuantcliError
-from .quantize.policy import PlanOptions, QuantPlan, is_excluded, plan, resolve_presets
+from .quantize.policy import PlanOptions, QuantPlan, is_excluded, plan, range_conflicts, resolve_presets
 from .quantize.qdq import QDQOptions, insert_qdq
 from .recipe import Activations, BiasCorrection, CalibrateSettings, ConvertSettings, NodePrecision, Weights
 
@@ -125,10 +125,16 @@ def static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: b
         add_zero_biases(work)
     granularity = {r.match: r.weights == Weights.PER_CHANNEL for r in rules
                    if r.precision == NodePrecision.INT8 and r.weights is not None}
-    qplan = plan(work, PlanOptions(per_channel=per_channel, symmetric_activations=symmetric,
-                                   exclude=resolve_presets(work, settings.exclude), only=only,
-                                   granularity=tuple(granularity.items())))
+    qplan_options = PlanOptions(per_channel=per_channel, symmetric_activations=symmetric,
+                                exclude=resolve_presets(work, settings.exclude), only=only,
+                                granularity=tuple(granularity.items()))
+    qplan = plan(work, qplan_options)
     ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
+    conflicts = range_conflicts(work, qplan, ranges)
+    if conflicts:  # plan again with those nodes in float, and say why
+        qplan = plan(work, dataclasses.replace(qplan_options, exclude=qplan_options.exclude + tuple(conflicts)))
+        qplan.float_nodes.update(conflicts)
+        ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
     ranges = _node_method_ranges(work, qplan, ranges, artifact, settings, symmetric)
     options = QDQOptions(symmetric_activations=symmetric, reduce_range=reduce_range)
     axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}

@@ -66,3 +66,30 @@ def small_mlp(seed: int = 0) -> onnx.ModelProto:
 
 def cnn_data(n: int = 64, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 3, 16, 16)).astype(np.float32)
+
+
+def detector_head(seed: int = 0, box_scale: float = 320.0) -> onnx.ModelProto:
+    """A one-output detector head: box regressions (about 0..box_scale) and class logits (about -3..3),
+    concatenated along channels, then transposed to [batch, anchors, 4 + classes] as exporters do."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "wb", "bb"], ["f"], name="backbone", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["f"], ["fr"], name="backbone_relu"),
+        helper.make_node("Conv", ["fr", "wbox", "bbox"], ["box"], name="box_head"),
+        helper.make_node("Relu", ["box"], ["boxr"], name="box_relu"),
+        helper.make_node("Conv", ["fr", "wcls", "bcls"], ["cls"], name="cls_head"),
+        helper.make_node("Reshape", ["boxr", "shape4"], ["box2"], name="box_reshape"),
+        helper.make_node("Reshape", ["cls", "shape3"], ["cls2"], name="cls_reshape"),
+        helper.make_node("Concat", ["box2", "cls2"], ["det"], name="concat", axis=1),
+        helper.make_node("Transpose", ["det"], ["y"], name="transpose", perm=[0, 2, 1]),
+    ]
+    inits = [
+        _init("wb", rng.normal(size=(16, 3, 3, 3)) * 0.3), _init("bb", rng.normal(size=16) * 0.1),
+        _init("wbox", np.abs(rng.normal(size=(4, 16, 1, 1))) * 0.05 * box_scale),
+        _init("bbox", np.full(4, 0.1 * box_scale)),
+        _init("wcls", rng.normal(size=(3, 16, 1, 1)) * 0.5), _init("bcls", rng.normal(size=3) * 0.1),
+        numpy_helper.from_array(np.array([0, 4, -1], np.int64), "shape4"),
+        numpy_helper.from_array(np.array([0, 3, -1], np.int64), "shape3"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256, 7])], inits)

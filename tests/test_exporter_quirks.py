@@ -1,13 +1,15 @@
-"""What real exporters produce: old opsets, Constant weights, 2-D biases, unnamed nodes, fixed batch 1."""
+"""What real exporters produce: old opsets, Constant weights, 2-D biases, unnamed nodes, fixed batch 1,
+one output concatenating box coordinates with class scores."""
 
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from models import cnn_data, small_cnn
+from models import cnn_data, detector_head, small_cnn
 from quantcli import pipeline
 from quantcli.recipe import CalibrateSettings, ConvertSettings
+from quantcli.runtime.session import make_session
 
 
 def _convert(tmp_path, model, n=16):
@@ -45,3 +47,26 @@ def test_constant_weights_unnamed_nodes_and_2d_gemm_bias(tmp_path):
 def test_fixed_batch_one_model(tmp_path):
     r = _convert(tmp_path, small_cnn(batch=1), n=5)
     assert r.coverage.mac_share == 1.0
+
+
+def _sqnr(ref, got):
+    return 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2))
+
+
+@pytest.mark.parametrize("box_scale", [320.0, 1.0])
+def test_concat_of_boxes_and_scores_keeps_the_scores(tmp_path, box_scale):
+    """Boxes (0..500) concatenated with class logits (-9..9): one QLinearConcat scale would leave the logits
+    about 3 bits (measured: scores SQNR 9 dB, 73% class agreement); the Concat stays float and says why.
+    With boxes on the logits' scale the Concat is quantized and fuses."""
+    m = detector_head(box_scale=box_scale)
+    r = _convert(tmp_path, m, n=32)
+    x = cnn_data(16, seed=5)
+    ref = make_session(m).run(None, {"x": x})[0]
+    got = make_session(str(tmp_path / "q.onnx")).run(None, {"x": x})[0]
+    assert _sqnr(ref[..., 4:], got[..., 4:]) > 25 and _sqnr(ref[..., :4], got[..., :4]) > 25
+    assert (ref[..., 4:].argmax(-1) == got[..., 4:].argmax(-1)).mean() > 0.95
+    if box_scale > 1:
+        assert "concat" not in r.quantized_nodes and "ranges differ" in r.float_nodes["concat"]
+        assert r.coverage.integer_kernels == {"QLinearConv": 3}
+    else:
+        assert r.quantized_nodes["concat"] == "Concat" and r.coverage.integer_kernels["QLinearConcat"] == 1

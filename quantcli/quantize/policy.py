@@ -13,6 +13,9 @@ The plan follows how ONNX Runtime's CPU graph optimizer fuses QDQ groups into in
   scale and zero point, so ONNX Runtime drops the Q/DQ around them and moves int8 data.
 * **Relu / Clip(min=0)** right after a producer whose output is quantized is absorbed into that
   output's range (asymmetric uint8 only: zero point 0 saturates exactly like the Relu).
+* **Concat** whose inputs' calibrated ranges differ widely (box coordinates next to class scores) stays float:
+  QLinearConcat gives all inputs the output's one scale, which would leave the narrow input a few levels
+  (:func:`range_conflicts`, applied once ranges are known).
 * Everything else stays float.  Graph outputs are never re-quantized, so a model's outputs keep FP32
   values; a Conv whose output is a graph output stays float (it would need a lossy Q to fuse).
 """
@@ -33,6 +36,9 @@ CHEAP = {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool"}
 LAYOUT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool"}
 ABSORBABLE = {"Relu", "Clip"}
 OUTPUT_Q_REQUIRED = {"Conv"} | CHEAP  # fuse into an integer kernel only with a Q on the output
+# A Concat input whose range is this many times narrower than the widest input would keep fewer than
+# 8 - log2(16) = 4 of its bits under the shared output scale.
+MAX_CONCAT_RANGE_RATIO = 16.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +212,38 @@ def plan(model: onnx.ModelProto, options: PlanOptions = PlanOptions()) -> QuantP
         if src not in p.activations:
             p.activations[src] = src
     return p
+
+
+def range_conflicts(model: onnx.ModelProto, qplan: QuantPlan,
+                    ranges: dict[str, tuple[float, float]]) -> dict[str, str]:
+    """Quantized Concat nodes whose inputs' ranges differ more than MAX_CONCAT_RANGE_RATIO: node -> reason.
+
+    Ranges are looked up through shared (layout) tensors to the tensor whose calibrated range applies.
+    """
+    def span(t: str) -> float | None:
+        while t in qplan.shared:
+            t = qplan.shared[t]
+        src = qplan.activations.get(t)
+        if src is None or src not in ranges:
+            return None
+        lo, hi = ranges[src]
+        return max(float(hi) - float(lo), 0.0)
+
+    out: dict[str, str] = {}
+    for node in model.graph.node:
+        if qplan.quantized_nodes.get(node.name) != "Concat":
+            continue
+        spans = {t: span(t) for t in node.input if t}
+        if any(v is None for v in spans.values()) or len(spans) < 2:
+            continue
+        narrow = min(spans, key=lambda t: spans[t])
+        wide = max(spans, key=lambda t: spans[t])
+        ratio = spans[wide] / spans[narrow] if spans[narrow] > 0 else float("inf")
+        if ratio > MAX_CONCAT_RANGE_RATIO:
+            bits = max(0.0, 8 - float(np.log2(ratio))) if np.isfinite(ratio) else 0.0
+            out[node.name] = (f"inputs' ranges differ x{ratio:.0f} ('{wide}' spans {spans[wide]:.4g}, '{narrow}' "
+                              f"{spans[narrow]:.4g}): one shared scale would leave '{narrow}' {bits:.1f} of 8 bits")
+    return out
 
 
 def _heavy_reason(node: onnx.NodeProto, idx: GraphIndex, is_act) -> str | None:
