@@ -93,3 +93,32 @@ def detector_head(seed: int = 0, box_scale: float = 320.0) -> onnx.ModelProto:
     ]
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256, 7])], inits)
+
+
+def masked_attention(seed: int = 0, d: int = 16) -> onnx.ModelProto:
+    """Single-head attention with an additive mask built as exporters do: (1 - mask) * -3.4e38, with an int64
+    attention_mask input beside the float hidden states."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="v_proj"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="k_t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+        helper.make_node("Mul", ["s", "inv_sqrt_d"], ["ss"], name="scale"),
+        helper.make_node("Cast", ["attention_mask"], ["mf"], name="mask_cast", to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "mf"], ["inv"], name="mask_invert"),
+        helper.make_node("Mul", ["inv", "neg_big"], ["bias"], name="mask_bias"),
+        helper.make_node("Unsqueeze", ["bias", "axis1"], ["bias3"], name="mask_unsqueeze"),
+        helper.make_node("Add", ["ss", "bias3"], ["masked"], name="mask_add"),
+        helper.make_node("Softmax", ["masked"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["ctx"], name="context"),
+        helper.make_node("MatMul", ["ctx", "wo"], ["y"], name="o_proj"),
+    ]
+    inits = [_init("wq", rng.normal(size=(d, d)) * 0.3), _init("wk", rng.normal(size=(d, d)) * 0.3),
+             _init("wv", rng.normal(size=(d, d)) * 0.3), _init("wo", rng.normal(size=(d, d)) * 0.3),
+             _init("inv_sqrt_d", np.array(1 / np.sqrt(d))), _init("one", np.array(1.0)),
+             _init("neg_big", np.array(-3.4e38)), numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq_len + 1", d]),
+                          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq_len + 1"])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq_len + 1", d])], inits)

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from models import cnn_data, detector_head, small_cnn
+from models import cnn_data, detector_head, masked_attention, small_cnn
 from quantcli import pipeline
 from quantcli.recipe import CalibrateSettings, ConvertSettings
 from quantcli.runtime.session import make_session
@@ -70,3 +70,28 @@ def test_concat_of_boxes_and_scores_keeps_the_scores(tmp_path, box_scale):
         assert r.coverage.integer_kernels == {"QLinearConv": 3}
     else:
         assert r.quantized_nodes["concat"] == "Concat" and r.coverage.integer_kernels["QLinearConcat"] == 1
+
+
+def test_additive_attention_mask_int64_input_and_odd_symbolic_dims(tmp_path):
+    """An exporter-style -3.4e38 additive mask from an int64 attention_mask, dims named 'seq_len + 1': the mask
+    path stays float (no range is taken from it), every MatMul runs in an integer kernel, outputs stay finite."""
+    m = masked_attention()
+    onnx.save(m, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+
+    def data(n, s=12):
+        x = rng.normal(size=(n, s, 16)).astype(np.float32)
+        mask = np.ones((n, s), np.int64)
+        for i in range(n):
+            mask[i, rng.integers(4, s):] = 0
+        return {"x": x, "attention_mask": mask}
+
+    np.savez(tmp_path / "c.npz", **data(32))
+    cal = pipeline.calibrate(tmp_path / "m.onnx", tmp_path / "c.json", CalibrateSettings(data=str(tmp_path / "c.npz")))
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(), calibration=cal.output)
+    assert "mask_add" in r.float_nodes and "mask_bias" in r.float_nodes
+    assert r.coverage.mac_share == 1.0 and len(r.quantized_nodes) == 6
+    feeds = data(8)
+    ref = make_session(m).run(None, feeds)[0]
+    got = make_session(str(tmp_path / "q.onnx")).run(None, feeds)[0]
+    assert np.isfinite(got).all() and _sqnr(ref, got) > 25
