@@ -9,6 +9,11 @@ import pytest
 from quantcli.calibration.estimators import (entropy_range, estimate_range, minmax_range, moving_average_range,
                                               mse_range, percentile_range)
 from quantcli.calibration.observers import TensorObserver
+from quantcli.cpu import detect
+from quantcli.runtime.session import make_session, stats_tap_session, tap_model
+from quantcli.transforms.fold_batchnorm import fold_batchnorm
+
+from models import cnn_data, small_cnn
 
 rng = np.random.default_rng(0)
 
@@ -143,3 +148,19 @@ def test_estimators_are_vectorized():
 def test_unknown_method():
     with pytest.raises(ValueError, match="valid: minmax, moving-average"):
         estimate_range(_observe(np.ones(3)), "kl")
+
+
+def test_stats_tap_skips_layout_copies_and_keeps_every_element():
+    """The calibration session reads blocked (NCHWc) tensors where they hold exactly the tensor's elements:
+    same element counts, minima and maxima, per-batch, as the plain tap model; unpaddable channels only."""
+    m = fold_batchnorm(small_cnn()).model  # 16-channel convs: NCHWc without padding on AVX2 and AVX-512
+    tensors = ["r1", "r2", "c3", "ra", "gap"]
+    fast = stats_tap_session(m, tensors)
+    plain = make_session(tap_model(m, tensors))
+    x = cnn_data(8)
+    got, ref = fast.run(None, {"x": x}), plain.run(None, {"x": x})
+    for name, a, b in zip(tensors, got, ref):
+        assert a.size == b.size and a.min() == b.min() and a.max() == b.max(), name
+        assert np.array_equal(np.sort(a, axis=None), np.sort(b, axis=None)), name
+    if "avx2" in detect().flags:  # MLAS uses NCHWc on x86 with AVX2 or better: some copies must be gone
+        assert [o.name for o in fast.get_outputs()] != tensors

@@ -1,7 +1,8 @@
 """Streaming collection of activation statistics through ONNX Runtime.
 
 The prepared model is run with extra graph outputs on the tensors to be quantized (a "tap" model, kept
-in memory).  After each batch, every tapped tensor updates its :class:`TensorObserver` and the batch's
+in memory, without ONNX Runtime's layout copies in front of those outputs: the statistics are
+order-free).  After each batch, every tapped tensor updates its :class:`TensorObserver` and the batch's
 outputs are dropped, so memory depends on the model and the batch size, never on the number of samples.
 """
 
@@ -13,7 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx
 
-from ..runtime.session import make_session, run, tap_model
+from ..runtime.session import run, stats_tap_session
 from .observers import TensorObserver
 
 
@@ -27,8 +28,7 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
     fed = [t for t in tensors if t in inputs]
     # keep ONNX Runtime's memory arena: it reaches its high-water mark after two runs and then stays
     # flat, while plain malloc (arena off) was measured to creep up run after run
-    session = make_session(tap_model(model, tapped), threads=threads, what="calibration (tap) model") \
-        if tapped else None
+    session = stats_tap_session(model, tapped, threads=threads) if tapped else None
     observers = {t: TensorObserver(bins=bins, momentum=momentum) for t in tensors}
     samples = 0
     t0 = time.perf_counter()

@@ -2,7 +2,8 @@
 
 * :func:`make_session` builds a CPU session from a ModelProto (in memory, nothing written to the cwd)
   and turns load failures into clear errors.
-* :func:`tap_model` adds extra graph outputs on intermediate tensors (for calibration statistics).
+* :func:`tap_model` adds extra graph outputs on intermediate tensors (for calibration statistics);
+  :func:`stats_tap_session` runs it without the layout copies that order-free statistics do not need.
 * :func:`optimized_model` returns the graph as ONNX Runtime's CPU optimizer rewrites it (QDQ fusion into
   integer kernels happens there), to see which nodes really run in INT8.
 """
@@ -71,6 +72,43 @@ def tap_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     for name in tensors:
         tapped.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return tapped
+
+
+NCHWC_SAFE_CHANNELS = 16  # MLAS blocks channels by 8 (AVX2) or 16 (AVX-512): a multiple of 16 is never padded
+
+
+def stats_tap_session(model: onnx.ModelProto, tensors: list[str], *, threads: int = 0,
+                      what: str = "calibration (tap) model") -> ort.InferenceSession:
+    """A session whose outputs are ``tensors``, each holding its elements in ONNX Runtime's internal order.
+
+    Only for statistics that do not depend on element order (min, max, histograms).  ONNX Runtime runs
+    convolutions in a blocked layout (NCHWc) and puts a ReorderOutput copy in front of every graph output;
+    here the graph is optimized once as ONNX Runtime would, and the reorders in front of tapped outputs are
+    dropped where the blocked tensor holds exactly the same elements (channel count a multiple of 16, so
+    no padding).  That saves a full copy of each tapped activation per batch.  Any surprise falls back to
+    the plain tap model.
+    """
+    tap = tap_model(model, tensors)
+    try:
+        opt = optimized_model(tap, level="all")
+        outputs = {o.name for o in opt.graph.output}
+        read = {i for n in opt.graph.node for i in n.input}
+        swap: dict[str, str] = {}
+        for node in list(opt.graph.node):
+            if (node.op_type == "ReorderOutput" and node.domain == "com.microsoft.nchwc"
+                    and node.output[0] in outputs and node.output[0] not in read
+                    and any(a.name == "channels" and a.i % NCHWC_SAFE_CHANNELS == 0 for a in node.attribute)):
+                swap[node.output[0]] = node.input[0]
+                opt.graph.node.remove(node)
+        if not swap:
+            return make_session(tap, threads=threads, what=what)
+        for out in opt.graph.output:
+            if out.name in swap:
+                out.name = swap[out.name]
+        return ort.InferenceSession(opt.SerializeToString(),
+                                    sess_options=session_options(threads, level="disable"), providers=PROVIDERS)
+    except Exception:  # the optimized graph is ONNX Runtime's internal format: never fail calibration over it
+        return make_session(tap, threads=threads, what=what)
 
 
 def optimized_model(model: onnx.ModelProto, *, level: str = "all") -> onnx.ModelProto:
