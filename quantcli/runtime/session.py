@@ -101,14 +101,15 @@ def stats_tap_session(model: onnx.ModelProto, tensors: list[str], *, threads: in
                 swap[node.output[0]] = node.input[0]
                 opt.graph.node.remove(node)
         if not swap:
-            return make_session(tap, threads=threads, what=what)
+            return make_session(tap, threads=threads, what=what, spinning=False)
         for out in opt.graph.output:
             if out.name in swap:
                 out.name = swap[out.name]
         return ort.InferenceSession(opt.SerializeToString(),
-                                    sess_options=session_options(threads, level="disable"), providers=PROVIDERS)
+                                    sess_options=session_options(threads, level="disable", spinning=False),
+                                    providers=PROVIDERS)
     except Exception:  # the optimized graph is ONNX Runtime's internal format: never fail calibration over it
-        return make_session(tap, threads=threads, what=what)
+        return make_session(tap, threads=threads, what=what, spinning=False)
 
 
 def optimized_model(model: onnx.ModelProto, *, level: str = "all") -> onnx.ModelProto:
