@@ -95,3 +95,50 @@ def test_additive_attention_mask_int64_input_and_odd_symbolic_dims(tmp_path):
     ref = make_session(m).run(None, feeds)[0]
     got = make_session(str(tmp_path / "q.onnx")).run(None, feeds)[0]
     assert np.isfinite(got).all() and _sqnr(ref, got) > 25
+
+
+def _bias_add_cnn(conv_bias_shape=(1, 16, 1, 1), gemm_bias_shape=(1, 10), with_conv_bias=False):
+    """small_cnn with conv1's and the head's biases applied by separate Adds, as Paddle2ONNX exports them."""
+    m = small_cnn()
+    g = m.graph
+    rng = np.random.default_rng(3)
+    conv1 = next(n for n in g.node if n.name == "conv1")
+    fc = next(n for n in g.node if n.name == "fc")
+    if with_conv_bias:
+        g.initializer.append(numpy_helper.from_array(rng.normal(size=16).astype(np.float32), "b1"))
+        conv1.input.append("b1")
+    conv1.output[0] = "c1_nobias"
+    fc.output[0] = "y_nobias"
+    i = list(g.node).index(conv1)
+    g.node.insert(i + 1, helper.make_node("Add", ["c1_nobias", "cb"], ["c1"], name="conv1_bias"))
+    g.node.append(helper.make_node("Add", ["gb", "y_nobias"], ["y"], name="fc_bias"))
+    g.initializer.append(numpy_helper.from_array(rng.normal(size=conv_bias_shape).astype(np.float32), "cb"))
+    g.initializer.append(numpy_helper.from_array(rng.normal(size=gemm_bias_shape).astype(np.float32), "gb"))
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("shapes", [((1, 16, 1, 1), (1, 10), False), ((16, 1, 1), (10,), True), ((1,), (1, 10), True)])
+def test_bias_adds_fold_into_conv_and_gemm(tmp_path, shapes):
+    from quantcli.transforms.prepare import fold_bias_add
+
+    m = _bias_add_cnn(*shapes)
+    folded = fold_bias_add(m)
+    assert folded.changed == ["2 bias Add(s) folded into the preceding Conv/Gemm"]
+    assert not any(n.op_type == "Add" and n.name in ("conv1_bias", "fc_bias") for n in folded.model.graph.node)
+    onnx.checker.check_model(folded.model, full_check=True)
+    x = cnn_data(8)
+    ref = make_session(m).run(None, {"x": x})[0]
+    np.testing.assert_allclose(make_session(folded.model).run(None, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
+    r = _convert(tmp_path, m)
+    assert r.coverage.mac_share == 1.0 and "conv1_bias" not in r.float_nodes
+    assert r.coverage.dq_left == 0  # nothing float between the integer kernels
+
+
+def test_bias_add_not_folded_where_it_is_not_a_per_channel_bias():
+    from quantcli.transforms.prepare import fold_bias_add
+
+    for shape in [(1, 16, 16, 16), (16,)]:  # a full tensor; a vector along the last (W) axis
+        m = _bias_add_cnn(conv_bias_shape=shape)
+        r = fold_bias_add(m)
+        assert any(n.name == "conv1_bias" for n in r.model.graph.node), shape

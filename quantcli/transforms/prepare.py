@@ -5,6 +5,9 @@
 * Initializers also listed as graph inputs (IR < 4 style) are dropped from the inputs, so they are
   treated as the constants they are.
 * Nodes without a name get a stable one (``<OpType>_<index>``) so reports and ``--exclude`` can name them.
+* A bias applied by a separate ``Add`` of a per-channel constant after a Conv or Gemm (Paddle2ONNX's
+  ``elementwise_add`` with a ``[1, C, 1, 1]`` constant, Keras-style exports) moves into the layer's bias, so
+  the layer fuses with the Relu after it and no float Add sits between two integer kernels.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import PassResult, unique_name
+from .graph import GraphIndex, PassResult, attr, unique_name
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
@@ -101,3 +104,88 @@ def gemm_bias_to_1d(model: onnx.ModelProto) -> PassResult:
             inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(flat), node.input[2]))
             changed.append(node.name)
     return PassResult(model, [f"{len(changed)} Gemm bias(es) reshaped to 1-D"] if changed else [])
+
+
+def fold_bias_add(model: onnx.ModelProto) -> PassResult:
+    """Conv/Gemm -> Add(constant per output channel) becomes one Conv/Gemm with that constant in its bias.
+
+    Folded only where it computes the same thing: the layer's output feeds nothing but the Add (and is no
+    graph output), the constant is float32 and broadcasts along the output channels only (Conv: ``[C]``
+    trailing-aligned as ``[C, 1, .., 1]`` or ``[1, C, 1, .., 1]``, or a scalar; Gemm: ``[N]``, ``[1, N]`` or a
+    scalar).  The Add's output name is kept, so everything downstream reads the same tensor.
+    """
+    model = copy.deepcopy(model)
+    g = model.graph
+    idx = GraphIndex(g)
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    removed, folded = set(), []
+    for node in g.node:
+        if node.op_type not in ("Conv", "Gemm") or node.name in removed:
+            continue
+        add = idx.single_consumer(node.output[0])
+        if add is None or add.op_type != "Add" or len(add.input) != 2:
+            continue
+        other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        c = idx.const(other)
+        w = idx.const(node.input[1]) if len(node.input) > 1 else None
+        if c is None or w is None or c.dtype != np.float32 or w.ndim < 2:
+            continue
+        n_out = _out_channels(node, w)
+        per_channel = _per_channel(c, n_out, conv=node.op_type == "Conv", rank=w.ndim)
+        if per_channel is None:
+            continue
+        has_bias = len(node.input) > 2 and node.input[2]
+        bias = idx.const(node.input[2]) if has_bias else np.zeros(n_out, np.float32)
+        if bias is None:
+            continue
+        if node.op_type == "Gemm":
+            beta = float(attr(node, "beta", 1.0))
+            if has_bias and beta == 0.0:
+                continue
+            bias = np.broadcast_to(bias, (n_out,)) if bias.size in (1, n_out) and bias.ndim <= 2 else None
+            if bias is None:
+                continue
+            new_bias = (beta * bias + per_channel).astype(np.float32) if has_bias else per_channel
+            for a in list(node.attribute):
+                if a.name == "beta":
+                    node.attribute.remove(a)
+        else:
+            new_bias = (bias.reshape(-1) + per_channel).astype(np.float32)
+        name = unique_name(f"{node.name}_bias_folded", taken)
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(new_bias), name))
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = name
+        node.output[0] = add.output[0]
+        removed.add(add.name or id(add))
+        folded.append(node.name)
+    if folded:
+        keep = [n for n in g.node if (n.name or id(n)) not in removed]
+        del g.node[:]
+        g.node.extend(keep)
+        used = {i for n in g.node for i in n.input}
+        unused = [t for t in g.initializer if t.name not in used and t.name not in idx.graph_inputs]
+        for t in unused:
+            g.initializer.remove(t)
+    return PassResult(model, [f"{len(folded)} bias Add(s) folded into the preceding Conv/Gemm"] if folded else [])
+
+
+def _out_channels(node: onnx.NodeProto, w: np.ndarray) -> int:
+    if node.op_type == "Conv":
+        return int(w.shape[0])
+    return int(w.shape[0] if attr(node, "transB", 0) else w.shape[1])
+
+
+def _per_channel(c: np.ndarray, n_out: int, *, conv: bool, rank: int) -> np.ndarray | None:
+    """The constant as a [n_out] vector if adding it to the layer's output is a per-channel bias, else None."""
+    if c.size == 1:
+        return np.full(n_out, float(c.reshape(-1)[0]), np.float32)
+    if c.size != n_out:
+        return None
+    shape = c.shape
+    if conv:
+        spatial = rank - 2
+        ok = shape in ((n_out,) + (1,) * spatial, (1, n_out) + (1,) * spatial) or (spatial == 0 and shape == (n_out,))
+    else:
+        ok = shape in ((n_out,), (1, n_out))
+    return c.reshape(-1).astype(np.float32) if ok else None
