@@ -142,3 +142,19 @@ def test_bias_add_not_folded_where_it_is_not_a_per_channel_bias():
         m = _bias_add_cnn(conv_bias_shape=shape)
         r = fold_bias_add(m)
         assert any(n.name == "conv1_bias" for n in r.model.graph.node), shape
+
+
+def test_decomposed_layernorm_stays_float_and_feeds_an_integer_matmul(tmp_path):
+    """Opset-11 LayerNorm (ReduceMean/Sub/Pow/Sqrt/Div) on activations of +-1000: the normalization stays
+    float, the MatMul after it runs as an integer kernel, and the output keeps > 30 dB SQNR."""
+    from test_half import decomposed_layernorm
+
+    m = decomposed_layernorm()
+    onnx.save(m, tmp_path / "m.onnx")
+    x = (np.random.default_rng(0).normal(size=(64, 16)) * 300).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(),
+                         calib_settings=CalibrateSettings(data=str(tmp_path / "c.npz")))
+    assert r.quantized_nodes == {"mm": "MatMul"} and r.coverage.mac_share == 1.0
+    ref = make_session(m).run(None, {"x": x})[0]
+    assert _sqnr(ref, make_session(str(tmp_path / "q.onnx")).run(None, {"x": x})[0]) > 30
