@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
-MODELS = ["digits_cnn", "tiny_transformer", "mobile_digits"]
+MODELS = ["digits_cnn", "tiny_transformer", "mobile_digits", "digits_mlp"]
 sys.path.insert(0, str(ROOT))
 
 

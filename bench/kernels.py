@@ -6,7 +6,9 @@ Each row is a two-layer model (op -> Relu -> op) quantized by quantcli (static Q
 per-channel weights, reduce range where this CPU's u8s8 kernels saturate), timed against its FP32 original in
 alternating blocks in the same run, at 1 and 2 intra-op threads.  A ratio below 1.0 means the integer kernel
 is faster.  On x86 without VNNI the u8s8 kernels (VPMADDUBSW) reach about FP32 GEMM throughput, so ratios sit
-near 1.0 for large ops, above it for small ones and for depthwise convolutions; with VNNI they drop well below.
+near 1.0 for large compute-bound ops, above it for small ones and for depthwise convolutions, and well below it
+only where reading the weights dominates (a MatMul over one or a few rows); with VNNI they drop below 1.0 in
+general.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ CASES = [
     ("Conv 256->256 1x1 @28x28", conv(256, 256, 28, 1)),
     ("depthwise 64 3x3 @16x16", conv(64, 64, 16, 3, group=64)),
     ("depthwise 256 3x3 @56x56", conv(256, 256, 56, 3, group=256)),
+    ("MatMul seq 1, 512x2048 (batch-1 FFN)", matmul(1, 512, 2048)),
+    ("MatMul seq 1, 768x3072 (batch-1 FFN)", matmul(1, 768, 3072)),
+    ("MatMul seq 4, 768x3072", matmul(4, 768, 3072)),
     ("MatMul seq 32, 64x128", matmul(32, 64, 128)),
     ("MatMul seq 128, 256x1024", matmul(128, 256, 1024)),
     ("MatMul seq 128, 768x3072", matmul(128, 768, 3072)),

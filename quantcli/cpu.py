@@ -60,12 +60,13 @@ class CpuInfo:
 
         Measured with bench/kernels.py on an AVX2 machine without VNNI (AMD EPYC, onnxruntime 1.32): fused
         QLinearConv/QLinearMatMul ran at 1.0-1.1x the FP32 latency for large ops, 1.1-1.3x for small ones and
-        1.5-1.8x for depthwise convolutions; the same kernels with AVX512-VNNI ran models about 2x faster.
+        1.5-1.8x for depthwise convolutions, but 0.2-0.7x for batch-1 MatMuls with 0.3-2.4M weights (memory
+        bound: int8 weights are 4x fewer bytes); the same kernels with AVX512-VNNI ran models about 2x faster.
         """
         if self.is_x86 and not self.has_vnni:
-            return ("this CPU has no VNNI/AMX: ONNX Runtime's u8s8 kernels run at about FP32 speed here "
-                    "(depthwise convs slower), so expect a smaller model, not a faster one; "
-                    "CPUs with VNNI or AMX run the same model faster")
+            return ("this CPU has no VNNI/AMX: ONNX Runtime's u8s8 kernels compute at about FP32 speed here, so "
+                    "INT8 is faster only where reading weights dominates (batch-1 MatMul/Gemm with large weights); "
+                    "convolutions and large batches run at FP32 speed, depthwise convs slower")
         return None
 
     def summary(self) -> str:

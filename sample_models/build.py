@@ -1,7 +1,7 @@
 """Rebuild the sample models and their data from scikit-learn's bundled digits data set (offline).
 
-    python sample_models/build.py [cnn] [transformer] [mobile]   # default: all; needs torch==2.13.0,
-                                                                 # scikit-learn, onnx, onnxruntime, numpy
+    python sample_models/build.py [cnn] [transformer] [mobile] [outlier] [mlp]   # default: all; needs
+                                                    # torch==2.13.0, scikit-learn, onnx, onnxruntime, numpy
 
 Both models are trained with PyTorch (CPU, seeded, deterministic algorithms, one thread) and then written
 as ONNX graphs node by node with onnx.helper, copying the trained weights, so the graph structure is
@@ -13,6 +13,7 @@ Files written next to this script:
   tiny_transformer.onnx, tiny_transformer-calib.npz (input_ids), tiny_transformer-eval.npz (input_ids, labels)
   mobile_digits.onnx, mobile_digits-calib.npz (input), mobile_digits-eval.npz (input, labels)
   outlier_cnn.onnx (digits_cnn with an activation outlier; uses the digits_cnn data files)
+  digits_mlp.onnx, digits_mlp-calib.npz (input), digits_mlp-eval.npz (input, labels)
 """
 
 from __future__ import annotations
@@ -441,9 +442,60 @@ def build_outlier(scale: float = 128.0, channel: int | None = None) -> None:
           f"eval accuracy {float((got.argmax(1) == y).mean() * 100):.2f}% (uses the digits_cnn data files)")
 
 
+# -- the MLP ----------------------------------------------------------------------------------------------------
+MLP_HIDDEN = 768
+
+
+class DigitsMLP(nn.Module):
+    """64 pixels -> 768 -> 768 -> 10: a Gemm-heavy classifier whose batch-1 time is reading its weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, MLP_HIDDEN), nn.Linear(MLP_HIDDEN, MLP_HIDDEN), nn.Linear(MLP_HIDDEN, 10)
+
+    def forward(self, x):
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def mlp_graph(m: DigitsMLP) -> onnx.GraphProto:
+    nodes, inits, x = [], [], "input"
+    for i, fc in enumerate((m.fc1, m.fc2, m.fc3), start=1):
+        inits += [numpy_helper.from_array(t2n(fc.weight), f"fc{i}.weight"),
+                  numpy_helper.from_array(t2n(fc.bias), f"fc{i}.bias")]
+        out = "logits" if i == 3 else f"fc{i}/out"
+        nodes.append(helper.make_node("Gemm", [x, f"fc{i}.weight", f"fc{i}.bias"], [out], name=f"fc{i}", transB=1))
+        x = out
+        if i < 3:
+            nodes.append(helper.make_node("Relu", [x], [f"fc{i}/relu_out"], name=f"fc{i}/relu"))
+            x = f"fc{i}/relu_out"
+    return helper.make_graph(nodes, "digits_mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+                             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+
+
+def build_mlp(data, labels, train_idx, eval_idx) -> None:
+    setup()
+    x = data / 16.0
+    mean, std = float(x[train_idx].mean()), float(x[train_idx].std())
+    x = ((x - mean) / std).astype(np.float32)
+    model = DigitsMLP()
+    train(model, torch.from_numpy(x[train_idx]), torch.from_numpy(labels[train_idx]), epochs=30, lr=1e-3)
+    path = HERE / "digits_mlp.onnx"
+    save_model(mlp_graph(model), path,
+               "Digits MLP: 64 pixels -> Gemm 768 + Relu -> Gemm 768 + Relu -> Gemm 10. "
+               f"Input: the 8x8 digit flattened, (x/16 - {mean:.4f}) / {std:.4f}.")
+    calib = x[train_idx][np.random.default_rng(SEED).permutation(len(train_idx))[:128]]
+    np.savez(HERE / "digits_mlp-calib.npz", input=calib)
+    np.savez(HERE / "digits_mlp-eval.npz", input=x[eval_idx], labels=labels[eval_idx])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x[eval_idx])).numpy()
+    got = ort_logits(path, {"input": x[eval_idx]})
+    acc = float((got.argmax(1) == labels[eval_idx]).mean() * 100)
+    print(f"digits_mlp: eval accuracy {acc:.2f}% (ONNX Runtime), max |ORT - torch| {np.abs(got - ref).max():.2e}")
+
+
 def main() -> None:
     data, labels, train_idx, eval_idx = split()
-    which = set(sys.argv[1:]) or {"cnn", "transformer", "mobile", "outlier"}
+    which = set(sys.argv[1:]) or {"cnn", "transformer", "mobile", "outlier", "mlp"}
     if "cnn" in which:
         build_cnn(data, labels, train_idx, eval_idx)
     if "transformer" in which:
@@ -452,6 +504,8 @@ def main() -> None:
         build_mobile(data, labels, train_idx, eval_idx)
     if "outlier" in which:
         build_outlier()
+    if "mlp" in which:
+        build_mlp(data, labels, train_idx, eval_idx)
 
 
 if __name__ == "__main__":

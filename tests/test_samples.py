@@ -70,3 +70,12 @@ def test_mobile_per_tensor_collapses_and_cle_bias_correction_recover(tmp_path):
             assert any("->" in line for line in conv.transforms) and any("shifted" in line for line in conv.transforms)
     assert acc["plain"].drop > 20                      # collapses
     assert acc["recovered"].drop <= 1.0                # back within a point of FP32
+
+
+def test_mlp_default_int8_keeps_accuracy_in_integer_kernels(tmp_path):
+    model, calib, ev = (SAMPLES / "digits_mlp.onnx", SAMPLES / "digits_mlp-calib.npz", SAMPLES / "digits_mlp-eval.npz")
+    conv = pipeline.convert(model, tmp_path / "m.onnx", ConvertSettings(), calib_settings=CalibrateSettings(data=str(calib)))
+    assert conv.coverage.mac_share == 1.0 and conv.coverage.integer_kernels["QGemm"] == 3
+    assert conv.size_after < 0.3 * conv.size_before
+    res = pipeline.compare(model, tmp_path / "m.onnx", CompareSettings(data=str(ev), max_drop=1.0, runs=10))
+    assert res.top1[0] > 97.0 and res.drop <= 0.5 and res.outputs[0].agreement >= 0.99
