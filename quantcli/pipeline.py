@@ -22,7 +22,7 @@ from .calibration.collect import collect_statistics
 from .cpu import detect as detect_cpu
 from .data.sources import Dataset, input_specs
 from .errors import InternalError, QuantcliError
-from .int8 import builder, eval_dataset, mixed_precision, sensitivities_alone
+from .int8 import auto_weight_granularity, builder, eval_dataset, mixed_precision, sensitivities_alone
 from .manifest import build_manifest
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
 from .quantize.policy import PlanOptions, plan, resolve_presets
@@ -186,7 +186,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
         notes += prep.notes
         float_nodes.update({n: why for n, why in prep.skipped})
         transforms += prep.cle_report
-        per_channel = settings.weights == Weights.PER_CHANNEL
+        per_channel = settings.weights != Weights.PER_TENSOR
         if per_channel and modelio.model_opset(prepared) < 13:
             per_channel = False
             notes.append("per-channel weights need opset 13: using per-tensor weights")
@@ -199,9 +199,16 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
             float_nodes.update(kept)
         else:
             artifact = _artifact_for(model, model_path, prep, settings, calibration, calib_settings, progress)
-            build = builder(model, prep, settings, per_channel, reduce_range, artifact, calibration,
-                             calib_settings, progress, notes)
+            def make_build(s: ConvertSettings):
+                return builder(model, prep, s, per_channel, reduce_range, artifact, calibration, calib_settings,
+                               progress, notes)
+
+            build = make_build(settings)
             qplan, new_model, bc_report = build()
+            if settings.weights == Weights.AUTO and per_channel:
+                build, (qplan, new_model, bc_report) = auto_weight_granularity(
+                    model, settings, qplan, (qplan, new_model, bc_report), build, make_build, artifact,
+                    calib_settings, notes)
             if settings.max_drop is not None:
                 qplan, new_model, bc_report, search = mixed_precision(model, prep, settings, qplan, new_model,
                                                                        bc_report, build, artifact, calib_settings,
@@ -468,7 +475,7 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
     prep = prepare(model, cle=settings.cle)
-    per_channel = settings.weights == Weights.PER_CHANNEL and modelio.model_opset(prep.model) >= 13
+    per_channel = settings.weights != Weights.PER_TENSOR and modelio.model_opset(prep.model) >= 13
     reduce_range = settings.reduce_range == ReduceRange.ON or (
         settings.reduce_range == ReduceRange.AUTO and detect_cpu().u8s8_saturates)
     artifact = _artifact_for(model, model_path, prep, settings, calibration, calib_settings, progress)

@@ -39,6 +39,7 @@ class Method(str, enum.Enum):
 
 
 class Weights(str, enum.Enum):
+    AUTO = "auto"                # per-channel; MatMul/Gemm per-tensor where measured to cost nothing (faster in ORT)
     PER_CHANNEL = "per-channel"
     PER_TENSOR = "per-tensor"
 
@@ -106,7 +107,7 @@ class NodeRule:
 class ConvertSettings:
     precision: Precision = Precision.INT8
     mode: Mode = Mode.STATIC
-    weights: Weights = Weights.PER_CHANNEL
+    weights: Weights = Weights.AUTO
     activations: Activations = Activations.ASYMMETRIC
     exclude: list[str] = dataclasses.field(default_factory=list)
     method: Method | None = None       # re-derive ranges from the artifact's statistics with another method
@@ -255,6 +256,9 @@ def coerce(value, hint, where: str):
                 rule = _build(NodeRule, item, f"{where}[{i}]")
             if not rule.match:
                 raise QuantcliError(f"{where}[{i}]: 'match' is required (node name, op type, glob or re:REGEX)")
+            if rule.weights == Weights.AUTO:
+                raise QuantcliError(f"{where}[{i}]: weights = 'auto' is a model-wide choice; a node rule takes "
+                                    "'per-channel' or 'per-tensor'")
             rules.append(rule)
         return rules
     if typing.get_origin(hint) is list:

@@ -85,7 +85,7 @@ def test_recipe_loads_and_flags_override(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ('[convert]\nweigths = "per-tensor"\n', "[convert] unknown key 'weigths'"),
-    ('[convert]\nweights = "per-chanel"\n', "[convert] weights: 'per-chanel' is not one of per-channel, per-tensor"),
+    ('[convert]\nweights = "per-chanel"\n', "[convert] weights: 'per-chanel' is not one of auto, per-channel, per-tensor"),
     ('[calibrate]\nsamples = "ten"\n', "[calibrate] samples: expected a non-negative integer"),
     ('[compare]\nmax_drop = true\n', "[compare] max_drop: expected a number"),
     ('[quantize]\n', "unknown key 'quantize'"),

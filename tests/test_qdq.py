@@ -131,3 +131,34 @@ def test_dynamic_gemm_with_bias_and_alpha():
     assert quantized == {"fc": "Gemm"} and "conv1" in kept
     ref = make_session(m).run(None, {"x": x})[0]
     assert _sqnr(ref, make_session(r.model).run(None, {"x": x})[0]) > 25
+
+
+@pytest.mark.parametrize("outlier", [1.0, 100.0])
+def test_weights_auto_goes_per_tensor_only_where_it_costs_nothing(tmp_path, outlier):
+    """--weights auto (the default) measures per-tensor MatMul weights against per-channel ones on the data:
+    taken when free (here: every output channel has the same range, so one scale loses nothing; faster in
+    ONNX Runtime), refused when one output channel's weights are 100x wider."""
+    from quantcli import pipeline
+    from quantcli.recipe import CalibrateSettings, ConvertSettings
+    from onnx import numpy_helper
+
+    m = small_mlp()
+    for t in m.graph.initializer:
+        if t.name in ("w1", "w2"):
+            a = numpy_helper.to_array(t).copy()
+            a *= 0.3 / np.abs(a).max(axis=0)  # the same absolute maximum in every output channel (column)
+            if t.name == "w1":
+                a[:, 0] *= outlier
+            t.CopyFrom(numpy_helper.from_array(a.astype(np.float32), t.name))
+    onnx.save(m, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(64, 5, 32)).astype(np.float32))
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(cle=False),
+                         calib_settings=CalibrateSettings(data=str(tmp_path / "c.npz")))
+    note = next(n for n in r.notes if n.startswith("weights auto"))
+    dims = {t.name: list(t.dims) for t in onnx.load(tmp_path / "q.onnx").graph.initializer}
+    if outlier == 1.0:
+        assert note.startswith("weights auto: per-tensor for 2 MatMul/Gemm"), note
+        assert dims["w1_scale"] == [] and dims["w2_scale"] == []
+    else:
+        assert note.startswith("weights auto: per-channel kept"), note
+        assert dims["w1_scale"] == [64]

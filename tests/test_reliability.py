@@ -165,7 +165,7 @@ def test_manifest_in_outputs(work):
     props = {p.key: p.value for p in onnx.load(work / "q.onnx").metadata_props}
     man = json.loads(props["quantcli.manifest"])
     assert man["input_model"]["sha256"] and man["versions"]["onnxruntime"] and "flags" in man["cpu"]
-    assert man["settings"]["convert"]["weights"] == "per-channel" and man["seed"] == 0
+    assert man["settings"]["convert"]["weights"] == "auto" and man["seed"] == 0
 
 
 def test_sigterm_leaves_no_partial_file(work):

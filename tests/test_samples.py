@@ -77,5 +77,10 @@ def test_mlp_default_int8_keeps_accuracy_in_integer_kernels(tmp_path):
     conv = pipeline.convert(model, tmp_path / "m.onnx", ConvertSettings(), calib_settings=CalibrateSettings(data=str(calib)))
     assert conv.coverage.mac_share == 1.0 and conv.coverage.integer_kernels["QGemm"] == 3
     assert conv.size_after < 0.3 * conv.size_before
+    # --weights auto measured per-tensor Gemm weights as free here (they run faster in ONNX Runtime's QGemm)
+    assert any(n.startswith("weights auto: per-tensor for 3 MatMul/Gemm") for n in conv.notes)
+    import onnx
+    scales = {t.name: t for t in onnx.load(tmp_path / "m.onnx").graph.initializer if t.name.endswith("weight_scale")}
+    assert scales and all(list(t.dims) == [] for t in scales.values())
     res = pipeline.compare(model, tmp_path / "m.onnx", CompareSettings(data=str(ev), max_drop=1.0, runs=10))
     assert res.top1[0] > 97.0 and res.drop <= 0.5 and res.outputs[0].agreement >= 0.99

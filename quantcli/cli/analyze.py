@@ -24,7 +24,7 @@ def analyze(
     eval_data: o.OptPath = o.EvalData,
     labels: o.OptPath = typer.Option(None, "--labels", help="Labels, if not in the evaluation data.",
                                      show_default=False),
-    weights: Optional[Weights] = typer.Option(None, "--weights", help="per-channel (default) or per-tensor.",
+    weights: Optional[Weights] = typer.Option(None, "--weights", help="per-channel (default; auto analyzes per-channel) or per-tensor.",
                                               show_default=False),
     activations: Optional[Activations] = typer.Option(None, "--activations", help="asymmetric (default) or "
                                                       "symmetric.", show_default=False),
