@@ -87,6 +87,28 @@ def ort_logits(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
+def normalize(x: np.ndarray, train_idx: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Standardize with the training part's mean and std."""
+    mean, std = float(x[train_idx].mean()), float(x[train_idx].std())
+    return ((x - mean) / std).astype(np.float32), mean, std
+
+
+def write_data_and_check(name: str, x: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
+                         eval_idx: np.ndarray, model: nn.Module | None = None) -> str:
+    """<name>-calib.npz (128 training samples) and <name>-eval.npz (the held-out samples, labels); returns a line
+    with the model's held-out accuracy in ONNX Runtime (and its largest difference to torch, given the model)."""
+    calib = x[train_idx][np.random.default_rng(SEED).permutation(len(train_idx))[:128]]
+    np.savez(HERE / f"{name}-calib.npz", input=calib)
+    np.savez(HERE / f"{name}-eval.npz", input=x[eval_idx], labels=labels[eval_idx])
+    got = ort_logits(HERE / f"{name}.onnx", {"input": x[eval_idx]})
+    line = f"{name}: eval accuracy {float((got.argmax(1) == labels[eval_idx]).mean() * 100):.2f}% (ONNX Runtime)"
+    if model is not None:
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x[eval_idx])).numpy()
+        line += f", max |ORT - torch| {np.abs(got - ref).max():.2e}"
+    return line
+
+
 # -- the CNN --------------------------------------------------------------------------------------------------
 class DigitsCNN(nn.Module):
     def __init__(self) -> None:
@@ -164,24 +186,14 @@ def cnn_graph(m: DigitsCNN) -> onnx.GraphProto:
 
 def build_cnn(data, labels, train_idx, eval_idx) -> None:
     setup()
-    images = cnn_images(data)
-    mean, std = float(images[train_idx].mean()), float(images[train_idx].std())
-    images = ((images - mean) / std).astype(np.float32)
+    images, mean, std = normalize(cnn_images(data), train_idx)
     model = DigitsCNN()
     train(model, torch.from_numpy(images[train_idx]), torch.from_numpy(labels[train_idx]), epochs=12, lr=3e-3)
-    path = HERE / "digits_cnn.onnx"
-    save_model(cnn_graph(model), path,
+    save_model(cnn_graph(model), HERE / "digits_cnn.onnx",
                "Digits CNN: Conv+BN+ReLU stem, strided Conv, depthwise-separable residual block, GAP, Gemm. "
                f"Input: 8x8 digits upsampled to 32x32, (x/16 - {mean:.4f}) / {std:.4f}.")
-    calib = images[train_idx][np.random.default_rng(SEED).permutation(len(train_idx))[:128]]
-    np.savez(HERE / "digits_cnn-calib.npz", input=calib)
-    np.savez(HERE / "digits_cnn-eval.npz", input=images[eval_idx], labels=labels[eval_idx])
-    with torch.no_grad():
-        ref = model(torch.from_numpy(images[eval_idx])).numpy()
-    got = ort_logits(path, {"input": images[eval_idx]})
-    acc = float((got.argmax(1) == labels[eval_idx]).mean() * 100)
-    print(f"digits_cnn: eval accuracy {acc:.2f}% (ONNX Runtime), max |ORT - torch| {np.abs(got - ref).max():.2e}, "
-          f"normalization mean {mean:.4f} std {std:.4f}")
+    print(write_data_and_check("digits_cnn", images, labels, train_idx, eval_idx, model)
+          + f", normalization mean {mean:.4f} std {std:.4f}")
 
 
 # -- the transformer ------------------------------------------------------------------------------------------
@@ -374,9 +386,7 @@ def spread_channel_scales(model: MobileDigits, factor: float = 10.0) -> None:
 
 def build_mobile(data, labels, train_idx, eval_idx) -> None:
     setup()
-    images = cnn_images(data)
-    mean, std = float(images[train_idx].mean()), float(images[train_idx].std())
-    images = ((images - mean) / std).astype(np.float32)
+    images, mean, std = normalize(cnn_images(data), train_idx)
     model = MobileDigits()
     train(model, torch.from_numpy(images[train_idx]), torch.from_numpy(labels[train_idx]), epochs=15, lr=3e-3)
     with torch.no_grad():
@@ -385,16 +395,10 @@ def build_mobile(data, labels, train_idx, eval_idx) -> None:
     with torch.no_grad():
         after = model(torch.from_numpy(images[eval_idx])).numpy()
     print(f"mobile_digits: channel-scale spread changes the logits by at most {np.abs(after - before).max():.2e}")
-    path = HERE / "mobile_digits.onnx"
-    save_model(mobile_graph(model), path,
+    save_model(mobile_graph(model), HERE / "mobile_digits.onnx",
                "MobileNet-v1 style digits classifier: depthwise-separable blocks with BatchNorm and ReLU. "
                f"Input: 8x8 digits upsampled to 32x32, (x/16 - {mean:.4f}) / {std:.4f}.")
-    calib = images[train_idx][np.random.default_rng(SEED).permutation(len(train_idx))[:128]]
-    np.savez(HERE / "mobile_digits-calib.npz", input=calib)
-    np.savez(HERE / "mobile_digits-eval.npz", input=images[eval_idx], labels=labels[eval_idx])
-    got = ort_logits(path, {"input": images[eval_idx]})
-    acc = float((got.argmax(1) == labels[eval_idx]).mean() * 100)
-    print(f"mobile_digits: eval accuracy {acc:.2f}% (ONNX Runtime)")
+    print(write_data_and_check("mobile_digits", images, labels, train_idx, eval_idx))
 
 
 # -- the activation-outlier CNN (derived from digits_cnn) -------------------------------------------------------
@@ -474,23 +478,13 @@ def mlp_graph(m: DigitsMLP) -> onnx.GraphProto:
 
 def build_mlp(data, labels, train_idx, eval_idx) -> None:
     setup()
-    x = data / 16.0
-    mean, std = float(x[train_idx].mean()), float(x[train_idx].std())
-    x = ((x - mean) / std).astype(np.float32)
+    x, mean, std = normalize(data / 16.0, train_idx)
     model = DigitsMLP()
     train(model, torch.from_numpy(x[train_idx]), torch.from_numpy(labels[train_idx]), epochs=30, lr=1e-3)
-    path = HERE / "digits_mlp.onnx"
-    save_model(mlp_graph(model), path,
+    save_model(mlp_graph(model), HERE / "digits_mlp.onnx",
                "Digits MLP: 64 pixels -> Gemm 768 + Relu -> Gemm 768 + Relu -> Gemm 10. "
                f"Input: the 8x8 digit flattened, (x/16 - {mean:.4f}) / {std:.4f}.")
-    calib = x[train_idx][np.random.default_rng(SEED).permutation(len(train_idx))[:128]]
-    np.savez(HERE / "digits_mlp-calib.npz", input=calib)
-    np.savez(HERE / "digits_mlp-eval.npz", input=x[eval_idx], labels=labels[eval_idx])
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x[eval_idx])).numpy()
-    got = ort_logits(path, {"input": x[eval_idx]})
-    acc = float((got.argmax(1) == labels[eval_idx]).mean() * 100)
-    print(f"digits_mlp: eval accuracy {acc:.2f}% (ONNX Runtime), max |ORT - torch| {np.abs(got - ref).max():.2e}")
+    print(write_data_and_check("digits_mlp", x, labels, train_idx, eval_idx, model))
 
 
 def main() -> None:
