@@ -85,7 +85,8 @@ def worker(kind: str, model: str, data: str, n: int, out: str, per_channel: bool
             for feeds in ds.batches(DEFAULT_BATCH):
                 sess.run(None, feeds)
             plains.append(time.perf_counter() - t1)
-            passes.append(collect_statistics(prep, tensors, ds.batches(DEFAULT_BATCH))[2])
+            passes.append(collect_statistics(prep, tensors, ds.batches(DEFAULT_BATCH),
+                                             expected_batches=-(-ds.count_used(DEFAULT_BATCH) // DEFAULT_BATCH))[2])
         plain, pass_seconds = float(np.median(plains)), float(np.median(passes))
     else:
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType, quantize_static

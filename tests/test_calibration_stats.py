@@ -8,7 +8,7 @@ import pytest
 
 from quantcli.calibration.estimators import (entropy_range, estimate_range, minmax_range, moving_average_range,
                                               mse_range, percentile_range)
-from quantcli.calibration.observers import TensorObserver
+from quantcli.calibration.observers import HIST_BUDGET, HIST_MIN, HIST_SAMPLES, TensorObserver, hist_samples_per_update
 from quantcli.cpu import detect
 from quantcli.runtime.session import make_session, stats_tap_session, tap_model
 from quantcli.transforms.fold_batchnorm import fold_batchnorm
@@ -36,6 +36,21 @@ def test_large_updates_are_subsampled_for_the_histogram_only():
     assert 0 < o.hist.sum() <= 40_000
     lo, hi = percentile_range(o, 99.0)
     assert abs(hi - 2.326) < 0.05 and abs(lo + 2.326) < 0.05
+
+
+def test_histogram_budget_per_run():
+    """Short runs feed 32k values per update; long runs fewer, never under 8k, so every tensor's histogram sees
+    at least the budget (or all values) and its cost stops growing with the number of batches."""
+    assert hist_samples_per_update(None) == hist_samples_per_update(8) == HIST_SAMPLES
+    assert hist_samples_per_update(32) == HIST_BUDGET // 32 and hist_samples_per_update(10_000) == HIST_MIN
+    o = TensorObserver(hist_samples=hist_samples_per_update(32))
+    local = np.random.default_rng(7)  # the module's generator feeds the other tests: leave its sequence alone
+    for _ in range(32):
+        o.update(local.normal(size=(16, 64, 32, 32)).astype(np.float32))  # 1M elements per update
+    assert HIST_BUDGET * 0.9 < o.hist.sum() <= HIST_BUDGET * 1.1 and o.count == 32 * (1 << 20)
+    lo, hi = percentile_range(o, 99.9)
+    assert abs(hi - 3.09) < 0.1 and abs(lo + 3.09) < 0.1
+    assert TensorObserver.from_dict(o.to_dict()).hist_samples == o.hist_samples
 
 
 def test_running_stats_exact_and_histogram_complete():

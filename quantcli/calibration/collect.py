@@ -19,21 +19,23 @@ import numpy as np
 import onnx
 
 from ..runtime.session import run, stats_tap_session
-from .observers import TensorObserver
+from .observers import TensorObserver, hist_samples_per_update
 
 
 def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict[str, np.ndarray]], *,
-                       bins: int = 2048, momentum: float = 0.9, threads: int = 0,
+                       bins: int = 2048, momentum: float = 0.9, threads: int = 0, expected_batches: int | None = None,
                        on_batch: Callable[[int], None] | None = None
                        ) -> tuple[dict[str, TensorObserver], int, float]:
-    """Observe ``tensors`` over ``batches``; returns (observers, samples seen, seconds spent in the data pass)."""
+    """Observe ``tensors`` over ``batches`` (about ``expected_batches`` of them, which sizes the histograms'
+    subsamples); returns (observers, samples seen, seconds spent in the data pass)."""
     inputs = {i.name for i in model.graph.input}
     tapped = [t for t in tensors if t not in inputs]
     fed = [t for t in tensors if t in inputs]
     # keep ONNX Runtime's memory arena: it reaches its high-water mark after two runs and then stays
     # flat, while plain malloc (arena off) was measured to creep up run after run
     session = stats_tap_session(model, tapped, threads=threads) if tapped else None
-    observers = {t: TensorObserver(bins=bins, momentum=momentum) for t in tensors}
+    hist = hist_samples_per_update(expected_batches)
+    observers = {t: TensorObserver(bins=bins, momentum=momentum, hist_samples=hist) for t in tensors}
     workers = min(threads or os.cpu_count() or 1, 8)
     pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="quantcli-stats") if workers > 1 else None
     try:

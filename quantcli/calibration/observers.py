@@ -5,8 +5,11 @@
 * the running min / max and the element count (NaN/Inf are excluded and counted apart);
 * a moving-average min / max over batches: ``ma = momentum * ma + (1 - momentum) * batch_value``;
 * a histogram of ``bins`` equal bins on ``[lo, lo + bins * width]``, fed with every element of small updates
-  and an evenly strided subsample (prime stride, ~33k elements) of large ones, so its cost does not grow
-  with the tensor size; min, max and counts always see every element.  When data falls outside it, the
+  and an evenly strided subsample (prime stride) of large ones, so its cost does not grow with the tensor
+  size; min, max and counts always see every element.  The subsample size per update comes from a budget
+  per calibration run (:func:`hist_samples_per_update`): 32k elements per batch for short runs, down to 8k
+  for long ones, so the histogram of every tensor sees at least ~260k evenly spread values (or all of them)
+  and its cost stops growing with the number of batches.  When data falls outside it, the
   histogram grows *exactly*: the new width is ``width * 2**k`` and the new lower edge
   ``lo - n * new_width``, so each old bin ``i`` lands entirely in new bin ``n + i // 2**k`` and no count is
   smeared.  All arithmetic on edges is float64, so ranges like -3.4e38 (additive attention masks) fit.
@@ -20,21 +23,31 @@ import numpy as np
 
 
 CHUNK = 1 << 18  # elements binned at a time on the float64 path
-HIST_SAMPLES = 1 << 15  # a larger update feeds the histogram an evenly strided subsample of about this size
+HIST_SAMPLES = 1 << 15  # at most this many elements of one update go into the histogram (strided subsample)
+HIST_MIN = 1 << 13      # and at least this many, however long the run
+HIST_BUDGET = 1 << 18   # per tensor and calibration run, spread over its batches
 
 
-def _sample_step(n: int) -> int:
-    """A prime stride giving about HIST_SAMPLES elements; prime, so it does not alias with tensor dimensions."""
-    step = max(2, n // HIST_SAMPLES) | 1
+def hist_samples_per_update(batches: int | None) -> int:
+    """Histogram subsample size per update for a run of ``batches`` updates (None: unknown, the maximum)."""
+    if not batches:
+        return HIST_SAMPLES
+    return int(min(HIST_SAMPLES, max(HIST_MIN, HIST_BUDGET // batches)))
+
+
+def _sample_step(n: int, target: int = HIST_SAMPLES) -> int:
+    """A prime stride giving about ``target`` elements; prime, so it does not alias with tensor dimensions."""
+    step = max(2, n // target) | 1
     while any(step % d == 0 for d in range(3, int(step ** 0.5) + 1, 2)):
         step += 2
     return step
 
 
 class TensorObserver:
-    def __init__(self, bins: int = 2048, momentum: float = 0.9) -> None:
+    def __init__(self, bins: int = 2048, momentum: float = 0.9, hist_samples: int = HIST_SAMPLES) -> None:
         self.bins = int(bins)
         self.momentum = float(momentum)
+        self.hist_samples = int(hist_samples)
         self.min = math.inf
         self.max = -math.inf
         self.ma_min = math.nan
@@ -77,7 +90,7 @@ class TensorObserver:
         self.batches += 1
         self.count += int(x.size)
         self._grow(bmin, bmax)
-        self._add(x if x.size <= HIST_SAMPLES else x[:: _sample_step(x.size)])
+        self._add(x if x.size <= self.hist_samples else x[:: _sample_step(x.size, self.hist_samples)])
 
     def _grow(self, lo: float, hi: float) -> None:
         if self.width == 0.0:
@@ -144,14 +157,16 @@ class TensorObserver:
         def f(v: float):
             return None if not math.isfinite(v) else float(v)
         nz = np.nonzero(self.hist)[0]
-        return {"bins": self.bins, "momentum": self.momentum, "min": f(self.min), "max": f(self.max),
+        return {"bins": self.bins, "momentum": self.momentum, "hist_samples": self.hist_samples,
+                "min": f(self.min), "max": f(self.max),
                 "ma_min": f(self.ma_min), "ma_max": f(self.ma_max), "batches": self.batches, "count": self.count,
                 "nonfinite": self.nonfinite, "hist_lo": self.hist_lo, "width": self.width,
                 "hist_index": nz.tolist(), "hist_count": self.hist[nz].tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorObserver":
-        obs = cls(bins=int(d["bins"]), momentum=float(d["momentum"]))
+        obs = cls(bins=int(d["bins"]), momentum=float(d["momentum"]),
+                  hist_samples=int(d.get("hist_samples", HIST_SAMPLES)))
         obs.min = math.inf if d["min"] is None else float(d["min"])
         obs.max = -math.inf if d["max"] is None else float(d["max"])
         obs.ma_min = math.nan if d["ma_min"] is None else float(d["ma_min"])
