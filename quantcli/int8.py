@@ -76,6 +76,7 @@ def sensitivities_alone(prep: Prepared, qplan: QuantPlan, build, evaluator, feed
 
 MATMUL_OPS = ("MatMul", "Gemm")
 AUTO_SQNR_MARGIN_DB = 3.0  # half a bit of output SQNR
+AUTO_EVAL_SAMPLES = 256    # measured on at most this many samples (as empirical bias correction): bounded memory
 
 
 def auto_weight_granularity(model, settings: ConvertSettings, qplan: QuantPlan, built: tuple, build, make_build,
@@ -96,7 +97,8 @@ def auto_weight_granularity(model, settings: ConvertSettings, qplan: QuantPlan, 
     if not candidates:
         return build, built
     try:
-        ev = Evaluator(model, eval_dataset(model, settings, calib_settings, artifact, "--weights auto"))
+        ev = Evaluator(model, eval_dataset(model, settings, calib_settings, artifact, "--weights auto"),
+                       limit=AUTO_EVAL_SAMPLES)
     except QuantcliError:
         notes.append("weights auto: no evaluation data to measure per-tensor MatMul/Gemm weights: per-channel kept")
         return build, built
