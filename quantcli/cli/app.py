@@ -91,6 +91,8 @@ def error_boundary():
         ui.err.print(f"quantcli: internal error: {exc}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(int(ExitCode.INTERNAL))
     except KeyboardInterrupt:
+        global _interrupt_reported
+        _interrupt_reported = True
         ui.err.print("quantcli: interrupted; the output being written was removed (outputs already "
                      "complete were kept)", highlight=False)
         raise typer.Exit(int(ExitCode.INTERRUPTED))
@@ -127,9 +129,17 @@ def _register() -> None:
 _register()
 
 
+_interrupt_reported = False
+
+
 def run_app() -> None:
     try:
         app()
     except KeyboardInterrupt:  # outside a command
         sys.stderr.write("quantcli: interrupted\n")
         sys.exit(int(ExitCode.INTERRUPTED))
+    except SystemExit as exc:
+        # an interrupt while Typer parses the command line ends as a silent exit 130: say what happened
+        if exc.code == int(ExitCode.INTERRUPTED) and not _interrupt_reported:
+            sys.stderr.write("quantcli: interrupted\n")
+        raise
