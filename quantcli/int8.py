@@ -79,8 +79,8 @@ AUTO_SQNR_MARGIN_DB = 3.0  # half a bit of output SQNR
 AUTO_EVAL_SAMPLES = 256    # measured on at most this many samples (as empirical bias correction): bounded memory
 
 
-def auto_weight_granularity(model, settings: ConvertSettings, qplan: QuantPlan, built: tuple, build, make_build,
-                            artifact, calib_settings, notes: list[str]):
+def auto_weight_granularity(model, settings: ConvertSettings, built: tuple, build, make_build, artifact,
+                            calib_settings, notes: list[str]):
     """--weights auto: per-tensor weights for MatMul/Gemm where measuring shows it costs nothing.
 
     ONNX Runtime's QGemm / QLinearMatMul run faster with per-tensor weights than with per-channel ones (the
@@ -88,10 +88,11 @@ def auto_weight_granularity(model, settings: ConvertSettings, qplan: QuantPlan, 
     while QLinearConv runs the same either way.  So convolutions keep per-channel weights, and MatMul/Gemm
     weights go per-tensor when, on the evaluation data, the model's metric is not lower and its output SQNR
     is within AUTO_SQNR_MARGIN_DB of the per-channel model.  Node rules that set ``weights`` still win.
-    Returns (build, (plan, model, report)) of the choice.
+    ``built`` is ``build()``'s (plan, model, report); returns (build, (plan, model, report)) of the choice.
     """
     from .sensitivity import Evaluator
 
+    qplan = built[0]
     candidates = [ws.node for ws in qplan.weights
                   if ws.axis is not None and qplan.quantized_nodes.get(ws.node) in MATMUL_OPS]
     if not candidates:

@@ -208,8 +208,8 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
             qplan, new_model, bc_report = build()
             if settings.weights == Weights.AUTO and per_channel:
                 build, (qplan, new_model, bc_report) = auto_weight_granularity(
-                    model, settings, qplan, (qplan, new_model, bc_report), build, make_build, artifact,
-                    calib_settings, notes)
+                    model, settings, (qplan, new_model, bc_report), build, make_build, artifact, calib_settings,
+                    notes)
             if settings.max_drop is not None:
                 qplan, new_model, bc_report, search = mixed_precision(model, prep, settings, qplan, new_model,
                                                                        bc_report, build, artifact, calib_settings,
