@@ -79,8 +79,8 @@ AUTO_SQNR_MARGIN_DB = 3.0  # half a bit of output SQNR
 AUTO_EVAL_SAMPLES = 256    # measured on at most this many samples (as empirical bias correction): bounded memory
 
 
-def auto_weight_granularity(model, settings: ConvertSettings, built: tuple, build, make_build, artifact,
-                            calib_settings, notes: list[str]):
+def auto_weight_granularity(model, settings: ConvertSettings, build, make_build, artifact, calib_settings,
+                            notes: list[str]):
     """--weights auto: per-tensor weights for MatMul/Gemm where measuring shows it costs nothing.
 
     ONNX Runtime's QGemm / QLinearMatMul run faster with per-tensor weights than with per-channel ones (the
@@ -88,36 +88,37 @@ def auto_weight_granularity(model, settings: ConvertSettings, built: tuple, buil
     while QLinearConv runs the same either way.  So convolutions keep per-channel weights, and MatMul/Gemm
     weights go per-tensor when, on the evaluation data, the model's metric is not lower and its output SQNR
     is within AUTO_SQNR_MARGIN_DB of the per-channel model.  Node rules that set ``weights`` still win.
-    ``built`` is ``build()``'s (plan, model, report); returns (build, (plan, model, report)) of the choice.
+    ``build`` is the per-channel builder (cached); returns the builder of the choice.
     """
     from .sensitivity import Evaluator
 
+    built = build()
     qplan = built[0]
     candidates = [ws.node for ws in qplan.weights
                   if ws.axis is not None and qplan.quantized_nodes.get(ws.node) in MATMUL_OPS]
     if not candidates:
-        return build, built
+        return build
     try:
         ev = Evaluator(model, eval_dataset(model, settings, calib_settings, artifact, "--weights auto"),
                        limit=AUTO_EVAL_SAMPLES)
     except QuantcliError:
         notes.append("weights auto: no evaluation data to measure per-tensor MatMul/Gemm weights: per-channel kept")
-        return build, built
+        return build
     rules = [NodeRule(match=op, weights=Weights.PER_TENSOR) for op in MATMUL_OPS]
     alt_build = make_build(dataclasses.replace(settings, nodes=rules + list(settings.nodes)))
     alt = alt_build()
     switched = [ws.node for ws in alt[0].weights if ws.node in candidates and ws.axis is None]
     if not switched:
-        return build, built
+        return build
     base, cand = ev.score(built[1]), ev.score(alt[1])
     detail = (f"output SQNR {cand.sqnr_db:.1f} dB vs {base.sqnr_db:.1f} dB per-channel, {ev.metric_name} "
               f"{cand.metric:.2f}% vs {base.metric:.2f}%")
     if cand.metric >= base.metric and cand.sqnr_db >= base.sqnr_db - AUTO_SQNR_MARGIN_DB:
         notes.append(f"weights auto: per-tensor for {len(switched)} MatMul/Gemm (faster in ONNX Runtime's integer "
                      f"GEMM; {detail}); per-channel for the rest")
-        return alt_build, alt
+        return alt_build
     notes.append(f"weights auto: per-channel kept for MatMul/Gemm (per-tensor would give {detail})")
-    return build, built
+    return build
 
 
 def mixed_precision(model, prep: Prepared, settings: ConvertSettings, qplan, new_model, report, build,

@@ -205,11 +205,9 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
                                progress, notes)
 
             build = make_build(settings)
-            qplan, new_model, bc_report = build()
             if settings.weights == Weights.AUTO and per_channel:
-                build, (qplan, new_model, bc_report) = auto_weight_granularity(
-                    model, settings, (qplan, new_model, bc_report), build, make_build, artifact, calib_settings,
-                    notes)
+                build = auto_weight_granularity(model, settings, build, make_build, artifact, calib_settings, notes)
+            qplan, new_model, bc_report = build()
             if settings.max_drop is not None:
                 qplan, new_model, bc_report, search = mixed_precision(model, prep, settings, qplan, new_model,
                                                                        bc_report, build, artifact, calib_settings,
@@ -395,11 +393,17 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
         if classes and classes > 5:
             top5 = (100.0 * correct[5][0] / seen, 100.0 * correct[5][1] / seen)
     lat_a, lat_b = compare_latency(sa, sb, first, runs=settings.runs, warmup=settings.warmup)
+    notes = []
+    ratio = lat_b.median_ms / lat_a.median_ms if lat_a.median_ms > 0 else 0.0
+    if ratio > 1.05:  # beyond the run-to-run noise of sub-millisecond models
+        why = detect_cpu().int8_speed_note or "`quantcli inspect` shows what runs outside integer kernels"
+        notes.append(f"the quantized model is x{ratio:.2f} the FP32 latency here; {why}")
     return CompareResult(str(fp32_path), str(quant_path), seen, top1, top5, outputs,
                          (lat_a.median_ms, lat_b.median_ms), (lat_a.p90_ms, lat_b.p90_ms), settings.threads,
                          (modelio.model_size_bytes(fp32_path), modelio.model_size_bytes(quant_path)),
                          settings.max_drop,
-                         build_manifest(fp32_path, modelio.file_sha256(fp32_path), {"compare": _plain(settings)}))
+                         build_manifest(fp32_path, modelio.file_sha256(fp32_path), {"compare": _plain(settings)}),
+                         notes)
 
 
 # -- run: the whole job from one recipe ------------------------------------------------------------------

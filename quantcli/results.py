@@ -90,6 +90,7 @@ class CompareResult:
     size: tuple[int, int]
     max_drop: float | None
     manifest: dict = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. why INT8 is slower on this CPU
 
     @property
     def metric(self) -> str:

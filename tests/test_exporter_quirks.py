@@ -158,3 +158,25 @@ def test_decomposed_layernorm_stays_float_and_feeds_an_integer_matmul(tmp_path):
     assert r.quantized_nodes == {"mm": "MatMul"} and r.coverage.mac_share == 1.0
     ref = make_session(m).run(None, {"x": x})[0]
     assert _sqnr(ref, make_session(str(tmp_path / "q.onnx")).run(None, {"x": x})[0]) > 30
+
+
+def test_bias_add_folds_into_gemm_with_2d_c_and_beta():
+    """A Gemm that already has a [1, N] C scaled by beta = 0.5, then a bias Add: folded into one 1-D C."""
+    from onnx import helper as h
+
+    from quantcli.transforms.prepare import fold_bias_add
+
+    m = _bias_add_cnn()
+    for t in m.graph.initializer:
+        if t.name == "bg":
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).reshape(1, 10), "bg"))
+    fc = next(n for n in m.graph.node if n.name == "fc")
+    fc.attribute.append(h.make_attribute("beta", 0.5))
+    r = fold_bias_add(m)
+    assert r.changed == ["2 bias Add(s) folded into the preceding Conv/Gemm"]
+    fc = next(n for n in r.model.graph.node if n.name == "fc")
+    c = next(t for t in r.model.graph.initializer if t.name == fc.input[2])
+    assert list(c.dims) == [10] and not any(a.name == "beta" for a in fc.attribute)
+    x = cnn_data(8)
+    np.testing.assert_allclose(make_session(r.model).run(None, {"x": x})[0],
+                               make_session(m).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)

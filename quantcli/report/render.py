@@ -159,13 +159,8 @@ def render_compare(r: CompareResult, console: Console) -> None:
     table.add_row("latency p90", f"{r.latency_p90_ms[0]:.3f} ms", f"{r.latency_p90_ms[1]:.3f} ms", "")
     table.add_row("model size", _mb(r.size[0]), _mb(r.size[1]), f"x{r.size[1] / max(r.size[0], 1):.2f}")
     console.print(table)
-    if r.latency_ratio > 1.05:  # beyond run-to-run noise of sub-millisecond models
-        from ..cpu import detect
-
-        why = detect().int8_speed_note
-        console.print(f"note: the quantized model is x{r.latency_ratio:.2f} the FP32 latency here"
-                      + (f"; {why}" if why else "; `quantcli inspect` shows what runs outside integer kernels"),
-                      highlight=False, markup=False)
+    for note in r.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
     if r.max_drop is not None:
         verdict = "PASS" if r else "FAIL"
         console.print(f"{verdict}: {r.metric} drop {r.drop:.2f} pts (max {r.max_drop:g})", highlight=False)

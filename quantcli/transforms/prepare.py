@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import GraphIndex, PassResult, attr, unique_name
+from .graph import GraphIndex, PassResult, attr, remove_unused_initializers, unique_name
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
@@ -118,9 +118,9 @@ def fold_bias_add(model: onnx.ModelProto) -> PassResult:
     g = model.graph
     idx = GraphIndex(g)
     taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
-    removed, folded = set(), []
+    removed, folded = set(), []  # outputs of the folded Add nodes (unique in a graph); the layers' names
     for node in g.node:
-        if node.op_type not in ("Conv", "Gemm") or node.name in removed:
+        if node.op_type not in ("Conv", "Gemm"):
             continue
         add = idx.single_consumer(node.output[0])
         if add is None or add.op_type != "Add" or len(add.input) != 2:
@@ -131,42 +131,35 @@ def fold_bias_add(model: onnx.ModelProto) -> PassResult:
         if c is None or w is None or c.dtype != np.float32 or w.ndim < 2:
             continue
         n_out = _out_channels(node, w)
-        per_channel = _per_channel(c, n_out, conv=node.op_type == "Conv", rank=w.ndim)
-        if per_channel is None:
-            continue
-        has_bias = len(node.input) > 2 and node.input[2]
+        conv = node.op_type == "Conv"
+        per_channel = _per_channel(c, n_out, conv=conv, rank=w.ndim)
+        has_bias = len(node.input) > 2 and bool(node.input[2])
         bias = idx.const(node.input[2]) if has_bias else np.zeros(n_out, np.float32)
-        if bias is None:
+        if per_channel is None or bias is None:
             continue
-        if node.op_type == "Gemm":
+        if not conv:  # Gemm: C may be a scalar, [N] or [1, N], and is scaled by beta
             beta = float(attr(node, "beta", 1.0))
-            if has_bias and beta == 0.0:
+            bias = _per_channel(bias, n_out, conv=False, rank=2) if has_bias else bias
+            if bias is None or (has_bias and beta == 0.0):
                 continue
-            bias = np.broadcast_to(bias, (n_out,)) if bias.size in (1, n_out) and bias.ndim <= 2 else None
-            if bias is None:
-                continue
-            new_bias = (beta * bias + per_channel).astype(np.float32) if has_bias else per_channel
+            bias = beta * bias if has_bias else bias
             for a in list(node.attribute):
                 if a.name == "beta":
                     node.attribute.remove(a)
-        else:
-            new_bias = (bias.reshape(-1) + per_channel).astype(np.float32)
+        new_bias = (bias.reshape(-1) + per_channel).astype(np.float32)
         name = unique_name(f"{node.name}_bias_folded", taken)
         g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(new_bias), name))
         while len(node.input) < 3:
             node.input.append("")
         node.input[2] = name
         node.output[0] = add.output[0]
-        removed.add(add.name or id(add))
+        removed.add(add.output[0])
         folded.append(node.name)
     if folded:
-        keep = [n for n in g.node if (n.name or id(n)) not in removed]
+        keep = [n for n in g.node if not (n.op_type == "Add" and n.output[0] in removed)]
         del g.node[:]
         g.node.extend(keep)
-        used = {i for n in g.node for i in n.input}
-        unused = [t for t in g.initializer if t.name not in used and t.name not in idx.graph_inputs]
-        for t in unused:
-            g.initializer.remove(t)
+        remove_unused_initializers(g)
     return PassResult(model, [f"{len(folded)} bias Add(s) folded into the preceding Conv/Gemm"] if folded else [])
 
 
@@ -185,7 +178,7 @@ def _per_channel(c: np.ndarray, n_out: int, *, conv: bool, rank: int) -> np.ndar
     shape = c.shape
     if conv:
         spatial = rank - 2
-        ok = shape in ((n_out,) + (1,) * spatial, (1, n_out) + (1,) * spatial) or (spatial == 0 and shape == (n_out,))
+        ok = shape in ((n_out,) + (1,) * spatial, (1, n_out) + (1,) * spatial)
     else:
         ok = shape in ((n_out,), (1, n_out))
     return c.reshape(-1).astype(np.float32) if ok else None
