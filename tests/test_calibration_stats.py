@@ -179,3 +179,90 @@ def test_stats_tap_skips_layout_copies_and_keeps_every_element():
         assert np.array_equal(np.sort(a, axis=None), np.sort(b, axis=None)), name
     if "avx2" in detect().flags:  # MLAS uses NCHWc on x86 with AVX2 or better: some copies must be gone
         assert [o.name for o in fast.get_outputs()] != tensors
+
+
+def test_grouped_updates_equal_one_update_per_batch():
+    """update_many (how small tensors are observed) gives the same min, max, moving averages and counts as
+    one update per batch, NaN/inf included, and a complete histogram."""
+    local = np.random.default_rng(11)
+    batches = [local.normal(size=(4, 50)).astype(np.float32) * (1 + i) + i for i in range(9)]
+    batches[3][0, :3] = [np.nan, np.inf, -np.inf]
+    batches.append(np.full((2, 2), np.nan, np.float32))  # nothing finite: counted, no batch
+    one, grouped = TensorObserver(momentum=0.7), TensorObserver(momentum=0.7)
+    for b in batches:
+        one.update(b)
+    grouped.update_many(batches[:4])
+    grouped.update_many(batches[4:])
+    for k in ("min", "max", "batches", "count", "nonfinite"):
+        assert getattr(grouped, k) == getattr(one, k), k
+    assert grouped.ma_min == pytest.approx(one.ma_min, rel=1e-12) and grouped.ma_max == pytest.approx(one.ma_max, rel=1e-12)
+    assert grouped.hist.sum() == one.hist.sum() == one.count == 9 * 200 - 3
+    assert grouped.hist_lo <= grouped.min and grouped.hist_hi > grouped.max
+
+
+def test_lower_bound_skips_the_min_pass_only_when_exact():
+    """With lower=0 (a Relu's output) the minimum is still exact: taken as 0 only when the histogram's
+    subsample holds a 0, otherwise computed over every element; NaN is still caught by the max pass."""
+    local = np.random.default_rng(12)
+    relu = np.maximum(local.normal(size=1 << 20), 0).astype(np.float32)
+    o = TensorObserver(hist_samples=1 << 13)
+    o.update(relu, lower=0.0)
+    assert o.min == 0.0 and o.max == relu.max() and o.count == relu.size
+    positive = local.uniform(0.5, 2.0, size=1 << 20).astype(np.float32)
+    positive[1] = 0.0  # not on the subsample's stride: only the full pass sees it
+    o = TensorObserver(hist_samples=1 << 13)
+    o.update(positive, lower=0.0)
+    assert o.min == 0.0
+    positive[1] = 0.25
+    o = TensorObserver(hist_samples=1 << 13)
+    o.update(positive, lower=0.0)
+    assert o.min == np.float32(0.25) and o.ma_min == np.float32(0.25)
+    relu[5] = np.nan
+    o = TensorObserver(hist_samples=1 << 13)
+    o.update(relu, lower=0.0)
+    assert o.nonfinite == 1 and o.min == 0.0 and o.max == np.nanmax(relu) and o.count == relu.size - 1
+
+
+def test_lower_bounds_from_the_graph():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantcli.calibration.collect import lower_bounds
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Clip", ["x", "lo", "hi"], ["c"]),
+             helper.make_node("Clip", ["x", "", "hi"], ["c_nolo"]),
+             helper.make_node("Neg", ["x"], ["n"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                          [helper.make_tensor_value_info(t, TensorProto.FLOAT, [4]) for t in ("r", "c", "c_nolo", "n")],
+                          [numpy_helper.from_array(np.array(-1.5, np.float32), "lo"),
+                           numpy_helper.from_array(np.array(6.0, np.float32), "hi")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert lower_bounds(m, ["x", "r", "c", "c_nolo", "n"]) == {"r": 0.0, "c": -1.5}
+
+
+def test_collected_statistics_match_the_tensors():
+    """The whole data pass (tap session, grouping of small tensors, min-pass skipping, threads) gives the
+    exact min, max and count of every tensor as ONNX Runtime computes it, batch by batch."""
+    from quantcli.calibration.collect import collect_statistics
+
+    m = fold_batchnorm(small_cnn()).model
+    tensors = ["x", "r1", "r2", "c3", "ra", "gap", "f"]
+    x = cnn_data(40, seed=5)
+    batches = [{"x": x[i:i + 8]} for i in range(0, 40, 8)]
+    obs, seen, seconds = collect_statistics(m, tensors, iter(batches), expected_batches=len(batches))
+    ref = make_session(tap_model(m, tensors[1:]))
+    values = {t: [] for t in tensors}
+    for b in batches:
+        values["x"].append(b["x"])
+        for t, v in zip(tensors[1:], ref.run(None, b)):
+            values[t].append(v)
+    assert seen == 40 and seconds > 0
+    for t in tensors:
+        allv = np.concatenate([v.ravel() for v in values[t]])
+        o = obs[t]
+        assert (o.min, o.max, o.count, o.batches) == (allv.min(), allv.max(), allv.size, len(batches)), t
+        ma_min, ma_max = float(values[t][0].min()), float(values[t][0].max())
+        for v in values[t][1:]:
+            ma_min, ma_max = 0.9 * ma_min + 0.1 * float(v.min()), 0.9 * ma_max + 0.1 * float(v.max())
+        assert (o.ma_min, o.ma_max) == pytest.approx((ma_min, ma_max), rel=1e-12, abs=1e-12), t
+        assert o.hist.sum() > 0, t

@@ -4,8 +4,18 @@ The prepared model is run with extra graph outputs on the tensors to be quantize
 in memory, without ONNX Runtime's layout copies in front of those outputs: the statistics are
 order-free).  After each batch, every tapped tensor updates its :class:`TensorObserver` and the batch's
 outputs are dropped, so memory depends on the model and the batch size, never on the number of samples.
-The observers of one batch are updated on all cores (numpy releases the GIL in the reductions that
-dominate), each tensor by one thread, batch after batch: the result does not depend on the thread count.
+
+What keeps the pass close to plain inference:
+
+* the tap session's threads spin while it runs (as a plain session's do) and stop when it returns, so
+  they do not take the cores from the statistics;
+* small tensors (a few thousand values per batch, where numpy's fixed cost per call dominates) are
+  observed a group of batches at a time (at most :data:`GROUP_VALUES` values held per tensor);
+* a Relu's (or Clip's) output skips the pass for its minimum when the histogram's subsample already
+  holds its lower bound;
+* batches with much to observe update their observers on all cores (numpy releases the GIL in the
+  reductions that dominate), each tensor by one thread; small batches stay on this thread.
+The result does not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -19,7 +29,11 @@ import numpy as np
 import onnx
 
 from ..runtime.session import run, stats_tap_session
+from ..transforms.graph import GraphIndex, attr
 from .observers import TensorObserver, hist_samples_per_update
+
+GROUP_VALUES = 1 << 17    # a small tensor's batches are held until this many values, then observed together
+PARALLEL_VALUES = 1 << 20  # a batch with fewer values to observe than this is observed on one thread
 
 
 def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict[str, np.ndarray]], *,
@@ -36,52 +50,97 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
     session = stats_tap_session(model, tapped, threads=threads) if tapped else None
     hist = hist_samples_per_update(expected_batches)
     observers = {t: TensorObserver(bins=bins, momentum=momentum, hist_samples=hist) for t in tensors}
+    feeds = _Feeder(observers, lower_bounds(model, tensors))
     workers = min(threads or os.cpu_count() or 1, 8)
     pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="quantcli-stats") if workers > 1 else None
     try:
-        return _collect(session, observers, tapped, fed, batches, pool, workers, on_batch)
+        samples = 0
+        t0 = time.perf_counter()
+        for batch in batches:
+            n = len(next(iter(batch.values())))
+            values = run(session, batch, what="calibration (tap) model") if session is not None else []
+            feeds.add(list(zip(tapped, values)) + [(name, batch[name]) for name in fed], pool, workers)
+            del values
+            samples += n
+            if on_batch:
+                on_batch(n)
+        feeds.flush(pool, workers)
+        return observers, samples, time.perf_counter() - t0
     finally:
         if pool is not None:
             pool.shutdown()
 
 
-def _collect(session, observers, tapped, fed, batches, pool, workers, on_batch):
-    samples = 0
-    t0 = time.perf_counter()
-    for feeds in batches:
-        n = len(next(iter(feeds.values())))
-        if session is not None:
-            values = run(session, feeds, what="calibration (tap) model")
-            _update_all([observers[name] for name in tapped], values, pool, workers)
-            del values
-        for name in fed:
-            observers[name].update(feeds[name])
-        samples += n
-        if on_batch:
-            on_batch(n)
-    return observers, samples, time.perf_counter() - t0
+def lower_bounds(model: onnx.ModelProto, tensors: list[str]) -> dict[str, float]:
+    """Values the tensors cannot go below, known from the node producing them: 0 for Relu, the minimum
+    of a Clip whose minimum is a constant."""
+    g = GraphIndex(model.graph)
+    bounds: dict[str, float] = {}
+    for name in tensors:
+        node = g.producer.get(name)
+        if node is None:
+            continue
+        if node.op_type == "Relu":
+            bounds[name] = 0.0
+        elif node.op_type == "Clip":
+            lo = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else attr(node, "min")
+            if lo is not None and np.size(lo) == 1 and np.isfinite(lo):
+                bounds[name] = float(np.float32(np.asarray(lo).reshape(())))
+    return bounds
 
 
-def _update_all(observers: list[TensorObserver], values: list[np.ndarray], pool: ThreadPoolExecutor | None,
-                workers: int) -> None:
-    """observers[i].update(values[i]) for all i, on ``workers`` threads (the pool's and this one) in
-    size-balanced groups."""
-    if pool is None or len(values) < 2:
-        for obs, value in zip(observers, values):
-            obs.update(value)
-        return
-    groups: list[list[int]] = [[] for _ in range(workers)]
-    load = [0] * len(groups)
-    for i in sorted(range(len(values)), key=lambda i: -values[i].size):
-        g = load.index(min(load))
-        groups[g].append(i)
-        load[g] += values[i].size
+class _Feeder:
+    """Routes each batch's values to the observers: small tensors through a bounded buffer of batches."""
 
-    def work(ix: list[int]) -> None:
-        for i in ix:
-            observers[i].update(values[i])
+    def __init__(self, observers: dict[str, TensorObserver], bounds: dict[str, float]) -> None:
+        self.observers = observers
+        self.bounds = bounds
+        self.pending: dict[str, list[np.ndarray]] = {}
+        self.held: dict[str, int] = {}
 
-    futures = [pool.submit(work, ix) for ix in groups[1:] if ix]
-    work(groups[0])
-    for f in futures:
-        f.result()
+    def add(self, values: list[tuple[str, np.ndarray]], pool: ThreadPoolExecutor | None, workers: int) -> None:
+        work: list[tuple[str, list[np.ndarray]]] = []
+        for name, value in values:
+            if 4 * value.size > GROUP_VALUES:
+                work.append((name, [value]))
+                continue
+            self.pending.setdefault(name, []).append(value)
+            self.held[name] = self.held.get(name, 0) + value.size
+            if self.held[name] >= GROUP_VALUES:
+                work.append((name, self.pending.pop(name)))
+                del self.held[name]
+        self._observe(work, pool, workers)
+
+    def flush(self, pool: ThreadPoolExecutor | None, workers: int) -> None:
+        work = sorted(self.pending.items())
+        self.pending, self.held = {}, {}
+        self._observe(work, pool, workers)
+
+    def _observe(self, work: list[tuple[str, list[np.ndarray]]], pool: ThreadPoolExecutor | None,
+                 workers: int) -> None:
+        """Update the observers of ``work`` on ``workers`` threads (the pool's and this one) in
+        size-balanced groups, or on this thread alone when there is little to do."""
+        def do(item: tuple[str, list[np.ndarray]]) -> None:
+            name, xs = item
+            self.observers[name].update_many(xs, self.bounds.get(name))
+
+        sizes = [sum(x.size for x in xs) for _, xs in work]
+        if pool is None or len(work) < 2 or sum(sizes) < PARALLEL_VALUES:
+            for item in work:
+                do(item)
+            return
+        groups: list[list[int]] = [[] for _ in range(workers)]
+        load = [0] * len(groups)
+        for i in sorted(range(len(work)), key=lambda i: -sizes[i]):
+            g = load.index(min(load))
+            groups[g].append(i)
+            load[g] += sizes[i]
+
+        def run_group(ix: list[int]) -> None:
+            for i in ix:
+                do(work[i])
+
+        futures = [pool.submit(run_group, ix) for ix in groups[1:] if ix]
+        run_group(groups[0])
+        for f in futures:
+            f.result()

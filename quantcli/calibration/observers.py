@@ -67,30 +67,59 @@ class TensorObserver:
         return self.hist_lo + self.width * np.arange(self.bins + 1, dtype=np.float64)
 
     # -- updating ---------------------------------------------------------------------------------------
-    def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x)
-        if x.size == 0:
+    def update(self, x: np.ndarray, lower: float | None = None) -> None:
+        """Observe one batch of the tensor (see :meth:`update_many`)."""
+        self.update_many([x], lower)
+
+    def update_many(self, xs: list[np.ndarray], lower: float | None = None) -> None:
+        """Observe several batches of the tensor at once.
+
+        Min, max, counts and the moving averages are exactly what one :meth:`update` per batch gives; the
+        histogram is grown once for the group and fed a subsample of ``hist_samples`` per batch.  Grouping
+        small tensors' batches this way spreads numpy's fixed cost per call over many batches.
+
+        ``lower``: a bound the values cannot go below (0 for a Relu's output).  When the histogram's subsample
+        of a single batch already holds that value it *is* the batch's minimum, and the pass over every
+        element for the minimum is skipped (max, NaN and +inf checks still see every element).
+        """
+        parts = [p for p in (np.asarray(x).ravel() for x in xs) if p.size]
+        if not parts:
             return
-        x = x.ravel()
-        bmin, bmax = float(x.min()), float(x.max())  # NaN and +-inf show up here, so one pass checks them
-        if not (math.isfinite(bmin) and math.isfinite(bmax)):
-            finite = np.isfinite(x)
-            self.nonfinite += int(x.size - np.count_nonzero(finite))
-            x = x[finite]
-            if x.size == 0:
-                return
-            bmin, bmax = float(x.min()), float(x.max())
-        self.min, self.max = min(self.min, bmin), max(self.max, bmax)
-        if self.batches == 0:
-            self.ma_min, self.ma_max = bmin, bmax
+        flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        starts = np.cumsum([0] + [p.size for p in parts[:-1]])
+        maxs = np.maximum.reduceat(flat, starts)  # NaN and +-inf show up in max and min, so one pass checks them
+        sample = self._subsample(flat, len(parts))
+        if lower is not None and len(parts) == 1 and sample.min() == lower:
+            mins = np.array([lower], np.float64)
         else:
-            m = self.momentum
-            self.ma_min = m * self.ma_min + (1 - m) * bmin
-            self.ma_max = m * self.ma_max + (1 - m) * bmax
-        self.batches += 1
-        self.count += int(x.size)
-        self._grow(bmin, bmax)
-        self._add(x if x.size <= self.hist_samples else x[:: _sample_step(x.size, self.hist_samples)])
+            mins = np.minimum.reduceat(flat, starts)
+        if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):
+            finite = [p[np.isfinite(p)] for p in parts]
+            self.nonfinite += sum(p.size - f.size for p, f in zip(parts, finite))
+            parts = [f for f in finite if f.size]
+            if not parts:
+                return
+            flat = np.concatenate(parts)
+            mins = np.array([p.min() for p in parts])
+            maxs = np.array([p.max() for p in parts])
+            sample = self._subsample(flat, len(parts))
+        m = self.momentum
+        for bmin, bmax in zip(mins.tolist(), maxs.tolist()):
+            self.min, self.max = min(self.min, bmin), max(self.max, bmax)
+            if self.batches == 0:
+                self.ma_min, self.ma_max = bmin, bmax
+            else:
+                self.ma_min = m * self.ma_min + (1 - m) * bmin
+                self.ma_max = m * self.ma_max + (1 - m) * bmax
+            self.batches += 1
+        self.count += int(flat.size)
+        self._grow(float(mins.min()), float(maxs.max()))
+        self._add(sample)
+
+    def _subsample(self, flat: np.ndarray, batches: int) -> np.ndarray:
+        """What of ``flat`` (``batches`` batches) goes into the histogram: all of it, or an even strided subsample."""
+        target = self.hist_samples * batches
+        return flat if flat.size <= target else flat[:: _sample_step(flat.size, target)]
 
     def _grow(self, lo: float, hi: float) -> None:
         if self.width == 0.0:
