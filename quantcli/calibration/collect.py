@@ -13,8 +13,9 @@ What keeps the pass close to plain inference:
   observed a group of batches at a time (at most :data:`GROUP_VALUES` values held per tensor);
 * a Relu's (or Clip's) output skips the pass for its minimum when the histogram's subsample already
   holds its lower bound;
-* batches with much to observe update their observers on all cores (numpy releases the GIL in the
-  reductions that dominate), each tensor by one thread; small batches stay on this thread.
+* large tensors update their observers on all cores (numpy releases the GIL in the reductions that
+  dominate them), each tensor by one thread; smaller ones stay on this thread, where threads only add
+  contention for the GIL.
 The result does not depend on the thread count.
 """
 
@@ -33,7 +34,7 @@ from ..transforms.graph import GraphIndex, attr
 from .observers import TensorObserver, hist_samples_per_update
 
 GROUP_VALUES = 1 << 17    # a small tensor's batches are held until this many values, then observed together
-PARALLEL_VALUES = 1 << 20  # a batch with fewer values to observe than this is observed on one thread
+PARALLEL_VALUES = 1 << 18  # tensors at least this large are observed on all cores, smaller ones on this thread
 
 
 def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict[str, np.ndarray]], *,
@@ -125,16 +126,20 @@ class _Feeder:
             self.observers[name].update_many(xs, self.bounds.get(name))
 
         sizes = [sum(x.size for x in xs) for _, xs in work]
-        if pool is None or len(work) < 2 or sum(sizes) < PARALLEL_VALUES:
+        big = [i for i in range(len(work)) if sizes[i] >= PARALLEL_VALUES]
+        if pool is None or len(big) < 2:
             for item in work:
                 do(item)
             return
+        # large tensors spread over the threads by size; small ones (mostly numpy's per-call cost, under the
+        # GIL: threads only slow them down) on this thread
         groups: list[list[int]] = [[] for _ in range(workers)]
         load = [0] * len(groups)
-        for i in sorted(range(len(work)), key=lambda i: -sizes[i]):
+        for i in sorted(big, key=lambda i: -sizes[i]):
             g = load.index(min(load))
             groups[g].append(i)
             load[g] += sizes[i]
+        groups[0] += [i for i in range(len(work)) if sizes[i] < PARALLEL_VALUES]
 
         def run_group(ix: list[int]) -> None:
             for i in ix:
