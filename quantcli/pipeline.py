@@ -455,7 +455,7 @@ def acceptance(accept: AcceptSettings, conv: ConvertResult, cmp: CompareResult) 
 def _coverage(model: onnx.ModelProto, feeds: dict[str, np.ndarray], reference: onnx.ModelProto | None = None):
     from .validate.coverage import int8_coverage
 
-    cov = int8_coverage(model, {k: v.shape for k, v in feeds.items()}, reference=reference)
+    cov = int8_coverage(model, {k: v.shape for k, v in feeds.items()}, reference=reference, feeds=feeds)
     return CoverageSummary(cov.integer_nodes, cov.float_heavy, cov.dq_left, cov.mac_share, cov.macs_total)
 
 

@@ -162,3 +162,32 @@ def test_weights_auto_goes_per_tensor_only_where_it_costs_nothing(tmp_path, outl
     else:
         assert note.startswith("weights auto: per-channel kept"), note
         assert dims["w1_scale"] == [64]
+
+
+def test_mac_counts_where_shape_inference_loses_a_dim():
+    """A position table sliced to the input's length (Shape -> Gather -> Slice, as exporters write it) and
+    added to it: with the length set to 1, ONNX shape inference loses the dim, so the MatMul behind it
+    had no MAC count (`inspect` without --data reported 0% coverage on the transformer sample).  One run
+    on the inputs fills in the real shapes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantcli.validate.coverage import heavy_macs
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "pos"),
+             numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(1, np.int64), "one"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["seq"], axis=0),
+             helper.make_node("Unsqueeze", ["seq", "zero"], ["end"]),
+             helper.make_node("Slice", ["pos", "zero", "end", "zero"], ["pos_s"]),
+             helper.make_node("Add", ["x", "pos_s"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["y"], name="proj")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8])],
+                                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])], inits),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    x = np.zeros((1, 1, 8), np.float32)
+    assert heavy_macs(m, {"x": x.shape}) == {}  # what shape inference alone gives
+    assert heavy_macs(m, {"x": x.shape}, {"x": x}) == {"proj": 1 * 1 * 4 * 8}
+    assert heavy_macs(m, {"x": (2, 5, 8)}, {"x": np.zeros((2, 5, 8), np.float32)}) == {"proj": 2 * 5 * 4 * 8}

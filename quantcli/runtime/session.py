@@ -123,6 +123,20 @@ def stats_tap_session(model: onnx.ModelProto, tensors: list[str], *, threads: in
         return make_session(tap, threads=threads, what=what, spin_between_runs=False)
 
 
+def tensor_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tensors: list[str]) -> dict[str, tuple[int, ...]]:
+    """The shapes ``tensors`` really have when ``model`` runs on ``feeds`` (one unoptimized run; any dtype).
+
+    Shape inference loses dims that data flows through (Shape -> Slice -> broadcast); running does not.
+    Raises QuantcliError if the model cannot run on these feeds."""
+    probe = copy.deepcopy(model)
+    del probe.graph.output[:]
+    for name in tensors:
+        probe.graph.output.append(onnx.ValueInfoProto(name=name))  # untyped: ONNX Runtime fills it in
+    session = make_session(probe, threads=1, level="disable", what="shape probe")
+    names = [o.name for o in session.get_outputs()]
+    return {n: tuple(v.shape) for n, v in zip(names, run(session, feeds, what="shape probe"))}
+
+
 def optimized_model(model: onnx.ModelProto, *, level: str = "all") -> onnx.ModelProto:
     """The model as ONNX Runtime's CPU provider optimizes it at session creation."""
     with tempfile.TemporaryDirectory(prefix="quantcli-opt-", dir=_SCRATCH) as tmp:

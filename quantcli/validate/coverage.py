@@ -14,7 +14,8 @@ import dataclasses
 import numpy as np
 import onnx
 
-from ..runtime.session import optimized_model
+from ..errors import QuantcliError
+from ..runtime.session import optimized_model, tensor_shapes
 from ..transforms.graph import GraphIndex, attr
 
 INTEGER_OPS = {
@@ -39,8 +40,13 @@ class Coverage:
         return self.macs_integer / self.macs_total if self.macs_total else 0.0
 
 
-def heavy_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """MACs of each Conv/ConvTranspose/MatMul/Gemm node for concrete input shapes."""
+def heavy_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
+               feeds: dict[str, np.ndarray] | None = None) -> dict[str, int]:
+    """MACs of each Conv/ConvTranspose/MatMul/Gemm node for concrete input shapes.
+
+    Shapes come from ONNX shape inference; where it leaves a heavy node's shapes unknown (dims that flow
+    through Shape/Slice/broadcast, often with a symbolic dim set to 1) and ``feeds`` are given, from one
+    run of the model on them."""
     m = copy.deepcopy(model)
     for vi in m.graph.input:
         if vi.name in input_shapes:
@@ -59,6 +65,14 @@ def heavy_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]])
     for t in m.graph.initializer:
         shapes[t.name] = list(t.dims)
     idx = GraphIndex(m.graph)
+    if feeds is not None:
+        unknown = sorted({t for n in m.graph.node if n.op_type in HEAVY for t in (n.input[0], n.output[0])
+                          if -1 in shapes.get(t, [-1]) and t not in idx.initializers})
+        if unknown:
+            try:
+                shapes.update({k: list(v) for k, v in tensor_shapes(model, feeds, unknown).items()})
+            except QuantcliError:
+                pass  # the model does not run on these inputs: count what shape inference resolved
     macs = {}
     for node in m.graph.node:
         if node.op_type not in HEAVY:
@@ -90,14 +104,14 @@ def _source(name: str, idx: GraphIndex) -> str:
 
 
 def int8_coverage(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
-                  reference: onnx.ModelProto | None = None) -> Coverage:
+                  reference: onnx.ModelProto | None = None, feeds: dict[str, np.ndarray] | None = None) -> Coverage:
     """Optimize ``model`` with ONNX Runtime (CPU) and measure what runs in integer kernels.
 
     MACs are counted on ``reference`` (the float model the quantized one was made from, same node names)
     when given, since shape inference sees through float graphs best; a rewritten node named
     ``<name>_MatMulInteger`` (dynamic quantization) counts for ``<name>``.
     """
-    macs = heavy_macs(reference if reference is not None else model, input_shapes)
+    macs = heavy_macs(reference if reference is not None else model, input_shapes, feeds)
     opt = optimized_model(model, level="extended")
     producers = {o: n for n in opt.graph.node for o in n.output}
     by_name = {n.name: n for n in opt.graph.node}
