@@ -34,7 +34,7 @@ from .runtime.bench import compare_latency
 from .runtime.session import make_session
 from .runtime.session import run as run_session
 from .transforms.fold_batchnorm import fold_batchnorm
-from .transforms.prepare import constants_to_initializers, fold_bias_add, gemm_bias_to_1d, name_nodes
+from .transforms.prepare import constants_to_initializers, fold_bias_add, gemm_bias_to_1d, matmul_add_to_gemm, name_nodes
 
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
 
@@ -60,7 +60,7 @@ def prepare(model: onnx.ModelProto, *, cle: bool = False) -> Prepared:
     """Deterministic clean-up before ranges are measured: names, Constant weights, opset 13, BN folding,
     and cross-layer equalization if asked (calibrate and convert must agree on it)."""
     notes: list[str] = []
-    for step in (name_nodes, constants_to_initializers, fold_bias_add, gemm_bias_to_1d):
+    for step in (name_nodes, constants_to_initializers, matmul_add_to_gemm, fold_bias_add, gemm_bias_to_1d):
         r = step(model)
         model, notes = r.model, notes + r.changed
     if modelio.model_opset(model) < 13:

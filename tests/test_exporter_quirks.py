@@ -180,3 +180,51 @@ def test_bias_add_folds_into_gemm_with_2d_c_and_beta():
     x = cnn_data(8)
     np.testing.assert_allclose(make_session(r.model).run(None, {"x": x})[0],
                                make_session(m).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def _matmul_head(bias_shape=(10,), rank3=False):
+    """GlobalAveragePool -> Flatten -> MatMul -> Add(bias): a classifier head as PyTorch exports nn.Linear
+    on a 2-D input at opset >= 14 (or a [batch, seq, C] input, where it must stay a MatMul)."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("GlobalAveragePool", ["r1"], ["gap"], name="gap"),
+             helper.make_node("Flatten", ["gap"], ["f"], name="flatten") if not rank3 else
+             helper.make_node("Reshape", ["gap", "shape3"], ["f"], name="to3d"),
+             helper.make_node("MatMul", ["f", "wm"], ["mm_out"], name="head"),
+             helper.make_node("Add", ["mm_out", "bm"], ["y"], name="head_bias")]
+    inits = [numpy_helper.from_array((rng.normal(size=(16, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.normal(size=(16, 10)) * 0.3).astype(np.float32), "wm"),
+             numpy_helper.from_array(rng.normal(size=bias_shape).astype(np.float32), "bm"),
+             numpy_helper.from_array(np.array([0, 1, 16], np.int64), "shape3")]
+    out = ["N", 1, 10] if rank3 else ["N", 10]
+    return helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 16, 16])],
+                                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out)], inits),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("bias_shape", [(10,), (1, 10), (1,)])
+def test_2d_matmul_with_bias_add_becomes_an_integer_gemm(tmp_path, bias_shape):
+    """ONNX Runtime turns a 2-D MatMul + bias Add into a float Gemm at load time, after the Q/DQ are in
+    place, so the head ran in float behind DequantizeLinear (seen on the transformer sample).  prepare makes
+    it a Gemm first: its bias becomes int32 and it runs as QGemm; same outputs as before in FP32."""
+    from quantcli.transforms.prepare import matmul_add_to_gemm
+
+    m = _matmul_head(bias_shape)
+    r = matmul_add_to_gemm(m)
+    assert r.changed == ["1 MatMul + bias Add pair(s) turned into Gemm"]
+    head = next(n for n in r.model.graph.node if n.name == "head")
+    assert head.op_type == "Gemm" and head.output[0] == "y" and not any(n.name == "head_bias" for n in r.model.graph.node)
+    x = cnn_data(8)
+    np.testing.assert_allclose(make_session(r.model).run(None, {"x": x})[0], make_session(m).run(None, {"x": x})[0],
+                               rtol=1e-5, atol=1e-5)
+    q = _convert(tmp_path, m)
+    assert q.coverage.integer_kernels.get("QGemm") == 1 and not q.coverage.float_heavy_nodes
+    assert q.coverage.mac_share == 1.0
+
+
+def test_3d_matmul_with_bias_add_stays_a_matmul():
+    from quantcli.transforms.prepare import matmul_add_to_gemm
+
+    assert not matmul_add_to_gemm(_matmul_head(rank3=True)).changed  # MatMulIntegerToFloat takes its bias
+    assert not matmul_add_to_gemm(_matmul_head(bias_shape=(1, 1, 10))).changed  # would broadcast to rank 3

@@ -5,6 +5,10 @@
 * Initializers also listed as graph inputs (IR < 4 style) are dropped from the inputs, so they are
   treated as the constants they are.
 * Nodes without a name get a stable one (``<OpType>_<index>``) so reports and ``--exclude`` can name them.
+* A 2-D ``MatMul`` followed by the ``Add`` of a bias vector becomes one ``Gemm`` (as ONNX Runtime's own
+  MatMulAddFusion would do at load time, but then *after* the Q/DQ are in place, leaving a float Gemm
+  behind dequantized inputs: a classifier head paid Q/DQ and ran in float).  As a Gemm its bias is
+  quantized to int32 and the layer fuses into QGemm.
 * A bias applied by a separate ``Add`` of a per-channel constant after a Conv or Gemm (Paddle2ONNX's
   ``elementwise_add`` with a ``[1, C, 1, 1]`` constant, Keras-style exports) moves into the layer's bias, so
   the layer fuses with the Relu after it and no float Add sits between two integer kernels.
@@ -72,6 +76,52 @@ def name_nodes(model: onnx.ModelProto) -> PassResult:
             node.name = unique_name(f"{node.op_type}_{i}", taken)
             count += 1
     return PassResult(model, [f"{count} unnamed node(s) given names"] if count else [])
+
+
+def matmul_add_to_gemm(model: onnx.ModelProto) -> PassResult:
+    """MatMul(A, B) -> Add(bias) becomes Gemm(A, B, bias) where that computes the same thing: A has rank 2
+    (from shape inference; unknown ranks are left alone), B is a 2-D float32 constant, the bias a float32
+    constant of shape [N], [1, N] or a scalar, and the MatMul's output feeds only the Add.  The Gemm keeps
+    the MatMul's name and writes the Add's output."""
+    model = copy.deepcopy(model)
+    g = model.graph
+    idx = GraphIndex(g)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return PassResult(model)
+    rank = {vi.name: len(vi.type.tensor_type.shape.dim)
+            for vi in list(inferred.graph.input) + list(inferred.graph.value_info)
+            if vi.type.tensor_type.HasField("shape")}
+    removed, fused = set(), []
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    for node in g.node:
+        if node.op_type != "MatMul" or rank.get(node.input[0]) != 2:
+            continue
+        w = idx.const(node.input[1])
+        add = idx.single_consumer(node.output[0])
+        if w is None or w.ndim != 2 or w.dtype != np.float32 or add is None or add.op_type != "Add":
+            continue
+        other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        c = idx.const(other)
+        if c is None or c.dtype != np.float32 or c.ndim > 2:  # a rank-3 constant would broadcast the output up
+            continue
+        bias = _per_channel(c, w.shape[1], conv=False, rank=2)
+        if bias is None:
+            continue
+        name = unique_name(f"{node.name}_bias", taken)
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(bias.reshape(-1)), name))
+        node.op_type = "Gemm"
+        node.input.append(name)
+        node.output[0] = add.output[0]
+        removed.add(add.output[0])
+        fused.append(node.name)
+    if fused:
+        keep = [n for n in g.node if not (n.op_type == "Add" and n.output[0] in removed)]
+        del g.node[:]
+        g.node.extend(keep)
+        remove_unused_initializers(g)
+    return PassResult(model, [f"{len(fused)} MatMul + bias Add pair(s) turned into Gemm"] if fused else [])
 
 
 def gemm_bias_to_1d(model: onnx.ModelProto) -> PassResult:
