@@ -183,8 +183,15 @@ def static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: b
         qplan = plan(work, dataclasses.replace(qplan_options, exclude=qplan_options.exclude + tuple(conflicts)))
         qplan.float_nodes.update(conflicts)
         ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
-    ranges = _node_method_ranges(work, qplan, ranges, artifact, settings, symmetric)
     options = QDQOptions(symmetric_activations=symmetric, reduce_range=reduce_range)
+    unfused = _unfused(work, qplan, ranges, options)
+    if unfused:  # ONNX Runtime would run these in float behind their Q/DQ: plan again with them in float
+        qplan = plan(work, dataclasses.replace(qplan_options, exclude=qplan_options.exclude + tuple(conflicts)
+                                               + tuple(unfused)))
+        qplan.float_nodes.update(conflicts)
+        qplan.float_nodes.update({n: UNFUSED_REASON for n in unfused})
+        ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
+    ranges = _node_method_ranges(work, qplan, ranges, artifact, settings, symmetric)
     axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
     layers = [n.name for n in work.graph.node if n.name in axes]
     report: list[str] = []
@@ -213,6 +220,19 @@ def static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: b
     if by_precision[NodePrecision.FP16]:
         qdq = _half_nodes(qdq, by_precision[NodePrecision.FP16])
     return qplan, qdq, report
+
+
+UNFUSED_REASON = "ONNX Runtime would run it in float behind its Q/DQ (no integer kernel for it here)"
+
+
+def _unfused(work: onnx.ModelProto, qplan: QuantPlan, ranges: dict, options: QDQOptions) -> list[str]:
+    """Heavy nodes of the plan that ONNX Runtime's CPU optimizer does not fuse into an integer kernel
+    (checked on a probe Q/DQ model: fusion depends on the graph, not on the exact ranges)."""
+    from .quantize.policy import HEAVY
+    from .validate.coverage import unfused_heavy
+
+    heavy = [n for n, op in qplan.quantized_nodes.items() if op in HEAVY]
+    return unfused_heavy(insert_qdq(work, qplan, ranges, options).model, heavy) if heavy else []
 
 
 def _node_tensors(model: onnx.ModelProto, qplan: QuantPlan, pattern: str) -> set[str]:

@@ -191,3 +191,34 @@ def test_mac_counts_where_shape_inference_loses_a_dim():
     assert heavy_macs(m, {"x": x.shape}) == {}  # what shape inference alone gives
     assert heavy_macs(m, {"x": x.shape}, {"x": x}) == {"proj": 1 * 1 * 4 * 8}
     assert heavy_macs(m, {"x": (2, 5, 8)}, {"x": np.zeros((2, 5, 8), np.float32)}) == {"proj": 2 * 5 * 4 * 8}
+
+
+def test_nodes_onnx_runtime_would_not_fuse_stay_float(tmp_path):
+    """A 2-D MatMul of two activations followed by a bias Add: ONNX Runtime rewrites it into a float Gemm
+    before its Q/DQ fusion, so Q/DQ on it would only cost time and precision.  convert checks the plan
+    against ONNX Runtime's optimizer and keeps such nodes in float, saying why."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantcli import pipeline
+    from quantcli.int8 import UNFUSED_REASON
+    from quantcli.recipe import CalibrateSettings, ConvertSettings
+
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["h"], name="proj"),  # fuses
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("Transpose", ["hr"], ["hrt"], name="t"),
+             helper.make_node("MatMul", ["hrt", "hr"], ["gram"], name="gram"),  # two activations: fuses
+             helper.make_node("MatMul", ["hr", "gram"], ["s"], name="mix"),  # two activations + bias Add
+             helper.make_node("Add", ["s", "bias"], ["y"], name="mix_bias")]
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(8,)).astype(np.float32), "bias")]
+    m = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", a=rng.normal(size=(64, 8)).astype(np.float32))
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(),
+                         calib_settings=CalibrateSettings(data=str(tmp_path / "c.npz")))
+    assert r.float_nodes.get("mix") == UNFUSED_REASON
+    assert {"proj", "gram"} <= set(r.quantized_nodes) and r.coverage.float_heavy_nodes == ["mix"]
+    assert r.coverage.dq_left == 1  # mix reads hr through one DequantizeLinear: no Q/DQ of its own

@@ -113,26 +113,39 @@ def int8_coverage(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...
     """
     macs = heavy_macs(reference if reference is not None else model, input_shapes, feeds)
     opt = optimized_model(model, level="extended")
-    producers = {o: n for n in opt.graph.node for o in n.output}
-    by_name = {n.name: n for n in opt.graph.node}
     integer_nodes: dict[str, int] = {}
     for n in opt.graph.node:
         if n.op_type in INTEGER_OPS:
             integer_nodes[n.op_type] = integer_nodes.get(n.op_type, 0) + 1
     inits = {t.name for t in opt.graph.initializer}
     dq_left = sum(1 for n in opt.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits)
-    total = sum(macs.values())
     integer = 0
     float_heavy = []
+    for name, fused in _integer_status(model, opt).items():
+        if fused:
+            integer += macs.get(name.removesuffix("_MatMulInteger"), 0)
+        else:
+            float_heavy.append(name)
+    return Coverage(integer_nodes, float_heavy, dq_left, sum(macs.values()), integer)
+
+
+def unfused_heavy(model: onnx.ModelProto, nodes: list[str]) -> list[str]:
+    """Which of ``nodes`` (heavy nodes given Q/DQ in ``model``) ONNX Runtime still runs in float: there the
+    Q/DQ only cost time and precision."""
+    status = _integer_status(model, optimized_model(model, level="extended"))
+    return [n for n in nodes if status.get(n) is False]
+
+
+def _integer_status(model: onnx.ModelProto, opt: onnx.ModelProto) -> dict[str, bool]:
+    """For each heavy node of ``model``: does it run in an integer kernel in ``opt``, ONNX Runtime's
+    optimized graph of it?  Fused kernels keep the node's name; else found by the tensor it writes."""
+    producers = {o: n for n in opt.graph.node for o in n.output}
+    by_name = {n.name: n for n in opt.graph.node}
+    status: dict[str, bool] = {}
     for node in model.graph.node:
         if node.op_type not in HEAVY:
             continue
-        m = macs.get(node.name.removesuffix("_MatMulInteger"), 0)
-        # fused kernels keep the node's name; fall back to the tensor it writes
         out = node.output[0]
         fused = by_name.get(node.name) or producers.get(f"{out}_quantized") or producers.get(out)
-        if node.op_type in INTEGER_OPS or (fused is not None and fused.op_type in INTEGER_OPS):
-            integer += m
-        else:
-            float_heavy.append(node.name)
-    return Coverage(integer_nodes, float_heavy, dq_left, total, integer)
+        status[node.name] = node.op_type in INTEGER_OPS or (fused is not None and fused.op_type in INTEGER_OPS)
+    return status
