@@ -222,3 +222,39 @@ def test_nodes_onnx_runtime_would_not_fuse_stay_float(tmp_path):
     assert r.float_nodes.get("mix") == UNFUSED_REASON
     assert {"proj", "gram"} <= set(r.quantized_nodes) and r.coverage.float_heavy_nodes == ["mix"]
     assert r.coverage.dq_left == 1  # mix reads hr through one DequantizeLinear: no Q/DQ of its own
+
+
+def test_float_consumers_read_exact_tensors_from_float_producers():
+    """A LayerNorm output feeding a MatMul (quantized) and a residual Add (float): the Add reads the exact
+    float tensor, not its rounded copy, so no DequantizeLinear runs for it; a quantized producer's output
+    (only int8 once fused) is still read dequantized by float consumers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["ln"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["ln", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["ln", "h"], ["y"], name="residual")]
+    inits = [numpy_helper.from_array(np.ones(16, np.float32), "g"), numpy_helper.from_array(np.zeros(16, np.float32), "b"),
+             numpy_helper.from_array((rng.normal(size=(16, 16)) * 0.1).astype(np.float32), "w")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16])],
+                                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16])], inits),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(size=(8, 4, 16)).astype(np.float32)
+    q, p = _quantize(m, {"x": x})
+    assert p.quantized_nodes == {"mm": "MatMul"}
+    by_name = {n.name: n for n in q.graph.node}
+    assert list(by_name["residual"].input) == ["ln", "h"] and by_name["mm"].input[0] == "ln_dequantized"
+    cov = int8_coverage(q, {"x": (1, 4, 16)})
+    assert cov.mac_share == 1.0 and cov.dq_left == 0
+    ref = make_session(m).run(None, {"x": x})[0]
+    assert _sqnr(ref, make_session(q).run(None, {"x": x})[0]) > 35
+    # a quantized MatMul's output, read by another MatMul and by a float Sigmoid: the Sigmoid reads it dequantized
+    nodes2 = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm1"),
+              helper.make_node("MatMul", ["h", "w"], ["h2"], name="mm2"),
+              helper.make_node("Sigmoid", ["h"], ["s"], name="sig"),
+              helper.make_node("Add", ["s", "h2"], ["y"], name="out")]
+    m2 = helper.make_model(helper.make_graph(nodes2, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16])],
+                                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16])], inits[2:]),
+                           opset_imports=[helper.make_opsetid("", 17)])
+    q2, _ = _quantize(m2, {"x": x})
+    assert [n for n in q2.graph.node if n.name == "sig"][0].input[0] == "h_dequantized"

@@ -4,8 +4,9 @@ One pass, in topological order:
 
 * absorbed Relu/Clip nodes are removed and their producer writes their output name;
 * each planned activation tensor ``T`` gets ``T -> QuantizeLinear -> T_quantized -> DequantizeLinear ->
-  T_dequantized`` right after its producer, and every consumer reads ``T_dequantized`` (a graph output
-  keeps the exact float ``T``);
+  T_dequantized`` right after its producer; quantized consumers read ``T_dequantized``, float consumers
+  too where ``T``'s producer is quantized (it exists only as int8 once fused), else the exact ``T`` (a graph
+  output always keeps the exact float ``T``);
 * each planned weight becomes an int8 initializer ``W_quantized`` read through a DequantizeLinear
   (``axis`` = output-channel axis when per channel); each bias an int32 initializer with
   ``scale = input_scale * weight_scale`` and zero point 0.
@@ -92,12 +93,17 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, tuple[
             helper.make_node("DequantizeLinear", [f"{t}_quantized", scale_name, zp_name], [f"{t}_dequantized"],
                              name=f"{t}_DequantizeLinear"),
         ]
-    rewired = 0
+    # quantized consumers read T_dequantized (ONNX Runtime fuses that DequantizeLinear into their integer
+    # kernel); a float consumer reads the exact T where T's producer runs in float anyway (a LayerNorm
+    # feeding both a MatMul and a residual Add): no DequantizeLinear to run for it, no rounding on its path.
+    # Where the producer is quantized, T exists only as int8 once fused, so float consumers read it dequantized.
+    float_source = {t for t in targets if t in idx.graph_inputs
+                    or (t in idx.producer and idx.producer[t].name not in plan.quantized_nodes)}
     for node in g.node:
+        quantized = node.name in plan.quantized_nodes
         for i, name in enumerate(node.input):
-            if name in targets:
+            if name in targets and (quantized or name not in float_source):
                 node.input[i] = f"{name}_dequantized"
-                rewired += 1
     ordered: list[onnx.NodeProto] = list(const_nodes)
     for t in sorted(targets & idx.graph_inputs):
         ordered.extend(q_nodes[t])
