@@ -55,6 +55,13 @@ class CpuInfo:
         return self.is_x86 and not self.has_vnni
 
     @property
+    def int8_compute_fast(self) -> bool:
+        """Integer kernels compute faster than FP32 here (x86 VNNI/AMX, ARM dot product / i8mm)."""
+        if self.is_x86:
+            return self.has_vnni
+        return any(f in self.flags for f in ("asimddp", "i8mm"))
+
+    @property
     def int8_speed_note(self) -> str | None:
         """Why integer kernels will not beat FP32 on this CPU, or None where they are expected to.
 

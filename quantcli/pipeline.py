@@ -25,9 +25,9 @@ from .errors import InternalError, QuantcliError
 from .int8 import auto_weight_granularity, builder, eval_dataset, mixed_precision, sensitivities_alone
 from .manifest import build_manifest
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
-from .quantize.policy import PlanOptions, plan, resolve_presets
-from .recipe import (AcceptSettings, Activations, CalibrateSettings, NodePrecision, to_plain, CompareSettings, ConvertSettings, Mode, Precision, Recipe,
-                     ReduceRange, Weights)
+from .quantize.policy import ACT_MATMUL_REASON, PlanOptions, plan, resolve_presets
+from .recipe import (AcceptSettings, ActMatmul, Activations, CalibrateSettings, NodePrecision, to_plain, CompareSettings,
+                     ConvertSettings, Mode, Precision, Recipe, ReduceRange, Weights)
 from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, InspectResult,
                       OutputCheck, OutputFidelity, RunResult)
 from .runtime.bench import compare_latency
@@ -213,6 +213,11 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
                                                                        bc_report, build, artifact, calib_settings,
                                                                        notes)
             transforms += bc_report
+            act_float = [n for n, why in qplan.float_nodes.items() if why == ACT_MATMUL_REASON]
+            if act_float and settings.act_matmul == ActMatmul.AUTO:
+                notes.append(f"act-matmul auto: {len(act_float)} MatMul(s) of two activations (attention) kept float: "
+                             "this CPU computes int8 no faster than FP32, so quantizing their inputs at run time "
+                             "would only add time; --act-matmul int8 quantizes them")
             if bc_report:
                 notes.append(f"bias correction ({settings.bias_correction.value}): "
                              f"{sum('shifted' in line for line in bc_report)} layer(s) corrected")

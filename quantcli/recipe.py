@@ -5,7 +5,7 @@ Schema (every key optional; flags given on the command line override the recipe)
     description = "..."
     [run]         model, output, calibration          (quantcli run)
     [calibrate]   data, samples, batch_size, method, percentile, bins
-    [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range, cle,
+    [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range, act_matmul, cle,
                   bias_correction, max_drop, eval_data, and [[convert.nodes]] tables of
                   match, precision (int8|fp16|fp32), weights, method, percentile
     [compare]     data, labels, max_drop, threads, runs, warmup
@@ -66,6 +66,12 @@ class BiasCorrection(str, enum.Enum):
     ANALYTIC = "analytic"
 
 
+class ActMatmul(str, enum.Enum):
+    AUTO = "auto"
+    INT8 = "int8"
+    FLOAT = "float"
+
+
 class ReduceRange(str, enum.Enum):
     AUTO = "auto"
     ON = "on"
@@ -113,6 +119,7 @@ class ConvertSettings:
     method: Method | None = None       # re-derive ranges from the artifact's statistics with another method
     percentile: float | None = None
     reduce_range: ReduceRange = ReduceRange.AUTO
+    act_matmul: ActMatmul = ActMatmul.AUTO  # MatMuls of two activations (attention): auto = float where int8 is not faster
     cle: bool = True                    # cross-layer equalization (also applied by calibrate: keep them equal)
     bias_correction: BiasCorrection = BiasCorrection.EMPIRICAL  # analytic when no calibration data is at hand
     max_drop: float | None = None       # mixed precision: keep the fewest sensitive nodes float within this budget

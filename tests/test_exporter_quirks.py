@@ -8,7 +8,9 @@ from onnx import helper, numpy_helper
 
 from models import cnn_data, detector_head, masked_attention, small_cnn
 from quantcli import pipeline
-from quantcli.recipe import CalibrateSettings, ConvertSettings
+from quantcli.cpu import detect
+from quantcli.quantize.policy import ACT_MATMUL_REASON
+from quantcli.recipe import ActMatmul, CalibrateSettings, ConvertSettings
 from quantcli.runtime.session import make_session
 
 
@@ -88,12 +90,24 @@ def test_additive_attention_mask_int64_input_and_odd_symbolic_dims(tmp_path):
 
     np.savez(tmp_path / "c.npz", **data(32))
     cal = pipeline.calibrate(tmp_path / "m.onnx", tmp_path / "c.json", CalibrateSettings(data=str(tmp_path / "c.npz")))
-    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(), calibration=cal.output)
-    assert "mask_add" in r.float_nodes and "mask_bias" in r.float_nodes
-    assert r.coverage.mac_share == 1.0 and len(r.quantized_nodes) == 6
     feeds = data(8)
     ref = make_session(m).run(None, feeds)[0]
+    # attention quantized too (--act-matmul int8): the scores/probabilities matmuls take ranges around the mask
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(act_matmul=ActMatmul.INT8),
+                         calibration=cal.output)
+    assert "mask_add" in r.float_nodes and "mask_bias" in r.float_nodes
+    assert r.coverage.mac_share == 1.0 and len(r.quantized_nodes) == 6
     got = make_session(str(tmp_path / "q.onnx")).run(None, feeds)[0]
+    assert np.isfinite(got).all() and _sqnr(ref, got) > 25
+    # the default: attention in int8 only where the CPU computes int8 faster than FP32
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q2.onnx", ConvertSettings(), calibration=cal.output)
+    attention = {"scores", "context"}
+    if detect().int8_compute_fast:
+        assert attention <= set(r.quantized_nodes)
+    else:
+        assert all(r.float_nodes[n] == ACT_MATMUL_REASON for n in attention) and set(r.coverage.float_heavy_nodes) == attention
+        assert any(n.startswith("act-matmul auto: 2 MatMul(s)") for n in r.notes)
+    got = make_session(str(tmp_path / "q2.onnx")).run(None, feeds)[0]
     assert np.isfinite(got).all() and _sqnr(ref, got) > 25
 
 

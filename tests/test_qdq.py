@@ -201,7 +201,7 @@ def test_nodes_onnx_runtime_would_not_fuse_stay_float(tmp_path):
 
     from quantcli import pipeline
     from quantcli.int8 import UNFUSED_REASON
-    from quantcli.recipe import CalibrateSettings, ConvertSettings
+    from quantcli.recipe import ActMatmul, CalibrateSettings, ConvertSettings
 
     rng = np.random.default_rng(5)
     nodes = [helper.make_node("MatMul", ["a", "w"], ["h"], name="proj"),  # fuses
@@ -217,7 +217,7 @@ def test_nodes_onnx_runtime_would_not_fuse_stay_float(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits), opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(m, tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", a=rng.normal(size=(64, 8)).astype(np.float32))
-    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(),
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(act_matmul=ActMatmul.INT8),
                          calib_settings=CalibrateSettings(data=str(tmp_path / "c.npz")))
     assert r.float_nodes.get("mix") == UNFUSED_REASON
     assert {"proj", "gram"} <= set(r.quantized_nodes) and r.coverage.float_heavy_nodes == ["mix"]

@@ -9,7 +9,7 @@ import typer
 
 from .. import pipeline
 from ..errors import ExitCode
-from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange, Weights, load_recipe, merge,
+from ..recipe import (ActMatmul, Activations, BiasCorrection, Mode, Precision, ReduceRange, Weights, load_recipe, merge,
                       parse_node_rule)
 from ..report.render import render_convert
 from . import options as o
@@ -43,6 +43,10 @@ def convert(
     reduce_range: Optional[ReduceRange] = typer.Option(None, "--reduce-range",
                                                        help="7-bit weights: auto (on x86 without VNNI), on, off.",
                                                        show_default=False),
+    act_matmul: Optional[ActMatmul] = typer.Option(
+        None, "--act-matmul", help="MatMuls of two activations (attention's Q.K and P.V): auto (int8 where the CPU "
+                                   "has VNNI/AMX/dot product, else float: quantizing both inputs at run time only "
+                                   "adds time there), int8, float.", show_default=False),
     cle: Optional[bool] = o.Cle,
     bias_correction: Optional[BiasCorrection] = typer.Option(
         None, "--bias-correction", help="Remove the output shift weight quantization causes: empirical (on "
@@ -65,7 +69,7 @@ def convert(
         r = load_recipe(recipe)
         settings = merge(r.convert, weights=weights, activations=activations, precision=precision, mode=mode,
                          exclude=exclude, method=method, percentile=percentile, reduce_range=reduce_range,
-                         cle=cle, bias_correction=bias_correction, max_drop=max_drop,
+                         act_matmul=act_matmul, cle=cle, bias_correction=bias_correction, max_drop=max_drop,
                          nodes=[parse_node_rule(t) for t in node] if node else None,
                          eval_data=str(eval_data) if eval_data else None)
         calib = merge(r.calibrate, data=str(data) if data else None)

@@ -32,6 +32,8 @@ import onnx
 from ..transforms.graph import GraphIndex, attr, float_tensors
 
 HEAVY = {"Conv", "MatMul", "Gemm"}
+ACT_MATMUL_REASON = ("MatMul of two activations: quantizing both inputs at run time costs more than "
+                     "an integer kernel saves on this CPU (--act-matmul int8 quantizes it)")
 CHEAP = {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool"}
 LAYOUT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool"}
 ABSORBABLE = {"Relu", "Clip"}
@@ -81,6 +83,7 @@ class PlanOptions:
     exclude: tuple[str, ...] = ()
     only: tuple[str, ...] | None = None  # quantize just these heavy nodes (sensitivity analysis)
     granularity: tuple[tuple[str, bool], ...] = ()  # (pattern, per_channel) per-node weight granularity
+    act_matmul: bool = True  # quantize MatMuls of two activations (attention's Q.K^T and P.V)
 
 
 def resolve_presets(model: onnx.ModelProto, patterns: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -129,6 +132,8 @@ def plan(model: onnx.ModelProto, options: PlanOptions = PlanOptions()) -> QuantP
         if options.only is not None and node.name not in options.only:
             continue
         why = _heavy_reason(node, idx, is_act)
+        if not why and not options.act_matmul and node.op_type == "MatMul" and all(is_act(i) for i in node.input[:2]):
+            why = ACT_MATMUL_REASON
         if why:
             p.float_nodes[node.name] = why
             continue
