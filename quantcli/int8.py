@@ -19,7 +19,8 @@ import onnx
 from .calibration.artifact import CalibrationArtifact
 from .data.sources import Dataset, input_specs
 from .errors import QuantcliError
-from .quantize.policy import PlanOptions, QuantPlan, is_excluded, plan, range_conflicts, resolve_presets
+from .quantize.policy import (ACT_MATMUL_REASON, PlanOptions, QuantPlan, is_excluded, plan, range_conflicts,
+                              resolve_presets)
 from .quantize.qdq import QDQOptions, insert_qdq
 from .cpu import detect as detect_cpu
 from .recipe import (ActMatmul, Activations, BiasCorrection, CalibrateSettings, ConvertSettings, NodePrecision,
@@ -178,19 +179,27 @@ def static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: b
                                 exclude=resolve_presets(work, settings.exclude), only=only,
                                 granularity=tuple(granularity.items()), act_matmul=quantize_act_matmul(settings))
     qplan = plan(work, qplan_options)
+    reasons: dict[str, str] = {}  # nodes planned float here, and why (kept through the re-plans below)
+    if qplan_options.act_matmul and any(t not in artifact.observers for t in qplan.calibrated_tensors()):
+        alt = plan(work, dataclasses.replace(qplan_options, act_matmul=False))
+        if all(t in artifact.observers for t in alt.calibrated_tensors()):  # calibrated for attention in float
+            qplan_options, qplan = dataclasses.replace(qplan_options, act_matmul=False), alt
+            reasons.update({n: NO_ACT_RANGES_REASON for n, why in alt.float_nodes.items() if why == ACT_MATMUL_REASON})
+    qplan.float_nodes.update(reasons)
     ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
     conflicts = range_conflicts(work, qplan, ranges)
     if conflicts:  # plan again with those nodes in float, and say why
+        reasons.update(conflicts)
         qplan = plan(work, dataclasses.replace(qplan_options, exclude=qplan_options.exclude + tuple(conflicts)))
-        qplan.float_nodes.update(conflicts)
+        qplan.float_nodes.update(reasons)
         ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
     options = QDQOptions(symmetric_activations=symmetric, reduce_range=reduce_range)
     unfused = _unfused(work, qplan, ranges, options)
     if unfused:  # ONNX Runtime would run these in float behind their Q/DQ: plan again with them in float
+        reasons.update({n: UNFUSED_REASON for n in unfused})
         qplan = plan(work, dataclasses.replace(qplan_options, exclude=qplan_options.exclude + tuple(conflicts)
                                                + tuple(unfused)))
-        qplan.float_nodes.update(conflicts)
-        qplan.float_nodes.update({n: UNFUSED_REASON for n in unfused})
+        qplan.float_nodes.update(reasons)
         ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
     ranges = _node_method_ranges(work, qplan, ranges, artifact, settings, symmetric)
     axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
@@ -232,6 +241,8 @@ def quantize_act_matmul(settings: ConvertSettings) -> bool:
     return settings.act_matmul == ActMatmul.INT8
 
 
+NO_ACT_RANGES_REASON = ("MatMul of two activations: the calibration has no ranges for its inputs (made with "
+                        "attention in float; re-run calibrate with --act-matmul int8)")
 UNFUSED_REASON = "ONNX Runtime would run it in float behind its Q/DQ (no integer kernel for it here)"
 
 

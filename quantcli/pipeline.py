@@ -22,7 +22,8 @@ from .calibration.collect import collect_statistics
 from .cpu import detect as detect_cpu
 from .data.sources import Dataset, input_specs
 from .errors import InternalError, QuantcliError
-from .int8 import auto_weight_granularity, builder, eval_dataset, mixed_precision, sensitivities_alone
+from .int8 import (auto_weight_granularity, builder, eval_dataset, mixed_precision, quantize_act_matmul,
+                   sensitivities_alone)
 from .manifest import build_manifest
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
 from .quantize.policy import ACT_MATMUL_REASON, PlanOptions, plan, resolve_presets
@@ -87,14 +88,19 @@ def prepare(model: onnx.ModelProto, *, cle: bool = False) -> Prepared:
     return prepared
 
 
-def calibration_tensors(prepared: onnx.ModelProto, activations: Activations = Activations.ASYMMETRIC) -> list[str]:
+def calibration_tensors(prepared: onnx.ModelProto, activations: Activations = Activations.ASYMMETRIC,
+                        act_matmul: bool | None = None) -> list[str]:
     """The tensors convert needs ranges for with this activation scheme, plus the outputs of layout ops
     (which normally share their input's range but need their own when ``--exclude`` cuts them off).
 
     Asymmetric activations absorb Relu/Clip into their producer's range, so the producer's own output
-    is not needed: tapping fewer tensors keeps ONNX Runtime's Conv+Relu fusions in the tap model.
+    is not needed: tapping fewer tensors keeps ONNX Runtime's Conv+Relu fusions in the tap model.  The
+    inputs of MatMuls of two activations are observed only where convert will quantize them (``act_matmul``,
+    default: what ``--act-matmul auto`` decides on this CPU).
     """
-    p = plan(prepared, PlanOptions(symmetric_activations=activations == Activations.SYMMETRIC))
+    if act_matmul is None:
+        act_matmul = quantize_act_matmul(ConvertSettings())
+    p = plan(prepared, PlanOptions(symmetric_activations=activations == Activations.SYMMETRIC, act_matmul=act_matmul))
     return sorted(set(p.calibrated_tensors()) | set(p.shared))
 
 
@@ -126,7 +132,8 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
                      prepared: onnx.ModelProto | None = None) -> tuple[CalibrationArtifact, float]:
     dataset = _open_dataset(settings.data, model, "calibrate")
     prepared = prepared if prepared is not None else prepare(model, cle=conv.cle).model
-    tensors = tensors if tensors is not None else calibration_tensors(prepared, conv.activations)
+    act_matmul = quantize_act_matmul(conv)
+    tensors = tensors if tensors is not None else calibration_tensors(prepared, conv.activations, act_matmul)
     if not tensors:
         raise QuantcliError(f"{model_path}: nothing to calibrate (no quantizable Conv/MatMul/Gemm with float inputs)")
     bs = dataset.default_batch_size(settings.batch_size)
@@ -139,7 +146,7 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
                                                        on_batch=advance)
     cal_settings = {"method": settings.method.value, "percentile": settings.percentile, "bins": settings.bins,
                     "batch_size": bs, "data": str(settings.data), "samples": settings.samples,
-                    "activations": conv.activations.value, "cle": conv.cle}
+                    "activations": conv.activations.value, "cle": conv.cle, "act_matmul": act_matmul}
     sha = modelio.file_sha256(model_path)
     artifact = CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
                                    build_manifest(model_path, sha, {"calibrate": cal_settings}))

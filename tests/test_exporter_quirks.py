@@ -9,6 +9,7 @@ from onnx import helper, numpy_helper
 from models import cnn_data, detector_head, masked_attention, small_cnn
 from quantcli import pipeline
 from quantcli.cpu import detect
+from quantcli.int8 import NO_ACT_RANGES_REASON
 from quantcli.quantize.policy import ACT_MATMUL_REASON
 from quantcli.recipe import ActMatmul, CalibrateSettings, ConvertSettings
 from quantcli.runtime.session import make_session
@@ -89,7 +90,8 @@ def test_additive_attention_mask_int64_input_and_odd_symbolic_dims(tmp_path):
         return {"x": x, "attention_mask": mask}
 
     np.savez(tmp_path / "c.npz", **data(32))
-    cal = pipeline.calibrate(tmp_path / "m.onnx", tmp_path / "c.json", CalibrateSettings(data=str(tmp_path / "c.npz")))
+    cal = pipeline.calibrate(tmp_path / "m.onnx", tmp_path / "c.json", CalibrateSettings(data=str(tmp_path / "c.npz")),
+                             convert_settings=ConvertSettings(act_matmul=ActMatmul.INT8))
     feeds = data(8)
     ref = make_session(m).run(None, feeds)[0]
     # attention quantized too (--act-matmul int8): the scores/probabilities matmuls take ranges around the mask
@@ -99,6 +101,13 @@ def test_additive_attention_mask_int64_input_and_odd_symbolic_dims(tmp_path):
     assert r.coverage.mac_share == 1.0 and len(r.quantized_nodes) == 6
     got = make_session(str(tmp_path / "q.onnx")).run(None, feeds)[0]
     assert np.isfinite(got).all() and _sqnr(ref, got) > 25
+    # a calibration made for attention in float has no ranges for its inputs: int8 attention falls back to float
+    cal_float = pipeline.calibrate(tmp_path / "m.onnx", tmp_path / "cf.json", CalibrateSettings(data=str(tmp_path / "c.npz")),
+                                   convert_settings=ConvertSettings(act_matmul=ActMatmul.FLOAT))
+    assert cal_float.tensors < cal.tensors
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q3.onnx", ConvertSettings(act_matmul=ActMatmul.INT8),
+                         calibration=cal_float.output)
+    assert r.float_nodes["scores"] == r.float_nodes["context"] == NO_ACT_RANGES_REASON
     # the default: attention in int8 only where the CPU computes int8 faster than FP32
     r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q2.onnx", ConvertSettings(), calibration=cal.output)
     attention = {"scores", "context"}

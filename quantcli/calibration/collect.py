@@ -51,21 +51,21 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
     session = stats_tap_session(model, tapped, threads=threads) if tapped else None
     hist = hist_samples_per_update(expected_batches)
     observers = {t: TensorObserver(bins=bins, momentum=momentum, hist_samples=hist) for t in tensors}
-    feeds = _Feeder(observers, lower_bounds(model, tensors))
     workers = min(threads or os.cpu_count() or 1, 8)
     pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="quantcli-stats") if workers > 1 else None
+    feeder = _Feeder(observers, lower_bounds(model, tensors), pool, workers)
     try:
         samples = 0
         t0 = time.perf_counter()
         for batch in batches:
             n = len(next(iter(batch.values())))
             values = run(session, batch, what="calibration (tap) model") if session is not None else []
-            feeds.add(list(zip(tapped, values)) + [(name, batch[name]) for name in fed], pool, workers)
+            feeder.add(list(zip(tapped, values)) + [(name, batch[name]) for name in fed])
             del values
             samples += n
             if on_batch:
                 on_batch(n)
-        feeds.flush(pool, workers)
+        feeder.flush()
         return observers, samples, time.perf_counter() - t0
     finally:
         if pool is not None:
@@ -93,13 +93,15 @@ def lower_bounds(model: onnx.ModelProto, tensors: list[str]) -> dict[str, float]
 class _Feeder:
     """Routes each batch's values to the observers: small tensors through a bounded buffer of batches."""
 
-    def __init__(self, observers: dict[str, TensorObserver], bounds: dict[str, float]) -> None:
+    def __init__(self, observers: dict[str, TensorObserver], bounds: dict[str, float],
+                 pool: ThreadPoolExecutor | None, workers: int) -> None:
         self.observers = observers
         self.bounds = bounds
+        self.pool, self.workers = pool, workers
         self.pending: dict[str, list[np.ndarray]] = {}
         self.held: dict[str, int] = {}
 
-    def add(self, values: list[tuple[str, np.ndarray]], pool: ThreadPoolExecutor | None, workers: int) -> None:
+    def add(self, values: list[tuple[str, np.ndarray]]) -> None:
         work: list[tuple[str, list[np.ndarray]]] = []
         for name, value in values:
             if 4 * value.size > GROUP_VALUES:
@@ -110,29 +112,28 @@ class _Feeder:
             if self.held[name] >= GROUP_VALUES:
                 work.append((name, self.pending.pop(name)))
                 del self.held[name]
-        self._observe(work, pool, workers)
+        self._observe(work)
 
-    def flush(self, pool: ThreadPoolExecutor | None, workers: int) -> None:
+    def flush(self) -> None:
         work = sorted(self.pending.items())
         self.pending, self.held = {}, {}
-        self._observe(work, pool, workers)
+        self._observe(work)
 
-    def _observe(self, work: list[tuple[str, list[np.ndarray]]], pool: ThreadPoolExecutor | None,
-                 workers: int) -> None:
-        """Update the observers of ``work`` on ``workers`` threads (the pool's and this one) in
-        size-balanced groups, or on this thread alone when there is little to do."""
+    def _observe(self, work: list[tuple[str, list[np.ndarray]]]) -> None:
+        """Update the observers of ``work``: tensors of at least PARALLEL_VALUES values spread over the
+        threads (the pool's and this one) by size, the rest on this thread."""
         def do(item: tuple[str, list[np.ndarray]]) -> None:
             name, xs = item
             self.observers[name].update_many(xs, self.bounds.get(name))
 
         sizes = [sum(x.size for x in xs) for _, xs in work]
         big = [i for i in range(len(work)) if sizes[i] >= PARALLEL_VALUES]
+        pool, workers = self.pool, self.workers
         if pool is None or len(big) < 2:
             for item in work:
                 do(item)
             return
-        # large tensors spread over the threads by size; small ones (mostly numpy's per-call cost, under the
-        # GIL: threads only slow them down) on this thread
+        # small tensors are mostly numpy's per-call cost, under the GIL: threads only slow them down
         groups: list[list[int]] = [[] for _ in range(workers)]
         load = [0] * len(groups)
         for i in sorted(big, key=lambda i: -sizes[i]):

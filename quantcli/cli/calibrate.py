@@ -29,6 +29,7 @@ def calibrate(
                                                       help="The activation scheme convert will use (default: the "
                                                            "recipe's [convert] activations, else asymmetric).",
                                                       show_default=False),
+    act_matmul: o.OptActMatmul = o.ActMatmulOpt,
     cle: Optional[bool] = o.Cle,
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
@@ -40,7 +41,7 @@ def calibrate(
         r = load_recipe(recipe)
         settings = merge(r.calibrate, data=str(data) if data else None, samples=samples, batch_size=batch_size,
                          method=method, percentile=percentile)
-        conv = merge(r.convert, activations=activations, cle=cle)
+        conv = merge(r.convert, activations=activations, act_matmul=act_matmul, cle=cle)
         result = pipeline.calibrate(model, output, settings, convert_settings=conv, progress=ui.progress)
         render_calibration(result, ui.out)
         write_reports(result, json_path=json_out)

@@ -9,7 +9,7 @@ import typer
 
 from .. import pipeline
 from ..errors import ExitCode
-from ..recipe import (ActMatmul, Activations, BiasCorrection, Mode, Precision, ReduceRange, Weights, load_recipe, merge,
+from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange, Weights, load_recipe, merge,
                       parse_node_rule)
 from ..report.render import render_convert
 from . import options as o
@@ -43,10 +43,7 @@ def convert(
     reduce_range: Optional[ReduceRange] = typer.Option(None, "--reduce-range",
                                                        help="7-bit weights: auto (on x86 without VNNI), on, off.",
                                                        show_default=False),
-    act_matmul: Optional[ActMatmul] = typer.Option(
-        None, "--act-matmul", help="MatMuls of two activations (attention's Q.K and P.V): auto (int8 where the CPU "
-                                   "has VNNI/AMX/dot product, else float: quantizing both inputs at run time only "
-                                   "adds time there), int8, float.", show_default=False),
+    act_matmul: o.OptActMatmul = o.ActMatmulOpt,
     cle: Optional[bool] = o.Cle,
     bias_correction: Optional[BiasCorrection] = typer.Option(
         None, "--bias-correction", help="Remove the output shift weight quantization causes: empirical (on "

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..recipe import Method
+from ..recipe import ActMatmul, Method
 
 Recipe = typer.Option(None, "--recipe", help="TOML recipe; flags given here override it.", show_default=False)
 Json = typer.Option(None, "--json", help="Also write the result as JSON to this file.", show_default=False)
@@ -28,6 +28,11 @@ Quiet = typer.Option(False, "--quiet", "-q", help="Only errors on stderr; no tab
 NoColor = typer.Option(False, "--no-color", help="No colors (also when NO_COLOR or CI is set).")
 MinCoverage = typer.Option(None, "--min-int8-coverage", help="Exit 1 if less than PCT % of the multiply-accumulates "
                                                              "run in integer kernels.", show_default=False)
+OptActMatmul = Optional[ActMatmul]
+ActMatmulOpt = typer.Option(
+    None, "--act-matmul", help="MatMuls of two activations (attention's Q.K and P.V): auto (int8 where the CPU has "
+                               "VNNI/AMX/dot product, else float: quantizing both inputs at run time only adds time "
+                               "there), int8, float. calibrate and convert should agree.", show_default=False)
 Cle = typer.Option(None, "--cle/--no-cle", help="Cross-layer equalization (calibrate and convert must agree).",
                    show_default=False)
 EvalData = typer.Option(None, "--eval-data", help="Data to measure accuracy (labels) or agreement on "
