@@ -174,10 +174,10 @@ def evaluate(paths: dict[str, Path], eval_npz: Path) -> dict[str, dict]:
             "accuracy": float((outs[k].argmax(1) == labels).mean() * 100) if labels is not None else None,
             "agreement": agreement_count(ref, outs[k]) / len(ref) * 100,
             "cosine": fid.cosine,
-            "lat1_ratio": lat1[k].median_ms / lat1["fp32"].median_ms,
-            "lat32_ratio": lat32[k].median_ms / lat32["fp32"].median_ms,
+            "lat1_ratio": lat1[k].ratio_to(lat1["fp32"]),
+            "lat32_ratio": lat32[k].ratio_to(lat32["fp32"]),
             "lat1_ms": lat1[k].median_ms,
-            "lat1_vs_ort": (lat1[k].median_ms / min(lat1[o].median_ms for o in lat1 if o.startswith("ort"))
+            "lat1_vs_ort": (max(lat1[k].ratio_to(lat1[o]) for o in lat1 if o.startswith("ort"))
                             if k == "quantcli" and any(o.startswith("ort") for o in lat1) else None),
             "size_kb": p.stat().st_size / 1024,
             "coverage": None if cov is None else 100 * cov.mac_share,

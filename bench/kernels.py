@@ -101,7 +101,7 @@ def main() -> None:
         for threads in (1, 2):
             sessions = [make_session(m, threads=threads, spinning=False) for m in (model, qmodel)]
             fp32, int8 = measure_latencies(sessions, {"x": x}, runs=200, warmup=20, blocks=10)
-            cells += [f"{fp32.median_ms:.3f}", f"{int8.median_ms / fp32.median_ms:.2f}"]
+            cells += [f"{fp32.median_ms:.3f}", f"{int8.ratio_to(fp32):.2f}"]
         table.add_row(name, *cells)
     console.print(table)
 

@@ -406,7 +406,7 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
             top5 = (100.0 * correct[5][0] / seen, 100.0 * correct[5][1] / seen)
     lat_a, lat_b = compare_latency(sa, sb, first, runs=settings.runs, warmup=settings.warmup)
     notes = []
-    ratio = lat_b.median_ms / lat_a.median_ms if lat_a.median_ms > 0 else 0.0
+    ratio = lat_b.ratio_to(lat_a)
     if ratio > 1.05:  # beyond the run-to-run noise of sub-millisecond models
         why = detect_cpu().int8_speed_note or "`quantcli inspect` shows what runs outside integer kernels"
         notes.append(f"the quantized model is x{ratio:.2f} the FP32 latency here; {why}")

@@ -185,3 +185,14 @@ def test_sigterm_leaves_no_partial_file(work, delay):
     assert "interrupted" in err and "Traceback" not in err
     assert not (work / "c.json").exists()
     assert not [p for p in work.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_latency_ratio_pairs_blocks_of_the_same_round():
+    """A slow spell in one round (round 2 here: both sides x3) does not move the paired ratio; the ratio of
+    overall medians would see one side's slow blocks only if the spell hit it alone."""
+    from quantcli.runtime.bench import Latency
+
+    base = Latency(1.0, 1.0, 40, [1.0, 1.0, 3.0, 1.0])
+    quant = Latency(1.2, 1.2, 40, [1.2, 1.2, 3.6, 1.2])
+    assert quant.ratio_to(base) == pytest.approx(1.2)
+    assert Latency(2.0, 2.0, 1).ratio_to(Latency(1.0, 1.0, 1)) == 2.0  # no blocks recorded: overall medians
