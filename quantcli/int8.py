@@ -39,11 +39,13 @@ def _no_progress(desc: str, total: int) -> Callable[[int], None]:
 def builder(model, prep: Prepared, settings: ConvertSettings, per_channel: bool, reduce_range: bool,
              artifact: CalibrationArtifact, calibration, calib_settings, progress: Progress, notes: list[str]):
     """A cached ``build(extra_exclusions=(), only=None) -> (plan, QDQ model, report)`` for these settings."""
+    fused: dict[str, bool] = {}  # per heavy node: does ONNX Runtime fuse it (probed once, shared by the builds)
+
     @functools.lru_cache(maxsize=None)
     def build(extra: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
         s2 = dataclasses.replace(settings, exclude=list(settings.exclude) + list(extra))
         return static_int8(model, prep, s2, per_channel, reduce_range, artifact, calibration, calib_settings,
-                            progress, notes, only=only)
+                            progress, notes, only=only, fused=fused)
     return build
 
 
@@ -156,9 +158,10 @@ def mixed_precision(model, prep: Prepared, settings: ConvertSettings, qplan, new
 
 def static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: bool, reduce_range: bool,
                  artifact: CalibrationArtifact, calibration, calib_settings: CalibrateSettings | None,
-                 progress: Progress, notes: list[str],
-                 only: tuple[str, ...] | None = None) -> tuple[QuantPlan, onnx.ModelProto, list[str]]:
-    """Plan, ranges, bias correction, Q/DQ insertion; returns (plan, QDQ model, bias-correction report)."""
+                 progress: Progress, notes: list[str], only: tuple[str, ...] | None = None,
+                 fused: dict[str, bool] | None = None) -> tuple[QuantPlan, onnx.ModelProto, list[str]]:
+    """Plan, ranges, bias correction, Q/DQ insertion; returns (plan, QDQ model, bias-correction report).
+    ``fused`` caches, across calls with other exclusions, which heavy nodes ONNX Runtime fuses."""
     from .quantize import params as qp
     from .transforms.bias_correction import add_zero_biases, analytic_correction
 
@@ -194,7 +197,7 @@ def static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: b
         qplan.float_nodes.update(reasons)
         ranges = _ranges(artifact, qplan.calibrated_tensors(), settings, symmetric, calibration, notes)
     options = QDQOptions(symmetric_activations=symmetric, reduce_range=reduce_range)
-    unfused = _unfused(work, qplan, ranges, options)
+    unfused = _unfused(work, qplan, ranges, options, {} if fused is None else fused)
     if unfused:  # ONNX Runtime would run these in float behind their Q/DQ: plan again with them in float
         reasons.update({n: UNFUSED_REASON for n in unfused})
         qplan = plan(work, dataclasses.replace(qplan_options, exclude=qplan_options.exclude + tuple(conflicts)
@@ -246,14 +249,19 @@ NO_ACT_RANGES_REASON = ("MatMul of two activations: the calibration has no range
 UNFUSED_REASON = "ONNX Runtime would run it in float behind its Q/DQ (no integer kernel for it here)"
 
 
-def _unfused(work: onnx.ModelProto, qplan: QuantPlan, ranges: dict, options: QDQOptions) -> list[str]:
-    """Heavy nodes of the plan that ONNX Runtime's CPU optimizer does not fuse into an integer kernel
-    (checked on a probe Q/DQ model: fusion depends on the graph, not on the exact ranges)."""
+def _unfused(work: onnx.ModelProto, qplan: QuantPlan, ranges: dict, options: QDQOptions,
+             fused: dict[str, bool]) -> list[str]:
+    """Heavy nodes of the plan that ONNX Runtime's CPU optimizer does not fuse into an integer kernel,
+    checked on a probe Q/DQ model (fusion depends on the graph, not on the exact ranges) unless ``fused``
+    already knows every one of them (it learns the probed ones: other exclusions rarely change a node's
+    fusion, and --max-drop builds a dozen plans)."""
     from .quantize.policy import HEAVY
-    from .validate.coverage import unfused_heavy
+    from .validate.coverage import integer_status
 
     heavy = [n for n, op in qplan.quantized_nodes.items() if op in HEAVY]
-    return unfused_heavy(insert_qdq(work, qplan, ranges, options).model, heavy) if heavy else []
+    if any(n not in fused for n in heavy):
+        fused.update(integer_status(insert_qdq(work, qplan, ranges, options).model, heavy))
+    return [n for n in heavy if not fused[n]]
 
 
 def _node_tensors(model: onnx.ModelProto, qplan: QuantPlan, pattern: str) -> set[str]:

@@ -129,11 +129,11 @@ def int8_coverage(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...
     return Coverage(integer_nodes, float_heavy, dq_left, sum(macs.values()), integer)
 
 
-def unfused_heavy(model: onnx.ModelProto, nodes: list[str]) -> list[str]:
-    """Which of ``nodes`` (heavy nodes given Q/DQ in ``model``) ONNX Runtime still runs in float: there the
-    Q/DQ only cost time and precision."""
+def integer_status(model: onnx.ModelProto, nodes: list[str]) -> dict[str, bool]:
+    """For ``nodes`` (heavy nodes given Q/DQ in ``model``): does ONNX Runtime run each in an integer kernel?
+    Where not, their Q/DQ only cost time and precision."""
     status = _integer_status(model, optimized_model(model, level="extended"))
-    return [n for n in nodes if status.get(n) is False]
+    return {n: status.get(n, True) for n in nodes}
 
 
 def _integer_status(model: onnx.ModelProto, opt: onnx.ModelProto) -> dict[str, bool]:
