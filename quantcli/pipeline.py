@@ -415,7 +415,7 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
                          (modelio.model_size_bytes(fp32_path), modelio.model_size_bytes(quant_path)),
                          settings.max_drop,
                          build_manifest(fp32_path, modelio.file_sha256(fp32_path), {"compare": _plain(settings)}),
-                         notes)
+                         notes, ratio)
 
 
 # -- run: the whole job from one recipe ------------------------------------------------------------------

@@ -91,6 +91,7 @@ class CompareResult:
     max_drop: float | None
     manifest: dict = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)  # e.g. why INT8 is slower on this CPU
+    paired_latency_ratio: float | None = None  # quantized / FP32, median of per-round block ratios
 
     @property
     def metric(self) -> str:
@@ -108,6 +109,10 @@ class CompareResult:
 
     @property
     def latency_ratio(self) -> float:
+        """Quantized over FP32 latency: measured pairwise per round when available (robust to slow spells
+        of a shared machine), else the ratio of the medians."""
+        if self.paired_latency_ratio is not None:
+            return self.paired_latency_ratio
         return self.latency_ms[1] / self.latency_ms[0] if self.latency_ms[0] > 0 else math.nan
 
     def __bool__(self) -> bool:
