@@ -109,18 +109,10 @@ def matmul_add_to_gemm(model: onnx.ModelProto) -> PassResult:
         bias = _per_channel(c, w.shape[1], conv=False, rank=2)
         if bias is None:
             continue
-        name = unique_name(f"{node.name}_bias", taken)
-        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(bias.reshape(-1)), name))
         node.op_type = "Gemm"
-        node.input.append(name)
-        node.output[0] = add.output[0]
-        removed.add(add.output[0])
+        _take_bias_add(g, node, add, bias, taken, removed)
         fused.append(node.name)
-    if fused:
-        keep = [n for n in g.node if not (n.op_type == "Add" and n.output[0] in removed)]
-        del g.node[:]
-        g.node.extend(keep)
-        remove_unused_initializers(g)
+    _remove_adds(g, removed)
     return PassResult(model, [f"{len(fused)} MatMul + bias Add pair(s) turned into Gemm"] if fused else [])
 
 
@@ -197,20 +189,31 @@ def fold_bias_add(model: onnx.ModelProto) -> PassResult:
                 if a.name == "beta":
                     node.attribute.remove(a)
         new_bias = (bias.reshape(-1) + per_channel).astype(np.float32)
-        name = unique_name(f"{node.name}_bias_folded", taken)
-        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(new_bias), name))
-        while len(node.input) < 3:
-            node.input.append("")
-        node.input[2] = name
-        node.output[0] = add.output[0]
-        removed.add(add.output[0])
+        _take_bias_add(g, node, add, new_bias, taken, removed)
         folded.append(node.name)
-    if folded:
+    _remove_adds(g, removed)
+    return PassResult(model, [f"{len(folded)} bias Add(s) folded into the preceding Conv/Gemm"] if folded else [])
+
+
+def _take_bias_add(g: onnx.GraphProto, node: onnx.NodeProto, add: onnx.NodeProto, bias: np.ndarray,
+                   taken: set[str], removed: set[str]) -> None:
+    """Give ``node`` the 1-D ``bias`` (a new initializer) and ``add``'s output; ``add`` is marked for removal."""
+    name = unique_name(f"{node.name}_bias_folded", taken)
+    g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(bias.reshape(-1).astype(np.float32)), name))
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[2] = name
+    node.output[0] = add.output[0]
+    removed.add(add.output[0])
+
+
+def _remove_adds(g: onnx.GraphProto, removed: set[str]) -> None:
+    """Drop the Add nodes writing ``removed`` (folded into the layer before them) and what only they read."""
+    if removed:
         keep = [n for n in g.node if not (n.op_type == "Add" and n.output[0] in removed)]
         del g.node[:]
         g.node.extend(keep)
         remove_unused_initializers(g)
-    return PassResult(model, [f"{len(folded)} bias Add(s) folded into the preceding Conv/Gemm"] if folded else [])
 
 
 def _out_channels(node: onnx.NodeProto, w: np.ndarray) -> int:
