@@ -17,9 +17,11 @@ pairs, each pass on a fresh session).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,13 @@ def _tile(arrays: dict, n: int) -> dict:
     return out
 
 
+def _scratch_dir() -> Path:
+    """A temporary folder removed when this process exits."""
+    d = Path(tempfile.mkdtemp(prefix="quantcli-bench-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d
+
+
 def _peak_mb() -> float:
     """Peak resident memory of this process (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -59,7 +68,7 @@ def worker(kind: str, model: str, data: str, n: int, out: str, per_channel: bool
     with np.load(data) as z:
         arrays = {k: z[k] for k in z.files if k != "labels"}
     arrays = _tile(arrays, n)
-    tmp = Path(tempfile.mkdtemp(prefix="quantcli-bench-"))
+    tmp = _scratch_dir()
     t0 = time.perf_counter()
     if kind == "quantcli":
         np.savez(tmp / "calib.npz", **arrays)
@@ -203,7 +212,7 @@ def main() -> None:
     for col in ("model", "variant", "accuracy %", "agree %", "cosine", "lat b1", "lat b32", "b1 vs best ORT",
                 "size kB", "INT8 MACs %", "calib s", "peak MB"):
         table.add_column(col, justify="left" if col in ("model", "variant") else "right")
-    work = Path(tempfile.mkdtemp(prefix="quantcli-bench-"))
+    work = _scratch_dir()
     for name in MODELS:
         model, calib, ev = SAMPLES / f"{name}.onnx", SAMPLES / f"{name}-calib.npz", SAMPLES / f"{name}-eval.npz"
         paths = {"fp32": model}

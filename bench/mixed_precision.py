@@ -7,6 +7,8 @@ search's time and the result's accuracy and latency against all-INT8 and all-FP3
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +35,7 @@ def main() -> None:
     s = ROOT / "sample_models"
     model, calib, ev = s / f"{args.model}.onnx", s / f"{args.data}-calib.npz", s / f"{args.data}-eval.npz"
     work = Path(tempfile.mkdtemp(prefix="quantcli-mp-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     cal = CalibrateSettings(data=str(calib))
     t0 = time.perf_counter()
     pipeline.convert(model, work / "int8.onnx", ConvertSettings(), calib_settings=cal)

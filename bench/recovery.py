@@ -10,6 +10,8 @@ accuracy on the held-out set and fidelity (cosine, SQNR) to the FP32 model.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -42,6 +44,7 @@ def main() -> None:
     model, calib, ev = (samples / f"{args.model}.onnx", samples / f"{args.model}-calib.npz",
                         samples / f"{args.model}-eval.npz")
     work = Path(tempfile.mkdtemp(prefix="quantcli-recovery-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     table = Table(title=f"{args.model}: INT8 accuracy recovery (held-out top-1; fidelity to FP32)")
     for col in ("variant", "top-1 %", "drop pts", "cosine", "SQNR dB"):
         table.add_column(col, justify="left" if col == "variant" else "right")
