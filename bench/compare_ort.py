@@ -145,11 +145,15 @@ def run_worker(kind: str, model: Path, data: Path, n: int, out: Path, per_channe
     cmd = [sys.executable, __file__, "--worker", kind, str(model), str(data), str(n), str(out)]
     if per_channel:
         cmd.append("--per-channel")
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(),
-                         env=dict(os.environ, CI="1"))
+    # each worker runs in its own scratch folder (working directory and TMPDIR), removed afterwards: files a
+    # tool leaves behind are counted, not left in /tmp
+    with tempfile.TemporaryDirectory(prefix="quantcli-bench-run-") as scratch:
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=scratch,
+                             env=dict(os.environ, CI="1", TMPDIR=scratch))
+        left = sorted(p.name for p in Path(scratch).iterdir())
     if res.returncode != 0:
-        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1][:200]}
-    return json.loads(res.stdout.strip().splitlines()[-1])
+        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1][:200], "left_behind": left}
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]), left_behind=left)
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
@@ -213,6 +217,7 @@ def main() -> None:
                 "size kB", "INT8 MACs %", "calib s", "peak MB"):
         table.add_column(col, justify="left" if col in ("model", "variant") else "right")
     work = _scratch_dir()
+    leftovers: list[str] = []  # files a worker left in its scratch folder (working directory / TMPDIR)
     for name in MODELS:
         model, calib, ev = SAMPLES / f"{name}.onnx", SAMPLES / f"{name}-calib.npz", SAMPLES / f"{name}-eval.npz"
         paths = {"fp32": model}
@@ -221,6 +226,8 @@ def main() -> None:
                                   ("quantcli", "quantcli", True)):
             out = work / f"{name}.{variant.replace(' ', '_')}.onnx"
             stats = run_worker(kind, model, calib, args.samples, out, pc)
+            if stats.get("left_behind"):
+                leftovers.append(f"{name} {variant}: {len(stats['left_behind'])} file(s), e.g. {stats['left_behind'][0]}")
             calib_stats[variant] = stats
             if "error" in stats:
                 console.print(f"{name} {variant}: failed: {stats['error']}", highlight=False, markup=False)
@@ -247,6 +254,10 @@ def main() -> None:
         for tool in ("quantcli", "ort", "ort-entropy"):
             small = run_worker(tool, model, calib, 32, work / "m32.onnx", True)
             big = run_worker(tool, model, calib, 512, work / "m512.onnx", True)
+            for n, st in ((32, small), (512, big)):
+                if st.get("left_behind"):
+                    leftovers.append(f"{name} {tool} ({n} samples): {len(st['left_behind'])} file(s), "
+                                     f"e.g. {st['left_behind'][0]}")
             if "calib_peak_mb" in small and "calib_peak_mb" in big:
                 mem.add_row(name, tool, f"{small['calib_peak_mb']:.0f}", f"{big['calib_peak_mb']:.0f}",
                             f"{big['calib_peak_mb'] / small['calib_peak_mb']:.2f}", f"{big['seconds']:.2f}",
@@ -255,6 +266,8 @@ def main() -> None:
                 err = big.get("error") or small.get("error")
                 mem.add_row(name, tool, "", "", "", "", f"failed: {err[:60]}")
     console.print(mem)
+    console.print("temporary files left behind (in the worker's working directory / TMPDIR, removed by the bench): "
+                  + ("; ".join(leftovers) if leftovers else "none"), highlight=False, markup=False)
 
 
 if __name__ == "__main__":
