@@ -9,6 +9,7 @@ there is *reduce range*: 7-bit weights ([-63, 63]), whose pair sums always fit. 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import platform
 from pathlib import Path
 
@@ -81,7 +82,9 @@ class CpuInfo:
         return f"{self.arch} [{', '.join(shown) or 'no SIMD flags found'}]"
 
 
+@functools.lru_cache(maxsize=1)
 def detect() -> CpuInfo:
+    """The CPU's architecture and the instruction-set flags that decide ONNX Runtime's kernels (read once)."""
     arch = platform.machine()
     flags: set[str] = set()
     try:
