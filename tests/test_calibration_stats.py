@@ -240,10 +240,16 @@ def test_lower_bounds_from_the_graph():
     assert lower_bounds(m, ["x", "r", "c", "c_nolo", "n"]) == {"r": 0.0, "c": -1.5}
 
 
-def test_collected_statistics_match_the_tensors():
+@pytest.mark.parametrize("held_values", [None, 1000])
+def test_collected_statistics_match_the_tensors(monkeypatch, held_values):
     """The whole data pass (tap session, grouping of small tensors, min-pass skipping, threads) gives the
-    exact min, max and count of every tensor as ONNX Runtime computes it, batch by batch."""
+    exact min, max and count of every tensor as ONNX Runtime computes it, batch by batch; also when the
+    bound on all held batches forces early flushes."""
+    from quantcli.calibration import collect
     from quantcli.calibration.collect import collect_statistics
+
+    if held_values is not None:
+        monkeypatch.setattr(collect, "HELD_VALUES", held_values)
 
     m = fold_batchnorm(small_cnn()).model
     tensors = ["x", "r1", "r2", "c3", "ra", "gap", "f"]

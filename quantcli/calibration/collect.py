@@ -10,7 +10,8 @@ What keeps the pass close to plain inference:
 * the tap session's threads spin while it runs (as a plain session's do) and stop when it returns, so
   they do not take the cores from the statistics;
 * small tensors (a few thousand values per batch, where numpy's fixed cost per call dominates) are
-  observed a group of batches at a time (at most :data:`GROUP_VALUES` values held per tensor);
+  observed a group of batches at a time (at most :data:`GROUP_VALUES` values held per tensor and
+  :data:`HELD_VALUES` in all);
 * a Relu's (or Clip's) output skips the pass for its minimum when the histogram's subsample already
   holds its lower bound;
 * large tensors update their observers on all cores (numpy releases the GIL in the reductions that
@@ -33,7 +34,8 @@ from ..runtime.session import run, stats_tap_session
 from ..transforms.graph import GraphIndex, attr
 from .observers import TensorObserver, hist_samples_per_update
 
-GROUP_VALUES = 1 << 17    # a small tensor's batches are held until this many values, then observed together
+GROUP_VALUES = 1 << 16    # a small tensor's batches are held until this many values, then observed together
+HELD_VALUES = 1 << 21     # and all held batches together stay under this many values (8 MB), however many tensors
 PARALLEL_VALUES = 1 << 18  # tensors at least this large are observed on all cores, smaller ones on this thread
 
 
@@ -112,6 +114,9 @@ class _Feeder:
             if self.held[name] >= GROUP_VALUES:
                 work.append((name, self.pending.pop(name)))
                 del self.held[name]
+        if sum(self.held.values()) > HELD_VALUES:  # many small tensors: observe all that is held now
+            work += sorted(self.pending.items())
+            self.pending, self.held = {}, {}
         self._observe(work)
 
     def flush(self) -> None:
