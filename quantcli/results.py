@@ -91,7 +91,9 @@ class CompareResult:
     max_drop: float | None
     manifest: dict = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)  # e.g. why INT8 is slower on this CPU
-    paired_latency_ratio: float | None = None  # quantized / FP32, median of per-round block ratios
+    # quantized / FP32 latency: the median of per-round ratios of block medians (runtime.bench.Latency.ratio_to),
+    # steadier on a shared machine than the ratio of the two medians above
+    latency_ratio: float = math.nan
 
     @property
     def metric(self) -> str:
@@ -106,14 +108,6 @@ class CompareResult:
         if first.agreement is not None:
             return 100.0 * (1.0 - first.agreement)
         return 0.0 if first.cosine >= 0.999 else 100.0 * (1.0 - max(first.cosine, 0.0))
-
-    @property
-    def latency_ratio(self) -> float:
-        """Quantized over FP32 latency: measured pairwise per round when available (robust to slow spells
-        of a shared machine), else the ratio of the medians."""
-        if self.paired_latency_ratio is not None:
-            return self.paired_latency_ratio
-        return self.latency_ms[1] / self.latency_ms[0] if self.latency_ms[0] > 0 else math.nan
 
     def __bool__(self) -> bool:
         return self.max_drop is None or self.drop <= self.max_drop + 1e-9

@@ -186,7 +186,7 @@ def to_jsonable(obj):
     if dataclasses.is_dataclass(obj):
         d = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
         if isinstance(obj, CompareResult):
-            d.update(drop=obj.drop, passed=bool(obj), latency_ratio=obj.latency_ratio, metric=obj.metric)
+            d.update(drop=obj.drop, passed=bool(obj), metric=obj.metric)
         if isinstance(obj, RunResult):
             d.update(passed=bool(obj))
         return d
