@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import onnx
 
@@ -23,11 +23,10 @@ from .quantize.policy import (ACT_MATMUL_REASON, PlanOptions, QuantPlan, is_excl
                               resolve_presets)
 from .quantize.qdq import QDQOptions, insert_qdq
 from .cpu import detect as detect_cpu
+from .transforms.passes import CLE, Prepared
 from .recipe import (ActMatmul, Activations, BiasCorrection, CalibrateSettings, ConvertSettings, NodePrecision,
                      NodeRule, Weights)
 
-if TYPE_CHECKING:
-    from .pipeline import Prepared
 
 Progress = Callable[[str, int], Callable[[int], None]]
 
@@ -227,7 +226,7 @@ def static_int8(model, prep: Prepared, settings: ConvertSettings, per_channel: b
             p = qp.weight_params(w, axis=axis, reduce_range=reduce_range)
             return qp.dequantize(qp.quantize_weight(w, p, reduce_range=reduce_range), p)
 
-        report = analytic_correction(work, {n: axes[n] for n in layers}, prep.bn_stats, prep.cle_scales,
+        report = analytic_correction(work, {n: axes[n] for n in layers}, prep.data("fold-batchnorm"), prep.data(CLE),
                                      dequantized)
     qdq = insert_qdq(work, qplan, ranges, options).model
     if by_precision[NodePrecision.FP16]:

@@ -34,8 +34,7 @@ from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageS
 from .runtime.bench import compare_latency
 from .runtime.session import make_session
 from .runtime.session import run as run_session
-from .transforms.fold_batchnorm import fold_batchnorm
-from .transforms.prepare import constants_to_initializers, fold_bias_add, gemm_bias_to_1d, matmul_add_to_gemm, name_nodes
+from .transforms.passes import CLE, Prepared, agreed_passes, prepare
 
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
 
@@ -45,49 +44,6 @@ def _no_progress(desc: str, total: int) -> Callable[[int], None]:
 
 
 # -- preparation shared by calibrate and convert ------------------------------------------------------
-@dataclasses.dataclass
-class Prepared:
-    """The model as calibrate and convert both see it, and what preparing it did."""
-
-    model: onnx.ModelProto
-    notes: list[str]
-    skipped: list[tuple[str, str]]
-    bn_stats: dict            # folded layer -> (beta, gamma) of its BatchNorm output
-    cle_scales: dict          # first layer of an equalized pair -> per-channel divisor
-    cle_report: list[str]
-
-
-def prepare(model: onnx.ModelProto, *, cle: bool = False) -> Prepared:
-    """Deterministic clean-up before ranges are measured: names, Constant weights, opset 13, BN folding,
-    and cross-layer equalization if asked (calibrate and convert must agree on it)."""
-    notes: list[str] = []
-    for step in (name_nodes, constants_to_initializers, matmul_add_to_gemm, fold_bias_add, gemm_bias_to_1d):
-        r = step(model)
-        model, notes = r.model, notes + r.changed
-    if modelio.model_opset(model) < 13:
-        try:
-            from onnx import version_converter
-
-            old = modelio.model_opset(model)
-            model = version_converter.convert_version(model, 13)
-            notes.append(f"opset {old} upgraded to 13 (per-channel Q/DQ needs opset 13)")
-        except Exception as exc:  # keep the original opset: per-tensor weights only
-            notes.append(f"opset {modelio.model_opset(model)} kept (upgrade to 13 failed: "
-                         f"{str(exc).splitlines()[0][:120]}); weights will be per-tensor")
-    r = fold_batchnorm(model)
-    if r.changed:
-        notes.append(f"{len(r.changed)} BatchNormalization node(s) folded into the preceding Conv/Gemm")
-    prepared = Prepared(r.model, notes, list(r.skipped), r.data, {}, [])
-    if cle:
-        from .transforms.equalize import equalize
-
-        e = equalize(prepared.model)
-        prepared.model, prepared.cle_scales = e.model, e.data
-        prepared.cle_report = e.changed + [f"{n}: not equalized ({why})" for n, why in e.skipped]
-        notes.append(f"cross-layer equalization: {len(e.changed)} pair(s) equalized, {len(e.skipped)} skipped")
-    return prepared
-
-
 def calibration_tensors(prepared: onnx.ModelProto, activations: Activations = Activations.ASYMMETRIC,
                         act_matmul: bool | None = None) -> list[str]:
     """The tensors convert needs ranges for with this activation scheme, plus the outputs of layout ops
@@ -149,7 +105,8 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
                     "activations": conv.activations.value, "cle": conv.cle, "act_matmul": act_matmul}
     sha = modelio.file_sha256(model_path)
     artifact = CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
-                                   build_manifest(model_path, sha, {"calibrate": cal_settings}))
+                                   build_manifest(model_path, sha, {"calibrate": cal_settings}),
+                                   agreed_passes(cle=conv.cle))
     return artifact, pass_seconds
 
 
@@ -192,8 +149,10 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
         prep = prepare(model, cle=settings.cle)
         prepared = prep.model
         notes += prep.notes
-        float_nodes.update({n: why for n, why in prep.skipped})
-        transforms += prep.cle_report
+        float_nodes.update(prep.results["fold-batchnorm"].skipped)
+        if CLE in prep.results:
+            cle = prep.results[CLE]
+            transforms += cle.changed + [f"{n}: not equalized ({why})" for n, why in cle.skipped]
         per_channel = settings.weights != Weights.PER_TENSOR
         if per_channel and modelio.model_opset(prepared) < 13:
             per_channel = False
@@ -288,10 +247,7 @@ def _artifact_for(model, model_path, prep: Prepared, settings: ConvertSettings, 
         if artifact.model_sha256 != sha:
             raise QuantcliError(f"{calibration}: made for another model (sha256 {artifact.model_sha256[:12]}..., "
                                 f"{model_path} is {sha[:12]}...); re-run quantcli calibrate on this model")
-        if bool(artifact.settings.get("cle", False)) != settings.cle:
-            on = "on" if artifact.settings.get("cle") else "off"
-            raise QuantcliError(f"{calibration}: calibrated with cross-layer equalization {on}, but convert has it "
-                                f"{'on' if settings.cle else 'off'}; run calibrate and convert with the same --cle")
+        _check_passes(calibration, artifact.passes, prep.agreed)
         return artifact
     if calib_settings is not None and calib_settings.data:
         artifact, _ = _calibrate_model(model, str(model_path), calib_settings, progress, settings,
@@ -299,6 +255,21 @@ def _artifact_for(model, model_path, prep: Prepared, settings: ConvertSettings, 
         return artifact
     raise QuantcliError("convert: static INT8 needs ranges: give --calibration CALIB.json or --data PATH "
                         "(or use --mode dynamic, or --precision fp16)")
+
+
+def _check_passes(calibration, calibrated: list[str], converting: list[str]) -> None:
+    """Calibrate and convert must apply the same ``agree`` passes (they change the activations measured)."""
+    if calibrated == converting:
+        return
+    only_cal = [p for p in calibrated if p not in converting]
+    only_conv = [p for p in converting if p not in calibrated]
+    if CLE in only_cal + only_conv:
+        on = "on" if CLE in calibrated else "off"
+        raise QuantcliError(f"{calibration}: calibrated with cross-layer equalization {on}, but convert has it "
+                            f"{'on' if CLE in converting else 'off'}; run calibrate and convert with the same --cle")
+    raise QuantcliError(f"{calibration}: calibrated with preparation passes that differ from convert's "
+                        f"(only in the calibration: {', '.join(only_cal) or '-'}; only in convert: "
+                        f"{', '.join(only_conv) or '-'}); re-run quantcli calibrate")
 
 
 def _validation_feeds(model: onnx.ModelProto, data_path: str | None) -> dict[str, np.ndarray]:

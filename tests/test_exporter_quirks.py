@@ -147,7 +147,7 @@ def test_bias_adds_fold_into_conv_and_gemm(tmp_path, shapes):
 
     m = _bias_add_cnn(*shapes)
     folded = fold_bias_add(m)
-    assert folded.changed == ["2 bias Add(s) folded into the preceding Conv/Gemm"]
+    assert [(e.kind.value, e.node) for e in folded.events] == [("changed", "conv1"), ("changed", "fc")]
     assert not any(n.op_type == "Add" and n.name in ("conv1_bias", "fc_bias") for n in folded.model.graph.node)
     onnx.checker.check_model(folded.model, full_check=True)
     x = cnn_data(8)
@@ -196,7 +196,7 @@ def test_bias_add_folds_into_gemm_with_2d_c_and_beta():
     fc = next(n for n in m.graph.node if n.name == "fc")
     fc.attribute.append(h.make_attribute("beta", 0.5))
     r = fold_bias_add(m)
-    assert r.changed == ["2 bias Add(s) folded into the preceding Conv/Gemm"]
+    assert [e.node for e in r.events] == ["conv1", "fc"]
     fc = next(n for n in r.model.graph.node if n.name == "fc")
     c = next(t for t in r.model.graph.initializer if t.name == fc.input[2])
     assert list(c.dims) == [10] and not any(a.name == "beta" for a in fc.attribute)
@@ -235,7 +235,7 @@ def test_2d_matmul_with_bias_add_becomes_an_integer_gemm(tmp_path, bias_shape):
 
     m = _matmul_head(bias_shape)
     r = matmul_add_to_gemm(m)
-    assert r.changed == ["1 MatMul + bias Add pair(s) turned into Gemm"]
+    assert [(e.node, e.detail) for e in r.events] == [("head", "MatMul + bias Add turned into a Gemm")]
     head = next(n for n in r.model.graph.node if n.name == "head")
     assert head.op_type == "Gemm" and head.output[0] == "y" and not any(n.name == "head_bias" for n in r.model.graph.node)
     x = cnn_data(8)

@@ -1,10 +1,11 @@
 """The calibration artifact: a JSON file that makes calibration reusable.
 
-Format (``format: "quantcli-calibration"``, ``version: 1``)::
+Format (``format: "quantcli-calibration"``, ``version: 2``)::
 
     {
-      "format": "quantcli-calibration", "version": 1,
+      "format": "quantcli-calibration", "version": 2,
       "model": {"path": "...", "sha256": "<hash of the model file>"},
+      "passes": ["name-nodes", ..., "fold-batchnorm", "cross-layer-equalization"],
       "samples": 128,
       "settings": {"method": "percentile", "percentile": 99.99, "bins": 2048, "momentum": 0.9, "batch_size": 32},
       "tensors": {
@@ -14,7 +15,12 @@ Format (``format: "quantcli-calibration"``, ``version: 1``)::
     }
 
 ``range`` holds the ranges of the method in ``settings``; the statistics allow any other method to be
-applied later without running data again (:meth:`CalibrationArtifact.ranges`).
+applied later without running data again (:meth:`CalibrationArtifact.ranges`).  ``passes`` lists the
+preparation passes that calibrate and convert must agree on (:mod:`quantcli.transforms.passes`, ``agree``),
+in the order run: convert refuses an artifact whose list differs from its own.
+
+Version 1 (no ``passes``) is still read: its passes are the fixed preparation of that version plus
+cross-layer equalization where its ``settings.cle`` is true.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from .estimators import estimate_range
 from .observers import TensorObserver
 
 FORMAT = "quantcli-calibration"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 
 
 @dataclasses.dataclass
@@ -39,6 +46,7 @@ class CalibrationArtifact:
     settings: dict
     observers: dict[str, TensorObserver]
     manifest: dict = dataclasses.field(default_factory=dict)
+    passes: list[str] = dataclasses.field(default_factory=list)  # the agreed preparation passes, in order
 
     def ranges(self, method: str | None = None, percentile: float | None = None,
                symmetric: bool = False) -> dict[str, tuple[float, float]]:
@@ -68,6 +76,7 @@ class CalibrationArtifact:
             "format": FORMAT,
             "version": VERSION,
             "model": {"path": self.model_path, "sha256": self.model_sha256},
+            "passes": list(self.passes),
             "samples": self.samples,
             "settings": self.settings,
             "manifest": self.manifest,
@@ -87,12 +96,19 @@ def load_artifact(path: str | Path) -> CalibrationArtifact:
         raise QuantcliError(f"{p}: not a calibration file (invalid JSON: {exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise QuantcliError(f"{p}: not a quantcli calibration file (missing \"format\": \"{FORMAT}\")")
-    if doc.get("version") != VERSION:
+    if doc.get("version") not in READS:
         raise QuantcliError(f"{p}: calibration format version {doc.get('version')} is not supported "
-                            f"(this quantcli reads version {VERSION}); re-run quantcli calibrate")
+                            f"(this quantcli reads versions {', '.join(map(str, READS))}); re-run quantcli calibrate")
     try:
         observers = {name: TensorObserver.from_dict(t["stats"]) for name, t in doc["tensors"].items()}
+        settings = dict(doc["settings"])
+        if doc["version"] == 1:
+            from ..transforms.passes import agreed_passes
+
+            passes = agreed_passes(cle=bool(settings.get("cle", False)))
+        else:
+            passes = [str(name) for name in doc["passes"]]
         return CalibrationArtifact(doc["model"]["sha256"], doc["model"].get("path", ""), int(doc["samples"]),
-                                   dict(doc["settings"]), observers, dict(doc.get("manifest", {})))
+                                   settings, observers, dict(doc.get("manifest", {})), passes)
     except (KeyError, TypeError, ValueError) as exc:
         raise QuantcliError(f"{p}: calibration file is damaged ({type(exc).__name__}: {exc})") from None

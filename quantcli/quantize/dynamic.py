@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..transforms.graph import GraphIndex, PassResult, attr, float_tensors, remove_unused_initializers
+from ..transforms.graph import EventKind, GraphIndex, PassResult, attr, float_tensors, remove_unused_initializers
 from . import params as qp
 from .policy import is_excluded
 
@@ -49,7 +49,7 @@ def quantize_dynamic(model: onnx.ModelProto, *, per_channel: bool = True, reduce
     g.node.extend(new_nodes)
     g.initializer.extend(new_inits)
     remove_unused_initializers(g)
-    result.changed.append(f"{len(quantized)} MatMul/Gemm node(s) quantized dynamically")
+    result.add(EventKind.QUANTIZED, "", f"{len(quantized)} MatMul/Gemm node(s) quantized dynamically")
     return result, quantized, kept
 
 

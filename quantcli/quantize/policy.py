@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from ..transforms.graph import GraphIndex, attr, float_tensors
+from ..transforms.layout import layout
 
 HEAVY = {"Conv", "MatMul", "Gemm"}
 ACT_MATMUL_REASON = ("MatMul of two activations: quantizing both inputs at run time costs more than "
@@ -287,13 +288,10 @@ def _weight_axis(node: onnx.NodeProto, idx: GraphIndex, i: int, options: PlanOpt
     if not per_channel:
         return None
     w = idx.const(node.input[i])
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "Gemm":
-        return 0 if attr(node, "transB", 0) else 1
-    if node.op_type == "MatMul" and w is not None and w.ndim == 2:
-        return 1
-    return None
+    lay = layout(node)
+    if node.op_type == "MatMul" and (w is None or w.ndim != 2):
+        return None
+    return lay.out_axis if lay is not None else None
 
 
 def _bias_ok(node: onnx.NodeProto, idx: GraphIndex) -> bool:
@@ -302,11 +300,11 @@ def _bias_ok(node: onnx.NodeProto, idx: GraphIndex) -> bool:
     if b is None or w is None or b.dtype != np.float32:
         return False
     if node.op_type == "Gemm":
-        cout = w.shape[0] if attr(node, "transB", 0) else w.shape[1]
+        cout = layout(node).channels(w.shape)
         if attr(node, "beta", 1.0) != 1.0 or b.size != cout or b.ndim != 1:
             return False
         return True
-    return b.ndim == 1 and b.size == w.shape[0]
+    return b.ndim == 1 and b.size == layout(node).channels(w.shape)
 
 
 def _absorbable(act: onnx.NodeProto, idx: GraphIndex, options: PlanOptions) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..transforms.graph import GraphIndex, PassResult, remove_unused_initializers
+from ..transforms.graph import EventKind, GraphIndex, PassResult, remove_unused_initializers
 from . import params as qp
 from .policy import QuantPlan
 
@@ -116,7 +116,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, tuple[
     g.node.extend(ordered)
     g.initializer.extend(new_inits)
     remove_unused_initializers(g)
-    result.changed.append(f"{len(targets)} activation tensor(s), {len(done)} weight(s), "
+    result.add(EventKind.QUANTIZED, "", f"{len(targets)} activation tensor(s), {len(done)} weight(s), "
                           f"{nbias} bias(es) quantized; {len(plan.absorbed)} activation(s) absorbed")
     return result
 

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from .graph import GraphIndex, attr, set_initializer, unique_name
+from .layout import layout
 
 
 def relu_gaussian_mean(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -47,9 +48,8 @@ def analytic_shift(node: onnx.NodeProto, w: np.ndarray, wq: np.ndarray, mean_in:
         m = np.asarray(mean_in, np.float64).reshape(group, cin_g)          # input channels by group
         gidx = np.arange(cout) // (cout // group)
         return np.einsum("oc,oc->o", per, m[gidx])
-    if node.op_type == "Gemm":
-        return (d if attr(node, "transB", 0) else d.T) @ mean_in
-    return d.T @ mean_in  # MatMul [in, out]
+    lay = layout(node)  # Gemm / MatMul: a 2-D weight, rows of the product along the output axis
+    return np.moveaxis(d, lay.out_axis, 0) @ mean_in
 
 
 def bias_tensor(model: onnx.ModelProto, node: onnx.NodeProto, idx: GraphIndex) -> tuple[str | None, bool]:
@@ -99,7 +99,7 @@ def add_zero_biases(model: onnx.ModelProto) -> list[str]:
         w = idx.const(node.input[1]) if len(node.input) > 1 else None
         if w is None or w.ndim < 2:
             continue
-        cout = w.shape[0] if node.op_type == "Conv" or attr(node, "transB", 0) else w.shape[1]
+        cout = layout(node).channels(w.shape)
         name = unique_name(f"{node.name}.bias", taken)
         set_initializer(g, name, np.zeros(cout, np.float32))
         while len(node.input) < 3:

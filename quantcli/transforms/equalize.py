@@ -23,7 +23,8 @@ import dataclasses
 import numpy as np
 import onnx
 
-from .graph import GraphIndex, PassResult, set_initializer, unique_name
+from .graph import Event, EventKind, GraphIndex, PassResult, attr, set_initializer, unique_name
+from .layout import layout
 
 HOMOGENEOUS = {"Relu", "LeakyRelu"}  # act(s * x) = s * act(x) for s > 0
 LAYERS = {"Conv", "Gemm", "MatMul"}
@@ -79,40 +80,25 @@ def _pair_reason(a, b, link: str, idx: GraphIndex, uses) -> str | None:
             return f"weight of {n.name} is shared with other nodes"
         if len(n.input) > 2 and n.input[2] and (idx.const(n.input[2]) is None or uses.get(n.input[2], 0) > 1):
             return f"bias of {n.name} is shared or not constant"
-        if n.op_type == "Gemm" and (_attr(n, "transA", 0) or _attr(n, "alpha", 1.0) != 1.0 or _attr(n, "beta", 1.0) != 1.0):
+        if n.op_type == "Gemm" and (attr(n, "transA", 0) or attr(n, "alpha", 1.0) != 1.0 or attr(n, "beta", 1.0) != 1.0):
             return f"{n.name}: Gemm with transA/alpha/beta"
     ca = _out_channels(a, idx)
     cb = _in_channels(b, idx)
     if ca is None or cb is None or ca != cb:
         return f"grouped convolution whose groups do not line up ({a.name} -> {b.name})"
-    if a.op_type == "Conv" and _attr(a, "group", 1) not in (1, ca):
+    if a.op_type == "Conv" and attr(a, "group", 1) not in (1, ca):
         return f"{a.name} is a grouped convolution"
-    if b.op_type == "Conv" and _attr(b, "group", 1) not in (1, cb):
+    if b.op_type == "Conv" and attr(b, "group", 1) not in (1, cb):
         return f"{b.name} is a grouped convolution"
     return None
 
 
-def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def _out_axis(node) -> int:
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "Gemm":
-        return 0 if _attr(node, "transB", 0) else 1
-    return 1  # MatMul [in, out]
+    return layout(node).out_axis
 
 
 def _in_axis(node) -> int:
-    if node.op_type == "Conv":
-        return 0 if _attr(node, "group", 1) > 1 else 1  # depthwise: channel i is output channel i
-    if node.op_type == "Gemm":
-        return 1 if _attr(node, "transB", 0) else 0
-    return 0
+    return layout(node).in_axis  # depthwise Conv: channel i is output channel i
 
 
 def _out_channels(node, idx) -> int | None:
@@ -124,19 +110,13 @@ def _in_channels(node, idx) -> int | None:
     w = idx.const(node.input[1])
     if w is None or w.ndim < 2:
         return None
-    if node.op_type == "Conv" and _attr(node, "group", 1) > 1:
+    if node.op_type == "Conv" and attr(node, "group", 1) > 1:
         return w.shape[0] if w.shape[1] == 1 else None  # depthwise only
     return w.shape[_in_axis(node)]
 
 
 def _channel_absmax(w: np.ndarray, axis: int) -> np.ndarray:
     return np.max(np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)), axis=1)
-
-
-def _scale(w: np.ndarray, axis: int, s: np.ndarray) -> np.ndarray:
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    return (w * s.reshape(shape)).astype(w.dtype)
 
 
 def equalization_scales(r_first: np.ndarray, r_second: np.ndarray) -> np.ndarray:
@@ -152,7 +132,7 @@ def equalize(model: onnx.ModelProto, *, iterations: int = 20, tol: float = 1e-3)
     model = copy.deepcopy(model)
     g = model.graph
     pairs, skipped = find_pairs(model)
-    result = PassResult(model, [], skipped)
+    result = PassResult(model, [Event(EventKind.SKIPPED, n, why) for n, why in skipped])
     if not pairs:
         return result
     weights = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in g.initializer}
@@ -174,10 +154,10 @@ def equalize(model: onnx.ModelProto, *, iterations: int = 20, tol: float = 1e-3)
             wa, wb = weights[p.first.input[1]], weights[p.second.input[1]]
             ra, rb = _channel_absmax(wa, _out_axis(p.first)), _channel_absmax(wb, _in_axis(p.second))
             s = equalization_scales(ra, rb)
-            weights[p.first.input[1]] = _scale(wa, _out_axis(p.first), 1.0 / s)
+            weights[p.first.input[1]] = layout(p.first).scale_out(wa, 1.0 / s)
             if len(p.first.input) > 2 and p.first.input[2]:
                 weights[p.first.input[2]] = weights[p.first.input[2]] / s.reshape(weights[p.first.input[2]].shape[-1:])
-            weights[p.second.input[1]] = _scale(wb, _in_axis(p.second), s)
+            weights[p.second.input[1]] = layout(p.second).scale_in(wb, s)
             total[id(p)] *= s
             worst = max(worst, float(np.max(np.abs(np.log(s)))))
         if worst < tol:
@@ -189,7 +169,7 @@ def equalize(model: onnx.ModelProto, *, iterations: int = 20, tol: float = 1e-3)
         r1 = _channel_absmax(weights[p.first.input[1]], _out_axis(p.first))
         spread0 = float(r0.max() / max(r0[r0 > 0].min(), 1e-12)) if np.any(r0 > 0) else 1.0
         spread1 = float(r1.max() / max(r1[r1 > 0].min(), 1e-12)) if np.any(r1 > 0) else 1.0
-        result.changed.append(f"{p.first.name} -> {p.second.name}: scales {s.min():.3g}..{s.max():.3g}, "
+        result.add(EventKind.EQUALIZED, p.first.name, f"{p.first.name} -> {p.second.name}: scales {s.min():.3g}..{s.max():.3g}, "
                               f"channel range spread of {p.first.name} x{spread0:.1f} -> x{spread1:.1f}")
     dtypes = {t.name: onnx.helper.tensor_dtype_to_np_dtype(t.data_type) for t in g.initializer}
     touched = {n for p in pairs for n in (p.first.input[1], p.first.input[2] if len(p.first.input) > 2 else "",

@@ -22,7 +22,8 @@ import copy
 import numpy as np
 import onnx
 
-from .graph import GraphIndex, PassResult, attr, remove_unused_initializers, set_initializer, unique_name
+from .graph import EventKind, GraphIndex, PassResult, attr, remove_unused_initializers, set_initializer, unique_name
+from .layout import layout
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> PassResult:
@@ -39,7 +40,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> PassResult:
         layer = idx.producer.get(bn.input[0])
         reason = _why_not(bn, layer, idx, weight_users)
         if reason:
-            result.skipped.append((bn.name, reason))
+            result.add(EventKind.SKIPPED, bn.name, reason)
             continue
         assert layer is not None
         gamma, beta, mean, var = (idx.const(n).astype(np.float64) for n in bn.input[1:5])
@@ -48,14 +49,9 @@ def fold_batchnorm(model: onnx.ModelProto) -> PassResult:
         shift = beta - mean * s
         w = idx.const(layer.input[1])
         wdtype = w.dtype
-        if layer.op_type == "Gemm":
-            axis = 0 if attr(layer, "transB", 0) else 1
-        else:
-            axis = 0 if layer.op_type == "Conv" else 1
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        new_w = (w.astype(np.float64) * s.reshape(shape)).astype(wdtype)
-        cout = w.shape[axis]
+        lay = layout(layer)
+        new_w = lay.scale_out(w.astype(np.float64), s).astype(wdtype)
+        cout = lay.channels(w.shape)
         if layer.op_type == "Gemm":
             c = idx.const(layer.input[2]) if len(layer.input) > 2 and layer.input[2] else np.zeros(cout)
             beta_g = attr(layer, "beta", 1.0)
@@ -80,7 +76,8 @@ def fold_batchnorm(model: onnx.ModelProto) -> PassResult:
         removed.add(id(bn))
         # the folded layer's output is ~ N(beta, gamma^2) per channel: analytic bias correction uses it
         result.data[layer.name] = (beta.astype(np.float64), np.abs(gamma).astype(np.float64))
-        result.changed.append(f"{bn.name or bn.output[0]} folded into {layer.name or layer.op_type}")
+        result.add(EventKind.FOLDED, bn.name or bn.output[0],
+                   f"{bn.name or bn.output[0]} folded into {layer.name or layer.op_type}")
     if removed:
         keep = [n for n in g.node if id(n) not in removed]
         del g.node[:]

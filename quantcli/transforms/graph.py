@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections import defaultdict
 
 import numpy as np
@@ -10,14 +11,47 @@ import onnx
 from onnx import numpy_helper
 
 
+class EventKind(str, enum.Enum):
+    CHANGED = "changed"            # a node rewritten: named, turned into a Gemm, bias moved or reshaped, ...
+    FOLDED = "folded"              # a BatchNormalization folded into the layer before it
+    EQUALIZED = "equalized"        # a cross-layer-equalized pair (node = its first layer)
+    BIAS_SHIFTED = "bias-shifted"  # a layer's bias corrected (value = the largest shift)
+    QUANTIZED = "quantized"        # Q/DQ inserted (model-wide summary)
+    SKIPPED = "skipped"            # left alone; detail says why
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One thing a pass did (or did not do) to one node; ``detail`` is the sentence a report shows."""
+
+    kind: EventKind
+    node: str
+    detail: str
+    value: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.detail}" if self.kind == EventKind.SKIPPED else self.detail
+
+
 @dataclasses.dataclass
 class PassResult:
-    """What a graph pass returns: the new model, what it changed and what it skipped (with why)."""
+    """What a graph pass returns: the new model, typed events (what it changed, what it skipped and why) and
+    pass-specific data (e.g. folded BatchNorm statistics, CLE scales)."""
 
     model: onnx.ModelProto
-    changed: list[str] = dataclasses.field(default_factory=list)
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    data: dict = dataclasses.field(default_factory=dict)  # pass-specific results (e.g. folded BN statistics)
+    events: list[Event] = dataclasses.field(default_factory=list)
+    data: dict = dataclasses.field(default_factory=dict)
+
+    def add(self, kind: EventKind, node: str, detail: str, value: float | None = None) -> None:
+        self.events.append(Event(kind, node, detail, value))
+
+    @property
+    def changed(self) -> list[str]:
+        return [str(e) for e in self.events if e.kind != EventKind.SKIPPED]
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [(e.node, e.detail) for e in self.events if e.kind == EventKind.SKIPPED]
 
 
 class GraphIndex:

@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import GraphIndex, PassResult, attr, remove_unused_initializers, unique_name
+from .graph import Event, EventKind, GraphIndex, PassResult, attr, remove_unused_initializers, unique_name
+from .layout import layout
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
@@ -42,14 +43,30 @@ def constants_to_initializers(model: onnx.ModelProto) -> PassResult:
         g.node.extend(keep)
     inits = {t.name for t in g.initializer}
     inputs = [i for i in g.input if i.name not in inits]
-    dropped = len(g.input) - len(inputs)
+    dropped_inputs = [i for i in g.input if i.name in inits]
+    dropped = len(dropped_inputs)
     if dropped and model.ir_version >= 4:
         del g.input[:]
         g.input.extend(inputs)
-    changed = [f"{len(moved)} Constant node(s) turned into initializers"] if moved else []
+    result = PassResult(model)
+    for name in moved:
+        result.add(EventKind.CHANGED, name, CONSTANT_MOVED)
     if dropped and model.ir_version >= 4:
-        changed.append(f"{dropped} initializer(s) removed from the graph inputs")
-    return PassResult(model, changed)
+        for i in dropped_inputs:
+            result.add(EventKind.CHANGED, i.name, INPUT_DROPPED)
+    return result
+
+
+CONSTANT_MOVED = "Constant node turned into an initializer"
+INPUT_DROPPED = "initializer removed from the graph inputs"
+
+
+def constants_summary(r: PassResult) -> str | None:
+    moved = sum(e.detail == CONSTANT_MOVED for e in r.events)
+    dropped = sum(e.detail == INPUT_DROPPED for e in r.events)
+    parts = ([f"{moved} Constant node(s) turned into initializers"] if moved else []) + (
+        [f"{dropped} initializer(s) removed from the graph inputs"] if dropped else [])
+    return "; ".join(parts) or None
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
@@ -70,12 +87,12 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 def name_nodes(model: onnx.ModelProto) -> PassResult:
     model = copy.deepcopy(model)
     taken = {n.name for n in model.graph.node if n.name}
-    count = 0
+    result = PassResult(model)
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = unique_name(f"{node.op_type}_{i}", taken)
-            count += 1
-    return PassResult(model, [f"{count} unnamed node(s) given names"] if count else [])
+            result.add(EventKind.CHANGED, node.name, "unnamed node given a name")
+    return result
 
 
 def matmul_add_to_gemm(model: onnx.ModelProto) -> PassResult:
@@ -106,14 +123,14 @@ def matmul_add_to_gemm(model: onnx.ModelProto) -> PassResult:
         c = idx.const(other)
         if c is None or c.dtype != np.float32 or c.ndim > 2:  # a rank-3 constant would broadcast the output up
             continue
-        bias = _per_channel(c, w.shape[1], conv=False, rank=2)
+        bias = _per_channel(c, layout(node).channels(w.shape), conv=False, rank=2)
         if bias is None:
             continue
         node.op_type = "Gemm"
         _take_bias_add(g, node, add, bias, taken, removed)
         fused.append(node.name)
     _remove_adds(g, removed)
-    return PassResult(model, [f"{len(fused)} MatMul + bias Add pair(s) turned into Gemm"] if fused else [])
+    return PassResult(model, [Event(EventKind.CHANGED, n, "MatMul + bias Add turned into a Gemm") for n in fused])
 
 
 def gemm_bias_to_1d(model: onnx.ModelProto) -> PassResult:
@@ -136,8 +153,7 @@ def gemm_bias_to_1d(model: onnx.ModelProto) -> PassResult:
         w = inits.get(node.input[1])
         if w is None or len(w.dims) != 2:
             continue
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        n_out = w.dims[0] if trans_b else w.dims[1]
+        n_out = layout(node).channels(w.dims)
         c = numpy_helper.to_array(inits[node.input[2]])
         if c.ndim == 1 and c.shape[0] == n_out:
             continue
@@ -145,7 +161,7 @@ def gemm_bias_to_1d(model: onnx.ModelProto) -> PassResult:
             flat = np.broadcast_to(c.reshape(-1), (n_out,)).astype(c.dtype)
             inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(flat), node.input[2]))
             changed.append(node.name)
-    return PassResult(model, [f"{len(changed)} Gemm bias(es) reshaped to 1-D"] if changed else [])
+    return PassResult(model, [Event(EventKind.CHANGED, n, "Gemm bias reshaped to 1-D") for n in changed])
 
 
 def fold_bias_add(model: onnx.ModelProto) -> PassResult:
@@ -172,7 +188,7 @@ def fold_bias_add(model: onnx.ModelProto) -> PassResult:
         w = idx.const(node.input[1]) if len(node.input) > 1 else None
         if c is None or w is None or c.dtype != np.float32 or w.ndim < 2:
             continue
-        n_out = _out_channels(node, w)
+        n_out = layout(node).channels(w.shape)
         conv = node.op_type == "Conv"
         per_channel = _per_channel(c, n_out, conv=conv, rank=w.ndim)
         has_bias = len(node.input) > 2 and bool(node.input[2])
@@ -192,7 +208,7 @@ def fold_bias_add(model: onnx.ModelProto) -> PassResult:
         _take_bias_add(g, node, add, new_bias, taken, removed)
         folded.append(node.name)
     _remove_adds(g, removed)
-    return PassResult(model, [f"{len(folded)} bias Add(s) folded into the preceding Conv/Gemm"] if folded else [])
+    return PassResult(model, [Event(EventKind.CHANGED, n, "bias Add folded into the layer") for n in folded])
 
 
 def _take_bias_add(g: onnx.GraphProto, node: onnx.NodeProto, add: onnx.NodeProto, bias: np.ndarray,
@@ -214,12 +230,6 @@ def _remove_adds(g: onnx.GraphProto, removed: set[str]) -> None:
         del g.node[:]
         g.node.extend(keep)
         remove_unused_initializers(g)
-
-
-def _out_channels(node: onnx.NodeProto, w: np.ndarray) -> int:
-    if node.op_type == "Conv":
-        return int(w.shape[0])
-    return int(w.shape[0] if attr(node, "transB", 0) else w.shape[1])
 
 
 def _per_channel(c: np.ndarray, n_out: int, *, conv: bool, rank: int) -> np.ndarray | None:
