@@ -58,16 +58,16 @@ def main() -> None:
     table.add_row("FP32", f"{fp32_acc:.2f}", "", "all", "0.0", f"{lat[0].median_ms:.3f}", "1.00", "")
     table.add_row("all INT8", f"{res['int8'].top1[1]:.2f}", f"{res['int8'].drop:.2f}", "0",
                   "100.0", f"{lat[1].median_ms:.3f}", f"{lat[1].ratio_to(lat[0]):.2f}", f"{t_int8:.1f}")
-    fl = mixed.search["float_nodes"] if mixed.search else []
+    fl = mixed.search.float_nodes if mixed.search else []
     table.add_row(f"--max-drop {args.max_drop:g}", f"{res['mixed'].top1[1]:.2f}", f"{res['mixed'].drop:.2f}",
                   f"{len(fl)}: {', '.join(fl)}", f"{100 * mixed.coverage.mac_share:.1f}", f"{lat[2].median_ms:.3f}",
                   f"{lat[2].ratio_to(lat[0]):.2f}", f"{t_mixed:.1f}")
     console = Console(width=150)
     console.print(table)
     if mixed.search:
-        console.print(f"search: {mixed.search['evaluations']} evaluations in {mixed.search['seconds']:.1f}s; "
+        console.print(f"search: {mixed.search.evaluations} evaluations in {mixed.search.seconds:.1f}s; "
                       f"bisection steps: " + ", ".join(f"{st['float_nodes']} float -> {st['drop']:.2f} pts"
-                                                       for st in mixed.search["steps"]), highlight=False)
+                                                       for st in mixed.search.steps), highlight=False)
 
 
 if __name__ == "__main__":

@@ -21,16 +21,19 @@ from .calibration.artifact import CalibrationArtifact, load_artifact
 from .calibration.collect import collect_statistics
 from .cpu import detect as detect_cpu
 from .data.sources import Dataset, input_specs
-from .errors import InternalError, QuantcliError
-from .int8 import (auto_weight_granularity, builder, eval_dataset, mixed_precision, quantize_act_matmul,
-                   sensitivities_alone)
+from .errors import QuantcliError
+from .quantize.scheme import apply_scheme
+from .quantize.search import eval_dataset, sensitivities_alone
+from .quantize.static import StaticBuilder
+from .settings import Resolved, resolve
+from .validate.output import validation_feeds, write_validated
 from .manifest import build_manifest
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
-from .quantize.policy import ACT_MATMUL_REASON, PlanOptions, plan, resolve_presets
-from .recipe import (AcceptSettings, ActMatmul, Activations, CalibrateSettings, NodePrecision, to_plain, CompareSettings,
-                     ConvertSettings, Mode, Precision, Recipe, ReduceRange, Weights)
+from .quantize.policy import PlanOptions, plan
+from .recipe import (AcceptSettings, Activations, CalibrateSettings, to_plain, CompareSettings,
+                     ConvertSettings, Mode, Precision, Recipe)
 from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, InspectResult,
-                      OutputCheck, OutputFidelity, RunResult)
+                      OutputFidelity, RunResult)
 from .runtime.bench import compare_latency
 from .runtime.session import make_session
 from .runtime.session import run as run_session
@@ -55,7 +58,7 @@ def calibration_tensors(prepared: onnx.ModelProto, activations: Activations = Ac
     default: what ``--act-matmul auto`` decides on this CPU).
     """
     if act_matmul is None:
-        act_matmul = quantize_act_matmul(ConvertSettings())
+        act_matmul = resolve(ConvertSettings()).act_matmul
     p = plan(prepared, PlanOptions(symmetric_activations=activations == Activations.SYMMETRIC, act_matmul=act_matmul))
     return sorted(set(p.calibrated_tensors()) | set(p.shared))
 
@@ -88,7 +91,7 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
                      prepared: onnx.ModelProto | None = None) -> tuple[CalibrationArtifact, float]:
     dataset = _open_dataset(settings.data, model, "calibrate")
     prepared = prepared if prepared is not None else prepare(model, cle=conv.cle).model
-    act_matmul = quantize_act_matmul(conv)
+    act_matmul = resolve(conv).act_matmul
     tensors = tensors if tensors is not None else calibration_tensors(prepared, conv.activations, act_matmul)
     if not tensors:
         raise QuantcliError(f"{model_path}: nothing to calibrate (no quantizable Conv/MatMul/Gemm with float inputs)")
@@ -114,115 +117,41 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
 def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSettings, *,
             calibration: str | Path | None = None, calib_settings: CalibrateSettings | None = None,
             progress: Progress = _no_progress) -> ConvertResult:
+    """Load -> resolve settings -> prepare -> ranges -> quantize (one scheme) -> stamp -> validate and write."""
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, calibration)
-    cpu = detect_cpu()
-    notes: list[str] = []
-    transforms: list[str] = []
-    float_nodes: dict[str, str] = {}
-    quantized: dict[str, str] = {}
-    absorbed: list[str] = []
-    n_tensors = 0
-    search = None
-    artifact = None
-    prepared = model
-    reduce_range = settings.reduce_range == ReduceRange.ON or (
-        settings.reduce_range == ReduceRange.AUTO and cpu.u8s8_saturates)
-    if settings.precision == Precision.INT8 and settings.reduce_range == ReduceRange.AUTO:
-        notes.append(f"CPU INT8 path: {cpu.int8_path}; weights {'7-bit (reduce range)' if reduce_range else 'full 8-bit'}")
-    if settings.precision == Precision.INT8 and cpu.int8_speed_note:
-        notes.append(f"speed: {cpu.int8_speed_note}")
-
-    if settings.precision in (Precision.FP16, Precision.BF16):
-        from .quantize.half import convert_to_half
-
-        new_model, rep = convert_to_half(model, settings.precision.value, keep_nodes=tuple(settings.exclude),
-                                         keep_op_types=None)
-        float_nodes = {n: why for n, why in rep.kept_float}
-        quantized = {"*": f"{rep.converted_nodes} nodes"}
-        notes += list(rep.notes)
-        if rep.clamped_initializers:
-            notes.append(f"{len(rep.clamped_initializers)} initializer(s) clamped to the half range: "
-                         + ", ".join(rep.clamped_initializers[:5]))
-    else:
+    res = resolve(settings, calib_settings)
+    prep = artifact = None
+    if res.scheme != "half":
         prep = prepare(model, cle=settings.cle)
-        prepared = prep.model
-        notes += prep.notes
-        float_nodes.update(prep.results["fold-batchnorm"].skipped)
-        if CLE in prep.results:
-            cle = prep.results[CLE]
-            transforms += cle.changed + [f"{n}: not equalized ({why})" for n, why in cle.skipped]
-        per_channel = settings.weights != Weights.PER_TENSOR
-        if per_channel and modelio.model_opset(prepared) < 13:
-            per_channel = False
-            notes.append("per-channel weights need opset 13: using per-tensor weights")
-        if settings.mode == Mode.DYNAMIC:
-            from .quantize.dynamic import quantize_dynamic
+        res = res.for_opset(modelio.model_opset(prep.model))
+    if res.scheme == "static":
+        artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
+        res = res.with_artifact_data(artifact.settings.get("data"))
+    scheme = apply_scheme(model, prep, res, artifact, calibration=calibration, progress=progress)
+    manifest = _stamp(scheme.model, model_path, settings, calibration, calib_settings)
+    feeds = validation_feeds(model, res.calibration_data)
+    checks = write_validated(scheme.model, model, out, feeds)
+    coverage = _coverage(scheme.model, feeds, prep.model) if settings.precision == Precision.INT8 else None
+    notes = list(res.notes) + (prep.notes if prep else []) + scheme.notes
+    return ConvertResult(str(out), settings.precision.value, settings.mode.value, _plain(settings),
+                         scheme.quantized, scheme.float_nodes, scheme.absorbed, scheme.quantized_tensors,
+                         modelio.model_size_bytes(model_path), modelio.model_size_bytes(out), checks, coverage, notes,
+                         res.cpu.summary(), time.perf_counter() - t0, scheme.transforms, manifest, scheme.search)
 
-            r, quantized, kept = quantize_dynamic(prepared, per_channel=per_channel, reduce_range=reduce_range,
-                                                  exclude=resolve_presets(prepared, settings.exclude))
-            new_model = r.model
-            float_nodes.update(kept)
-        else:
-            artifact = _artifact_for(model, model_path, prep, settings, calibration, calib_settings, progress)
-            def make_build(s: ConvertSettings):
-                return builder(model, prep, s, per_channel, reduce_range, artifact, calibration, calib_settings,
-                               progress, notes)
 
-            build = make_build(settings)
-            if settings.weights == Weights.AUTO and per_channel:
-                build = auto_weight_granularity(model, settings, build, make_build, artifact, calib_settings, notes)
-            qplan, new_model, bc_report = build()
-            if settings.max_drop is not None:
-                qplan, new_model, bc_report, search = mixed_precision(model, prep, settings, qplan, new_model,
-                                                                       bc_report, build, artifact, calib_settings,
-                                                                       notes)
-            transforms += bc_report
-            act_float = [n for n, why in qplan.float_nodes.items() if why == ACT_MATMUL_REASON]
-            if act_float and settings.act_matmul == ActMatmul.AUTO:
-                notes.append(f"act-matmul auto: {len(act_float)} MatMul(s) of two activations (attention) kept float: "
-                             "this CPU computes int8 no faster than FP32, so quantizing their inputs at run time "
-                             "would only add time; --act-matmul int8 quantizes them")
-            if bc_report:
-                notes.append(f"bias correction ({settings.bias_correction.value}): "
-                             f"{sum('shifted' in line for line in bc_report)} layer(s) corrected")
-            quantized, absorbed = dict(qplan.quantized_nodes), sorted(qplan.absorbed)
-            float_nodes.update(qplan.float_nodes)
-            from .quantize.policy import is_excluded
-
-            for node in prep.model.graph.node:
-                for r in settings.nodes:
-                    if r.precision != NodePrecision.INT8 and node.name in float_nodes and (
-                            is_excluded(node, (r.match,)) or node.name in resolve_presets(prep.model, (r.match,))):
-                        float_nodes[node.name] = ("runs in FP16 (node rule)" if r.precision == NodePrecision.FP16
-                                                  else "kept FP32 (node rule)")
-            for rank_i, name in enumerate(search["float_nodes"] if search else [], 1):
-                float_nodes[name] = f"kept float by the --max-drop search (sensitivity rank {rank_i})"
-            n_tensors = len(qplan.activations) + len(qplan.shared)
-
-    new_model.producer_name = "quantcli"
+def _stamp(model: onnx.ModelProto, model_path, settings: ConvertSettings, calibration,
+           calib_settings: CalibrateSettings | None) -> dict:
+    """Producer and the manifest (what made the model, from what, with which settings) in the model's metadata."""
     from . import __version__
-    new_model.producer_version = __version__
+
+    model.producer_name, model.producer_version = "quantcli", __version__
     manifest = build_manifest(model_path, modelio.file_sha256(model_path), {
-        "convert": _settings_dict(settings), "calibration": str(calibration) if calibration else None,
+        "convert": _plain(settings), "calibration": str(calibration) if calibration else None,
         "calibrate": _plain(calib_settings) if calib_settings and calibration is None else None})
-    _set_metadata(new_model, "quantcli.manifest", json.dumps(manifest, sort_keys=True))
-    data_path = (calib_settings.data if calib_settings and calib_settings.data else None) or (
-        artifact.settings.get("data") if artifact is not None else None)
-    feeds = _validation_feeds(model, data_path)
-    checks = _write_validated(new_model, model, out, feeds)
-    coverage = None
-    if settings.precision == Precision.INT8:
-        coverage = _coverage(new_model, feeds, prepared)
-    return ConvertResult(str(out), settings.precision.value, settings.mode.value, _settings_dict(settings),
-                         quantized, float_nodes, absorbed, n_tensors, modelio.model_size_bytes(model_path),
-                         modelio.model_size_bytes(out), checks, coverage, notes, cpu.summary(),
-                         time.perf_counter() - t0, transforms, manifest, search)
-
-
-def _settings_dict(settings: ConvertSettings) -> dict:
-    return _plain(settings)
+    _set_metadata(model, "quantcli.manifest", json.dumps(manifest, sort_keys=True))
+    return manifest
 
 
 def _plain(settings) -> dict:
@@ -238,9 +167,9 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
     model.metadata_props.add(key=key, value=value)
 
 
-def _artifact_for(model, model_path, prep: Prepared, settings: ConvertSettings, calibration,
-                  calib_settings: CalibrateSettings | None, progress: Progress) -> CalibrationArtifact:
-    """The calibration artifact: loaded (and checked against this model and settings) or made now."""
+def _artifact_for(model, model_path, prep: Prepared, res: Resolved, calibration,
+                  progress: Progress) -> CalibrationArtifact:
+    """The calibration artifact: loaded (and checked against this model and its preparation) or made now."""
     if calibration is not None:
         artifact = load_artifact(calibration)
         sha = modelio.file_sha256(model_path)
@@ -249,8 +178,8 @@ def _artifact_for(model, model_path, prep: Prepared, settings: ConvertSettings, 
                                 f"{model_path} is {sha[:12]}...); re-run quantcli calibrate on this model")
         _check_passes(calibration, artifact.passes, prep.agreed)
         return artifact
-    if calib_settings is not None and calib_settings.data:
-        artifact, _ = _calibrate_model(model, str(model_path), calib_settings, progress, settings,
+    if res.calibrate is not None and res.calibrate.data:
+        artifact, _ = _calibrate_model(model, str(model_path), res.calibrate, progress, res.convert,
                                        prepared=prep.model)
         return artifact
     raise QuantcliError("convert: static INT8 needs ranges: give --calibration CALIB.json or --data PATH "
@@ -270,55 +199,6 @@ def _check_passes(calibration, calibrated: list[str], converting: list[str]) -> 
     raise QuantcliError(f"{calibration}: calibrated with preparation passes that differ from convert's "
                         f"(only in the calibration: {', '.join(only_cal) or '-'}; only in convert: "
                         f"{', '.join(only_conv) or '-'}); re-run quantcli calibrate")
-
-
-def _validation_feeds(model: onnx.ModelProto, data_path: str | None) -> dict[str, np.ndarray]:
-    """One batch-1 input for the post-write check: the first data sample, else seeded synthetic data."""
-    specs = input_specs(model)
-    if data_path and Path(data_path).exists():
-        try:
-            ds = Dataset(data_path, specs)
-            return next(ds.batches(1, limit=1))
-        except QuantcliError:
-            pass
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for s in specs:
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in s.shape]
-        shape[:1] = [1] if shape else []
-        if s.dtype.kind == "f":
-            feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
-        else:
-            feeds[s.name] = np.zeros(shape, s.dtype)
-    return feeds
-
-
-def _write_validated(new_model: onnx.ModelProto, reference: onnx.ModelProto, out: Path,
-                     feeds: dict[str, np.ndarray]) -> list[OutputCheck]:
-    """Checker, ONNX Runtime load and one forward pass against the FP32 model, then the atomic rename."""
-    data = modelio.serialize_model(new_model)
-    try:
-        onnx.checker.check_model(onnx.load_from_string(data))
-    except Exception as exc:
-        raise InternalError(f"the converted model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
-    try:
-        qs = make_session(new_model, what="converted model")
-    except QuantcliError as exc:
-        raise InternalError(str(exc)) from None
-    ref = run_session(make_session(reference, what="input model"), feeds, what="input model")
-    got = run_session(qs, feeds, what="converted model")
-    checks = []
-    for o, r, q in zip(qs.get_outputs(), ref, got):
-        if np.shape(r) != np.shape(q):
-            raise InternalError(f"converted model output '{o.name}' has shape {np.shape(q)}, FP32 has {np.shape(r)}")
-        if np.issubdtype(np.asarray(q).dtype, np.floating) and not np.isfinite(q).all() and np.isfinite(r).all():
-            raise InternalError(f"converted model output '{o.name}' has NaN/Inf where the FP32 model has none")
-        acc = FidelityAccumulator()
-        if np.issubdtype(np.asarray(r).dtype, np.number):
-            acc.update(r, q)
-        checks.append(OutputCheck(o.name, acc.cosine, acc.sqnr_db, acc.max_abs))
-    modelio.write_bytes_atomic(out, data)
-    return checks
 
 
 # -- compare --------------------------------------------------------------------------------------------
@@ -445,7 +325,7 @@ def _coverage(model: onnx.ModelProto, feeds: dict[str, np.ndarray], reference: o
 def inspect(model_path: str | Path, *, data: str | None = None, min_coverage: float | None = None) -> InspectResult:
     """Let ONNX Runtime optimize ``model_path`` for the CPU and report what runs in integer kernels."""
     model = modelio.load_model(model_path)
-    feeds = _validation_feeds(model, data)
+    feeds = validation_feeds(model, data)
     cpu = detect_cpu()
     return InspectResult(str(model_path), {k: list(v.shape) for k, v in feeds.items()}, _coverage(model, feeds),
                          cpu.summary(), cpu.int8_path, min_coverage,
@@ -463,19 +343,16 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
     prep = prepare(model, cle=settings.cle)
-    per_channel = settings.weights != Weights.PER_TENSOR and modelio.model_opset(prep.model) >= 13
-    reduce_range = settings.reduce_range == ReduceRange.ON or (
-        settings.reduce_range == ReduceRange.AUTO and detect_cpu().u8s8_saturates)
-    artifact = _artifact_for(model, model_path, prep, settings, calibration, calib_settings, progress)
-    notes: list[str] = []
-    build = builder(model, prep, settings, per_channel, reduce_range, artifact, calibration, calib_settings,
-                     progress, notes)
-    ev = Evaluator(model, eval_dataset(model, settings, calib_settings, artifact, "analyze", labels))
-    qplan, full_model, _ = build()
-    full = ev.score(full_model)
+    res = resolve(settings, calib_settings).for_opset(modelio.model_opset(prep.model))
+    artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
+    res = res.with_artifact_data(artifact.settings.get("data"))
+    build = StaticBuilder(model, prep, res, artifact, calibration=calibration, progress=progress)
+    ev = Evaluator(model, eval_dataset(model, res, "analyze", labels))
+    built = build()
+    full = ev.score(built.model)
     shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
-    rows = sensitivities_alone(prep, qplan, build, ev, shapes, progress)
-    inside = node_output_sqnr(prep.model, full_model, [r.node for r in rows], ev.batches)
+    rows = sensitivities_alone(prep, built, build, ev, shapes, progress)
+    inside = node_output_sqnr(prep.model, built.model, [r.node for r in rows], ev.batches)
     for r in rows:
         r.full_sqnr_db = inside.get(r.node)
     return AnalyzeResult(str(model_path), ev.metric_name, ev.ref_metric, full.drop, full.sqnr_db,

@@ -9,8 +9,7 @@ from onnx import helper, numpy_helper
 from models import cnn_data, detector_head, masked_attention, small_cnn
 from quantcli import pipeline
 from quantcli.cpu import detect
-from quantcli.int8 import NO_ACT_RANGES_REASON
-from quantcli.quantize.policy import ACT_MATMUL_REASON
+from quantcli.quantize.reasons import ACT_MATMUL, NO_ACT_RANGES, Reason
 from quantcli.recipe import ActMatmul, CalibrateSettings, ConvertSettings
 from quantcli.runtime.session import make_session
 
@@ -69,7 +68,7 @@ def test_concat_of_boxes_and_scores_keeps_the_scores(tmp_path, box_scale):
     assert _sqnr(ref[..., 4:], got[..., 4:]) > 25 and _sqnr(ref[..., :4], got[..., :4]) > 25
     assert (ref[..., 4:].argmax(-1) == got[..., 4:].argmax(-1)).mean() > 0.95
     if box_scale > 1:
-        assert "concat" not in r.quantized_nodes and "ranges differ" in r.float_nodes["concat"]
+        assert "concat" not in r.quantized_nodes and r.float_nodes["concat"].reason == Reason.RANGE_CONFLICT and "ranges differ" in str(r.float_nodes["concat"])
         assert r.coverage.integer_kernels == {"QLinearConv": 3}
     else:
         assert r.quantized_nodes["concat"] == "Concat" and r.coverage.integer_kernels["QLinearConcat"] == 1
@@ -107,14 +106,14 @@ def test_additive_attention_mask_int64_input_and_odd_symbolic_dims(tmp_path):
     assert cal_float.tensors < cal.tensors
     r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q3.onnx", ConvertSettings(act_matmul=ActMatmul.INT8),
                          calibration=cal_float.output)
-    assert r.float_nodes["scores"] == r.float_nodes["context"] == NO_ACT_RANGES_REASON
+    assert r.float_nodes["scores"] == r.float_nodes["context"] == NO_ACT_RANGES
     # the default: attention in int8 only where the CPU computes int8 faster than FP32
     r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q2.onnx", ConvertSettings(), calibration=cal.output)
     attention = {"scores", "context"}
     if detect().int8_compute_fast:
         assert attention <= set(r.quantized_nodes)
     else:
-        assert all(r.float_nodes[n] == ACT_MATMUL_REASON for n in attention) and set(r.coverage.float_heavy_nodes) == attention
+        assert all(r.float_nodes[n] == ACT_MATMUL for n in attention) and set(r.coverage.float_heavy_nodes) == attention
         assert any(n.startswith("act-matmul auto: 2 MatMul(s)") for n in r.notes)
     got = make_session(str(tmp_path / "q2.onnx")).run(None, feeds)[0]
     assert np.isfinite(got).all() and _sqnr(ref, got) > 25

@@ -9,6 +9,7 @@ from quantcli.cpu import detect
 from quantcli.quantize.dynamic import quantize_dynamic
 from quantcli.quantize.policy import PlanOptions, plan
 from quantcli.quantize.qdq import QDQOptions, insert_qdq
+from quantcli.quantize.reasons import Reason
 from quantcli.runtime.session import make_session, optimized_model, tap_model
 from quantcli.transforms.fold_batchnorm import fold_batchnorm
 from quantcli.validate.coverage import int8_coverage
@@ -77,7 +78,7 @@ def test_weights_stored_as_int8_with_right_axes():
 def test_exclude_by_name_and_op_type():
     m = fold_batchnorm(small_cnn()).model
     p = plan(m, PlanOptions(exclude=("pwconv",)))
-    assert "pwconv" not in p.quantized_nodes and p.float_nodes["pwconv"] == "excluded by --exclude"
+    assert "pwconv" not in p.quantized_nodes and p.float_nodes["pwconv"].reason == Reason.EXCLUDED
     assert "add" not in p.quantized_nodes  # its input from pwconv is no longer quantized
     p = plan(m, PlanOptions(exclude=("Conv",)))
     assert not {"conv1", "dwconv", "pwconv"} & set(p.quantized_nodes)
@@ -200,7 +201,7 @@ def test_nodes_onnx_runtime_would_not_fuse_stay_float(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     from quantcli import pipeline
-    from quantcli.int8 import UNFUSED_REASON
+    from quantcli.quantize.reasons import UNFUSED
     from quantcli.recipe import ActMatmul, CalibrateSettings, ConvertSettings
 
     rng = np.random.default_rng(5)
@@ -219,7 +220,7 @@ def test_nodes_onnx_runtime_would_not_fuse_stay_float(tmp_path):
     np.savez(tmp_path / "c.npz", a=rng.normal(size=(64, 8)).astype(np.float32))
     r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(act_matmul=ActMatmul.INT8),
                          calib_settings=CalibrateSettings(data=str(tmp_path / "c.npz")))
-    assert r.float_nodes.get("mix") == UNFUSED_REASON
+    assert r.float_nodes.get("mix") == UNFUSED
     assert {"proj", "gram"} <= set(r.quantized_nodes) and r.coverage.float_heavy_nodes == ["mix"]
     assert r.coverage.dq_left == 1  # mix reads hr through one DequantizeLinear: no Q/DQ of its own
 

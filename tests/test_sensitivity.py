@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from quantcli import pipeline
 from quantcli.cli.app import app
 from quantcli.quantize.policy import resolve_presets
+from quantcli.quantize.reasons import Reason, Why
 from quantcli.recipe import CalibrateSettings, ConvertSettings
 from quantcli.sensitivity import search_exclusions
 
@@ -32,10 +33,11 @@ def test_max_drop_finds_a_model_within_budget_with_few_float_nodes(tmp_path):
     conv = pipeline.convert(MODEL, tmp_path / "m.onnx", ConvertSettings(max_drop=1.0, eval_data=EVAL),
                             calib_settings=CALIB)
     s = conv.search
-    assert s["all_int8_drop"] > 1.0 and s["drop"] <= 1.0
-    assert 1 <= len(s["float_nodes"]) <= 3
-    assert all(conv.float_nodes[n].startswith("kept float by the --max-drop search") for n in s["float_nodes"])
-    assert 'exclude = ["' in s["recipe_fragment"]
+    assert s.all_int8_drop > 1.0 and s.drop <= 1.0
+    assert 1 <= len(s.float_nodes) <= 3
+    assert all(conv.float_nodes[n].reason == Reason.MAX_DROP for n in s.float_nodes)
+    assert all(str(conv.float_nodes[n]).startswith("kept float by the --max-drop search") for n in s.float_nodes)
+    assert 'exclude = ["' in s.recipe_fragment
     res = pipeline.compare(MODEL, tmp_path / "m.onnx",
                            pipeline.CompareSettings(data=EVAL, runs=2, warmup=2))
     assert res.drop <= 1.0
@@ -92,8 +94,8 @@ def test_node_rules_fp16_fp32_and_int8_overrides(tmp_path):
              NodeRule("dsblock/*", weights=Weights.PER_TENSOR, method=Method.PERCENTILE, percentile=99.9)]
     base = SAMPLES / "digits_cnn.onnx"
     conv = pipeline.convert(base, tmp_path / "n.onnx", ConvertSettings(nodes=rules), calib_settings=CALIB)
-    assert conv.float_nodes["head/fc"] == "runs in FP16 (node rule)"
-    assert conv.float_nodes["stem/conv"] == "kept FP32 (node rule)"
+    assert conv.float_nodes["head/fc"] == Why(Reason.NODE_RULE, "runs in FP16 (node rule)")
+    assert conv.float_nodes["stem/conv"] == Why(Reason.NODE_RULE, "kept FP32 (node rule)")
     m = onnx.load(tmp_path / "n.onnx")
     inits = {t.name: t for t in m.graph.initializer}
     assert inits["head.fc.weight"].data_type == TensorProto.FLOAT16

@@ -20,6 +20,7 @@ from ..quantize.policy import QuantPlan
 from ..quantize.qdq import QDQOptions, insert_qdq
 from ..runtime.session import make_session, run, tap_model
 from ..transforms.bias_correction import shift_bias
+from ..transforms.graph import Event, EventKind
 
 
 def _channel_mean(y: np.ndarray, op: str) -> tuple[np.ndarray, int]:
@@ -45,7 +46,7 @@ def _means(model: onnx.ModelProto, tensors: list[str], ops: list[str], batches: 
 
 def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges: dict, options: QDQOptions,
                               batches: list[dict], layers: list[str],
-                              on_layer: Callable[[int], None] | None = None) -> tuple[onnx.ModelProto, list[str]]:
+                              on_layer: Callable[[int], None] | None = None) -> tuple[onnx.ModelProto, list[Event]]:
     """Returns the float model with corrected biases and a line per layer saying what changed."""
     model = copy.deepcopy(prepared)
     nodes = {n.name: n for n in model.graph.node}
@@ -63,10 +64,11 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
         try:
             shift_bias(model, name, shift)
         except ValueError as exc:
-            report.append(f"{name}: skipped ({exc})")
+            report.append(Event(EventKind.SKIPPED, name, str(exc)))
             continue
-        report.append(f"{name}: bias shifted by up to {np.max(np.abs(shift)):.3g} (mean |shift| "
-                      f"{np.mean(np.abs(shift)):.3g})")
+        top = float(np.max(np.abs(shift)))
+        report.append(Event(EventKind.BIAS_SHIFTED, name, f"{name}: bias shifted by up to {top:.3g} (mean |shift| "
+                                                         f"{np.mean(np.abs(shift)):.3g})", top))
         if on_layer:
             on_layer(1)
     return model, report

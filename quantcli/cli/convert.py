@@ -80,7 +80,7 @@ def convert(
         if recipe_out:
             from ..modelio import check_output_path, write_text_atomic
 
-            fragment = (result.search or {}).get("recipe_fragment") or "[convert]\nexclude = []\n"
+            fragment = (result.search.recipe_fragment if result.search else "") or "[convert]\nexclude = []\n"
             write_text_atomic(check_output_path(recipe_out), "# chosen by quantcli convert --max-drop\n" + fragment)
     if min_int8_coverage is not None:
         share = 100.0 * result.coverage.mac_share if result.coverage else 0.0

@@ -21,10 +21,11 @@ from onnx import TensorProto, helper, numpy_helper
 from ..transforms.graph import EventKind, GraphIndex, PassResult, attr, float_tensors, remove_unused_initializers
 from . import params as qp
 from .policy import is_excluded
+from .reasons import EXCLUDED, Reason, Why
 
 
 def quantize_dynamic(model: onnx.ModelProto, *, per_channel: bool = True, reduce_range: bool = False,
-                     exclude: tuple[str, ...] = ()) -> tuple[PassResult, dict[str, str], dict[str, str]]:
+                     exclude: tuple[str, ...] = ()) -> tuple[PassResult, dict[str, str], dict[str, Why]]:
     """Returns (result, quantized node -> op type, float node -> reason)."""
     model = copy.deepcopy(model)
     g = model.graph
@@ -32,7 +33,7 @@ def quantize_dynamic(model: onnx.ModelProto, *, per_channel: bool = True, reduce
     floats = float_tensors(model)
     result = PassResult(model)
     quantized: dict[str, str] = {}
-    kept: dict[str, str] = {}
+    kept: dict[str, Why] = {}
     dql: dict[str, tuple[str, str, str]] = {}
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
@@ -53,13 +54,19 @@ def quantize_dynamic(model: onnx.ModelProto, *, per_channel: bool = True, reduce
     return result, quantized, kept
 
 
-def _reason(node, idx: GraphIndex, floats: set[str], exclude) -> str | None:
+def _reason(node, idx: GraphIndex, floats: set[str], exclude) -> Why | None:
     if node.op_type == "Conv":
-        return "dynamic mode quantizes MatMul/Gemm only (ConvInteger is slower than FP32 Conv in ONNX Runtime)"
+        return Why(Reason.DYNAMIC_SCOPE, "dynamic mode quantizes MatMul/Gemm only (ConvInteger is slower than "
+                                         "FP32 Conv in ONNX Runtime)")
     if node.op_type not in ("MatMul", "Gemm"):
-        return "not a MatMul/Gemm"
+        return Why(Reason.DYNAMIC_SCOPE, "not a MatMul/Gemm")
     if is_excluded(node, exclude):
-        return "excluded by --exclude"
+        return EXCLUDED
+    detail = _not_quantizable(node, idx, floats)
+    return Why(Reason.NOT_QUANTIZABLE, detail) if detail else None
+
+
+def _not_quantizable(node, idx: GraphIndex, floats: set[str]) -> str | None:
     if node.input[0] not in floats or node.input[0] in idx.initializers:
         return "A is not a float activation"
     w = idx.const(node.input[1])

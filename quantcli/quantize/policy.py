@@ -31,10 +31,10 @@ import onnx
 
 from ..transforms.graph import GraphIndex, attr, float_tensors
 from ..transforms.layout import layout
+from . import reasons as r
+from .reasons import Why
 
 HEAVY = {"Conv", "MatMul", "Gemm"}
-ACT_MATMUL_REASON = ("MatMul of two activations: quantizing both inputs at run time costs more than "
-                     "an integer kernel saves on this CPU (--act-matmul int8 quantizes it)")
 CHEAP = {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool"}
 LAYOUT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool"}
 ABSORBABLE = {"Relu", "Clip"}
@@ -71,7 +71,7 @@ class QuantPlan:
     biases: list[BiasSpec]
     absorbed: dict[str, str]                # absorbed Relu/Clip node -> its producer node
     quantized_nodes: dict[str, str]         # node name -> op type
-    float_nodes: dict[str, str]             # node name -> why it stays float (for nodes worth reporting)
+    float_nodes: dict[str, Why]             # node name -> why it stays float (for nodes worth reporting)
 
     def calibrated_tensors(self) -> list[str]:
         return sorted(set(self.activations.values()))
@@ -128,18 +128,20 @@ def plan(model: onnx.ModelProto, options: PlanOptions = PlanOptions()) -> QuantP
         if node.op_type not in HEAVY:
             continue
         if is_excluded(node, options.exclude):
-            p.float_nodes[node.name] = "excluded by --exclude"
+            p.float_nodes[node.name] = r.EXCLUDED
             continue
         if options.only is not None and node.name not in options.only:
             continue
-        why = _heavy_reason(node, idx, is_act)
+        detail = _heavy_reason(node, idx, is_act)
+        why = Why(r.Reason.NOT_QUANTIZABLE, detail) if detail else None
         if not why and not options.act_matmul and node.op_type == "MatMul" and all(is_act(i) for i in node.input[:2]):
-            why = ACT_MATMUL_REASON
+            why = r.ACT_MATMUL
         if why:
             p.float_nodes[node.name] = why
             continue
         if node.op_type in OUTPUT_Q_REQUIRED and node.output[0] in idx.graph_outputs:
-            p.float_nodes[node.name] = "output is a graph output (kept exact, so no integer kernel)"
+            p.float_nodes[node.name] = Why(r.Reason.GRAPH_OUTPUT,
+                                           "output is a graph output (kept exact, so no integer kernel)")
             continue
         heavy_ok.add(node.name)
         for i, name in enumerate(node.input[:2]):
@@ -167,17 +169,18 @@ def plan(model: onnx.ModelProto, options: PlanOptions = PlanOptions()) -> QuantP
             continue
         if is_excluded(node, options.exclude):
             if op in CHEAP | LAYOUT:
-                p.float_nodes[node.name] = "excluded by --exclude"
+                p.float_nodes[node.name] = r.EXCLUDED
             continue
         if op in CHEAP:
             acts = [i for i in node.input if is_act(i)]
             consts = [i for i in node.input if i and not is_act(i)]
             if consts:
-                p.float_nodes[node.name] = "has constant inputs (stays float)"
+                p.float_nodes[node.name] = Why(r.Reason.CONSTANT_INPUTS, "has constant inputs (stays float)")
             elif not acts or any(i not in emits and i not in required for i in acts):
-                p.float_nodes[node.name] = "inputs are not quantized (Q/DQ would only add time)"
+                p.float_nodes[node.name] = Why(r.Reason.INPUTS_NOT_QUANTIZED,
+                                               "inputs are not quantized (Q/DQ would only add time)")
             elif node.output[0] in idx.graph_outputs:
-                p.float_nodes[node.name] = "output is a graph output (kept exact)"
+                p.float_nodes[node.name] = Why(r.Reason.GRAPH_OUTPUT, "output is a graph output (kept exact)")
             else:
                 for i in acts:
                     required.setdefault(i, i)
@@ -221,7 +224,7 @@ def plan(model: onnx.ModelProto, options: PlanOptions = PlanOptions()) -> QuantP
 
 
 def range_conflicts(model: onnx.ModelProto, qplan: QuantPlan,
-                    ranges: dict[str, tuple[float, float]]) -> dict[str, str]:
+                    ranges: dict[str, tuple[float, float]]) -> dict[str, Why]:
     """Quantized Concat nodes whose inputs' ranges differ more than MAX_CONCAT_RANGE_RATIO: node -> reason.
 
     Ranges are looked up through shared (layout) tensors to the tensor whose calibrated range applies.
@@ -235,7 +238,7 @@ def range_conflicts(model: onnx.ModelProto, qplan: QuantPlan,
         lo, hi = ranges[src]
         return max(float(hi) - float(lo), 0.0)
 
-    out: dict[str, str] = {}
+    out: dict[str, Why] = {}
     for node in model.graph.node:
         if qplan.quantized_nodes.get(node.name) != "Concat":
             continue
@@ -247,8 +250,9 @@ def range_conflicts(model: onnx.ModelProto, qplan: QuantPlan,
         ratio = spans[wide] / spans[narrow] if spans[narrow] > 0 else float("inf")
         if ratio > MAX_CONCAT_RANGE_RATIO:
             bits = max(0.0, 8 - float(np.log2(ratio))) if np.isfinite(ratio) else 0.0
-            out[node.name] = (f"inputs' ranges differ x{ratio:.0f} ('{wide}' spans {spans[wide]:.4g}, '{narrow}' "
-                              f"{spans[narrow]:.4g}): one shared scale would leave '{narrow}' {bits:.1f} of 8 bits")
+            out[node.name] = Why(r.Reason.RANGE_CONFLICT, (
+                f"inputs' ranges differ x{ratio:.0f} ('{wide}' spans {spans[wide]:.4g}, '{narrow}' "
+                f"{spans[narrow]:.4g}): one shared scale would leave '{narrow}' {bits:.1f} of 8 bits"))
     return out
 
 

@@ -65,7 +65,7 @@ def render_convert(r: ConvertResult, console: Console) -> None:
     if r.float_nodes:
         by_reason: dict[str, list[str]] = {}
         for name, why in sorted(r.float_nodes.items()):
-            by_reason.setdefault(why, []).append(name)
+            by_reason.setdefault(str(why), []).append(name)
         ft = Table(title="Kept float", title_justify="left")
         ft.add_column("why", overflow="fold")
         ft.add_column("nodes", overflow="fold")
@@ -73,16 +73,16 @@ def render_convert(r: ConvertResult, console: Console) -> None:
             shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
             ft.add_row(escape(why), f"{len(names)}: {escape(shown)}")
         console.print(ft)
-    if r.search and r.search.get("float_nodes"):
-        st = Table(title=f"Mixed precision search (--max-drop {r.search['max_drop']:g}, {r.search['metric']})",
+    if r.search and r.search.float_nodes:
+        st = Table(title=f"Mixed precision search (--max-drop {r.search.max_drop:g}, {r.search.metric})",
                    title_justify="left", show_header=False)
         st.add_column("what")
         st.add_column("value", overflow="fold")
-        st.add_row("all-INT8 drop", f"{r.search['all_int8_drop']:.2f} pts")
-        st.add_row("kept in float", escape(", ".join(r.search["float_nodes"])))
-        st.add_row("drop now", f"{r.search['drop']:.2f} pts")
-        st.add_row("search", f"{r.search['evaluations']} evaluations in {r.search['seconds']:.1f}s")
-        st.add_row("recipe fragment", escape(r.search.get("recipe_fragment", "").strip()))
+        st.add_row("all-INT8 drop", f"{r.search.all_int8_drop:.2f} pts")
+        st.add_row("kept in float", escape(", ".join(r.search.float_nodes)))
+        st.add_row("drop now", f"{r.search.drop:.2f} pts")
+        st.add_row("search", f"{r.search.evaluations} evaluations in {r.search.seconds:.1f}s")
+        st.add_row("recipe fragment", escape(r.search.recipe_fragment.strip()))
         console.print(st)
     if r.transforms:
         tt = Table(title="Transforms (per layer)", title_justify="left", show_header=False)

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import onnx
 
-from .graph import GraphIndex, attr, set_initializer, unique_name
+from .graph import Event, EventKind, GraphIndex, attr, set_initializer, unique_name
 from .layout import layout
 
 
@@ -110,7 +110,7 @@ def add_zero_biases(model: onnx.ModelProto) -> list[str]:
 
 
 def analytic_correction(model: onnx.ModelProto, layers: dict[str, int | None], bn_stats: dict, cle_scales: dict,
-                        quantize_weight) -> list[str]:
+                        quantize_weight) -> list[Event]:
     """Data-free correction of ``layers`` (name -> per-channel weight axis or None) in place.
 
     ``bn_stats``: layer -> (beta, gamma) of its folded BatchNorm output; ``cle_scales``: layer -> s by which CLE
@@ -126,7 +126,7 @@ def analytic_correction(model: onnx.ModelProto, layers: dict[str, int | None], b
         if relu:
             src = idx.producer.get(src.input[0])
         if src is None or src.name not in bn_stats:
-            report.append(f"{name}: skipped (its input has no BatchNorm statistics)")
+            report.append(Event(EventKind.SKIPPED, name, "its input has no BatchNorm statistics"))
             continue
         beta, gamma = bn_stats[src.name]
         s = cle_scales.get(src.name, 1.0)
@@ -139,8 +139,9 @@ def analytic_correction(model: onnx.ModelProto, layers: dict[str, int | None], b
         try:
             shift_bias(model, name, shift)
         except ValueError as exc:
-            report.append(f"{name}: skipped ({exc})")
+            report.append(Event(EventKind.SKIPPED, name, str(exc)))
             continue
         idx = GraphIndex(g)
-        report.append(f"{name}: bias shifted by up to {np.max(np.abs(shift)):.3g} (analytic)")
+        top = float(np.max(np.abs(shift)))
+        report.append(Event(EventKind.BIAS_SHIFTED, name, f"{name}: bias shifted by up to {top:.3g} (analytic)", top))
     return report

@@ -1,0 +1,126 @@
+"""Quantization schemes, each returning one :class:`SchemeResult` shape: static INT8, dynamic INT8, FP16/BF16.
+
+:func:`apply_scheme` picks the scheme the resolved settings ask for.  A new scheme (e.g. INT4 weight-only) is
+one more function here with the same signature and result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import onnx
+
+from ..calibration.artifact import CalibrationArtifact
+from ..recipe import ActMatmul, NodePrecision, Weights
+from ..settings import Resolved
+from ..transforms.graph import Event, EventKind
+from ..transforms.passes import CLE, Prepared
+from . import reasons
+from .policy import is_excluded, resolve_presets
+from .reasons import Reason, Why
+from .search import SearchResult, auto_weight_granularity, mixed_precision
+from .static import Progress, StaticBuilder, no_progress
+
+
+@dataclasses.dataclass
+class SchemeResult:
+    model: onnx.ModelProto
+    quantized: dict[str, str]               # node -> op type ("*" -> count for FP16/BF16)
+    float_nodes: dict[str, Why]             # node -> why it stays float
+    absorbed: list[str] = dataclasses.field(default_factory=list)
+    quantized_tensors: int = 0
+    events: list[Event] = dataclasses.field(default_factory=list)  # per layer: CLE, bias correction
+    notes: list[str] = dataclasses.field(default_factory=list)
+    search: SearchResult | None = None
+
+    @property
+    def transforms(self) -> list[str]:
+        """The per-layer lines of the report (CLE pairs and skips, bias shifts)."""
+        return [str(e) for e in self.events]
+
+
+def half(model: onnx.ModelProto, res: Resolved) -> SchemeResult:
+    from .half import convert_to_half
+
+    new_model, rep = convert_to_half(model, res.convert.precision.value, keep_nodes=tuple(res.convert.exclude),
+                                     keep_op_types=None)
+    kept = {n: reasons.EXCLUDED if why == reasons.EXCLUDED.detail else Why(Reason.HALF_KEPT, why)
+            for n, why in rep.kept_float}
+    notes = list(rep.notes)
+    if rep.clamped_initializers:
+        notes.append(f"{len(rep.clamped_initializers)} initializer(s) clamped to the half range: "
+                     + ", ".join(rep.clamped_initializers[:5]))
+    return SchemeResult(new_model, {"*": f"{rep.converted_nodes} nodes"}, kept, notes=notes)
+
+
+def dynamic(prep: Prepared, res: Resolved) -> SchemeResult:
+    from .dynamic import quantize_dynamic
+
+    r, quantized, kept = quantize_dynamic(prep.model, per_channel=res.per_channel, reduce_range=res.reduce_range,
+                                          exclude=resolve_presets(prep.model, res.convert.exclude))
+    return SchemeResult(r.model, quantized, kept)
+
+
+def static(model: onnx.ModelProto, prep: Prepared, res: Resolved, artifact: CalibrationArtifact, *,
+           calibration: str | Path | None = None, progress: Progress = no_progress) -> SchemeResult:
+    s = res.convert
+    notes: list[str] = []
+    build = StaticBuilder(model, prep, res, artifact, calibration=calibration, progress=progress)
+    if s.weights == Weights.AUTO and res.per_channel:
+        build, note = auto_weight_granularity(model, build)
+        notes += [note] if note else []
+    built = build()
+    search = None
+    if s.max_drop is not None:
+        built, search, note = mixed_precision(model, prep, build)
+        notes.append(note)
+    notes = built.notes + notes
+    act_float = [n for n, why in built.plan.float_nodes.items() if why.reason == Reason.ACT_MATMUL]
+    if act_float and s.act_matmul == ActMatmul.AUTO:
+        notes.append(f"act-matmul auto: {len(act_float)} MatMul(s) of two activations (attention) kept float: "
+                     "this CPU computes int8 no faster than FP32, so quantizing their inputs at run time "
+                     "would only add time; --act-matmul int8 quantizes them")
+    if built.events:
+        shifted = sum(e.kind == EventKind.BIAS_SHIFTED for e in built.events)
+        notes.append(f"bias correction ({s.bias_correction.value}): {shifted} layer(s) corrected")
+    float_nodes = dict(built.plan.float_nodes)
+    float_nodes.update(_rule_reasons(prep.model, res, float_nodes))
+    for rank_i, name in enumerate(search.float_nodes if search else [], 1):
+        float_nodes[name] = Why(Reason.MAX_DROP, f"kept float by the --max-drop search (sensitivity rank {rank_i})")
+    return SchemeResult(built.model, dict(built.plan.quantized_nodes), float_nodes, sorted(built.plan.absorbed),
+                        len(built.plan.activations) + len(built.plan.shared), list(built.events), notes, search)
+
+
+def _rule_reasons(model: onnx.ModelProto, res: Resolved, float_nodes: dict[str, Why]) -> dict[str, Why]:
+    """Nodes kept float by a per-node rule (fp32 / fp16) say so instead of "excluded"."""
+    out = {}
+    for node in model.graph.node:
+        for r in res.convert.nodes:
+            if r.precision != NodePrecision.INT8 and node.name in float_nodes and (
+                    is_excluded(node, (r.match,)) or node.name in resolve_presets(model, (r.match,))):
+                out[node.name] = Why(Reason.NODE_RULE, "runs in FP16 (node rule)" if r.precision == NodePrecision.FP16
+                                     else "kept FP32 (node rule)")
+    return out
+
+
+def preparation_events(prep: Prepared) -> tuple[dict[str, Why], list[Event]]:
+    """BatchNorms left unfolded (float, with the reason) and the CLE pairs and skips (per-layer report lines)."""
+    unfolded = {n: Why(Reason.NOT_FOLDED, why) for n, why in prep.results["fold-batchnorm"].skipped}
+    cle = prep.results.get(CLE)
+    events = [] if cle is None else [e for e in cle.events if e.kind != EventKind.SKIPPED] + [
+        dataclasses.replace(e, detail=f"not equalized: {e.detail}") for e in cle.events if e.kind == EventKind.SKIPPED]
+    return unfolded, events
+
+
+def apply_scheme(model: onnx.ModelProto, prep: Prepared | None, res: Resolved,
+                 artifact: CalibrationArtifact | None, *, calibration=None, progress: Progress = no_progress
+                 ) -> SchemeResult:
+    if res.scheme == "half":
+        return half(model, res)
+    result = dynamic(prep, res) if res.scheme == "dynamic" else static(
+        model, prep, res, artifact, calibration=calibration, progress=progress)
+    unfolded, cle_events = preparation_events(prep)
+    result.float_nodes = {**unfolded, **result.float_nodes}
+    result.events = cle_events + result.events
+    return result

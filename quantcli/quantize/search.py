@@ -1,0 +1,132 @@
+"""Choices made by measuring candidate models on evaluation data: ``--weights auto`` and ``--max-drop``.
+
+* :func:`auto_weight_granularity` -- per-tensor weights for MatMul/Gemm where measuring shows it costs
+  nothing: ONNX Runtime's QGemm / QLinearMatMul run faster with per-tensor weights than per-channel ones
+  (the per-column path of its integer GEMM), while QLinearConv runs the same either way.  Convolutions keep
+  per-channel weights; MatMul/Gemm go per-tensor when the metric is not lower and the output SQNR is within
+  :data:`AUTO_SQNR_MARGIN_DB` of the per-channel model.  Node rules that set ``weights`` still win.
+* :func:`mixed_precision` -- ``--max-drop``: keep the fewest most sensitive nodes in float so that the drop is
+  within budget (ranked by each node quantized alone, then bisection: :func:`quantcli.sensitivity.search_exclusions`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import onnx
+
+from ..data.sources import Dataset, input_specs
+from ..errors import QuantcliError
+from ..recipe import NodeRule, Weights
+from ..settings import Resolved
+from ..transforms.passes import Prepared
+from .static import Built, Progress, StaticBuilder, no_progress
+
+MATMUL_OPS = ("MatMul", "Gemm")
+AUTO_SQNR_MARGIN_DB = 3.0  # half a bit of output SQNR
+AUTO_EVAL_SAMPLES = 256    # measured on at most this many samples (as empirical bias correction): bounded memory
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What ``--max-drop`` found: the nodes kept float, the drop before and after, each bisection step."""
+
+    metric: str
+    max_drop: float
+    all_int8_drop: float
+    drop: float
+    float_nodes: list[str] = dataclasses.field(default_factory=list)
+    steps: list[dict] = dataclasses.field(default_factory=list)
+    evaluations: int = 0
+    seconds: float = 0.0
+    recipe_fragment: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.drop <= self.max_drop + 1e-9
+
+
+def eval_dataset(model: onnx.ModelProto, res: Resolved, what: str, labels: str | None = None) -> Dataset:
+    data = res.eval_data
+    if not data or not Path(data).exists():
+        raise QuantcliError(f"{what} needs evaluation data: pass --eval-data PATH (labels in it give accuracy, "
+                            "else agreement with FP32 is the metric)")
+    return Dataset(data, input_specs(model), labels_path=labels)
+
+
+def sensitivities_alone(prep: Prepared, built: Built, build: StaticBuilder, evaluator, feeds_shape: dict,
+                        progress: Progress) -> list:
+    """Each weighted node quantized alone: its metric drop and output SQNR."""
+    from ..sensitivity import NodeSensitivity
+    from ..validate.coverage import heavy_macs
+
+    macs = heavy_macs(prep.model, feeds_shape)
+    total = sum(macs.values()) or 1
+    quantized = built.plan.quantized_nodes
+    nodes = [n for n, op in quantized.items() if op in ("Conv", "MatMul", "Gemm")]
+    advance = progress("sensitivity", len(nodes))
+    rows = []
+    for name in nodes:
+        score = evaluator.score(build((), (name,)).model)
+        rows.append(NodeSensitivity(name, quantized[name], macs.get(name, 0) / total, score.drop, score.sqnr_db, None))
+        advance(1)
+    return rows
+
+
+def auto_weight_granularity(model: onnx.ModelProto, build: StaticBuilder) -> tuple[StaticBuilder, str | None]:
+    """--weights auto: ``build`` is the per-channel builder; returns the builder of the choice and a note."""
+    from ..sensitivity import Evaluator
+
+    built = build()
+    candidates = [ws.node for ws in built.plan.weights
+                  if ws.axis is not None and built.plan.quantized_nodes.get(ws.node) in MATMUL_OPS]
+    if not candidates:
+        return build, None
+    try:
+        ev = Evaluator(model, eval_dataset(model, build.res, "--weights auto"), limit=AUTO_EVAL_SAMPLES)
+    except QuantcliError:
+        return build, "weights auto: no evaluation data to measure per-tensor MatMul/Gemm weights: per-channel kept"
+    alt_build = build.with_rules([NodeRule(match=op, weights=Weights.PER_TENSOR) for op in MATMUL_OPS])
+    alt = alt_build()
+    switched = [ws.node for ws in alt.plan.weights if ws.node in candidates and ws.axis is None]
+    if not switched:
+        return build, None
+    base, cand = ev.score(built.model), ev.score(alt.model)
+    detail = (f"output SQNR {cand.sqnr_db:.1f} dB vs {base.sqnr_db:.1f} dB per-channel, {ev.metric_name} "
+              f"{cand.metric:.2f}% vs {base.metric:.2f}%")
+    if cand.metric >= base.metric and cand.sqnr_db >= base.sqnr_db - AUTO_SQNR_MARGIN_DB:
+        return alt_build, (f"weights auto: per-tensor for {len(switched)} MatMul/Gemm (faster in ONNX Runtime's "
+                           f"integer GEMM; {detail}); per-channel for the rest")
+    return build, f"weights auto: per-channel kept for MatMul/Gemm (per-tensor would give {detail})"
+
+
+def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder) -> tuple[Built, SearchResult, str]:
+    """convert --max-drop: keep the fewest most sensitive nodes in float so that the drop is within budget."""
+    from ..sensitivity import Evaluator, rank, search_exclusions
+
+    t0 = time.perf_counter()
+    s = build.res.convert
+    ev = Evaluator(model, eval_dataset(model, build.res, "convert --max-drop"))
+    built = build()
+    full = ev.score(built.model)
+    search = SearchResult(ev.metric_name, s.max_drop, full.drop, full.drop)
+    if full.drop > s.max_drop + 1e-9:
+        shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
+        ranking = [r.node for r in rank(sensitivities_alone(prep, built, build, ev, shapes, no_progress))]
+        excluded, score, _, steps = search_exclusions(ranking, lambda ex: build(ex).model, ev, s.max_drop)
+        built = build(excluded)
+        search.float_nodes, search.drop, search.steps = list(excluded), score.drop, steps
+        search.recipe_fragment = "[convert]\nexclude = [" + ", ".join(
+            f'"{n}"' for n in list(s.exclude) + list(excluded)) + "]\n"
+        if not search.met:
+            note = (f"--max-drop {s.max_drop:g}: not reachable even with {len(excluded)} node(s) in float "
+                    f"(drop {score.drop:.2f} pts)")
+        else:
+            note = (f"--max-drop {s.max_drop:g}: {len(excluded)} node(s) kept in float ({', '.join(excluded)}); "
+                    f"{ev.metric_name} drop {full.drop:.2f} -> {score.drop:.2f} pts")
+    else:
+        note = f"--max-drop {s.max_drop:g}: all-INT8 drop {full.drop:.2f} pts is within budget"
+    search.evaluations, search.seconds = ev.evaluations, time.perf_counter() - t0
+    return built, search, note

@@ -1,0 +1,227 @@
+"""Static INT8: plan, ranges, bias correction, Q/DQ insertion and per-node rules -- one :class:`Built` model.
+
+:class:`StaticBuilder` holds what every build of one convert shares (the prepared model, the resolved
+settings, the calibration artifact, which heavy nodes ONNX Runtime fuses, the bias-correction batches) and
+caches its builds by ``(extra exclusions, only)``, so the sensitivity sweep, ``--weights auto`` and the
+``--max-drop`` bisection rebuild nothing twice.
+
+A build plans the Q/DQ (:mod:`~quantcli.quantize.policy`), then plans again with these nodes in float, each
+for a stated reason: attention MatMuls the artifact has no ranges for, Concats whose inputs' ranges differ
+too much for one scale, and heavy nodes ONNX Runtime's optimizer would not fuse into an integer kernel.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from ..calibration.artifact import CalibrationArtifact
+from ..errors import QuantcliError
+from ..recipe import BiasCorrection, NodePrecision, Weights
+from ..settings import Resolved
+from ..transforms.graph import Event
+from ..transforms.passes import CLE, Prepared
+from . import reasons
+from .policy import HEAVY, PlanOptions, QuantPlan, is_excluded, plan, range_conflicts, resolve_presets
+from .qdq import QDQOptions, insert_qdq
+
+Progress = Callable[[str, int], Callable[[int], None]]
+BIAS_CORRECTION_SAMPLES = 256  # empirical bias correction measures on at most this many calibration samples
+
+
+def no_progress(desc: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+@dataclasses.dataclass
+class Built:
+    """One static INT8 build: its plan, the Q/DQ model, the bias-correction events and notes."""
+
+    plan: QuantPlan
+    model: onnx.ModelProto
+    events: list[Event]
+    notes: list[str]
+
+
+class StaticBuilder:
+    """``builder(extra=(), only=None) -> Built``: the model with ``extra`` nodes also in float, or with only the
+    heavy nodes ``only`` quantized (sensitivity analysis); cached."""
+
+    def __init__(self, model: onnx.ModelProto, prep: Prepared, res: Resolved, artifact: CalibrationArtifact, *,
+                 calibration: str | Path | None = None, progress: Progress = no_progress,
+                 _shared: dict | None = None) -> None:
+        self.model, self.prep, self.res, self.artifact = model, prep, res, artifact
+        self.calibration, self.progress = calibration, progress
+        # shared by every builder of one convert: ONNX Runtime's fusion verdicts, bias-correction batches
+        self.shared = _shared if _shared is not None else {"fused": {}, "batches": None}
+        self._cache: dict[tuple, Built] = {}
+
+    def __call__(self, extra: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> Built:
+        key = (tuple(extra), only)
+        if key not in self._cache:
+            self._cache[key] = self._build(*key)
+        return self._cache[key]
+
+    def with_rules(self, rules: list) -> StaticBuilder:
+        """A builder with these per-node rules before the settings' own (sharing the fusion verdicts)."""
+        conv = dataclasses.replace(self.res.convert, nodes=list(rules) + list(self.res.convert.nodes))
+        return StaticBuilder(self.model, self.prep, self.res.with_convert(conv), self.artifact,
+                             calibration=self.calibration, progress=self.progress, _shared=self.shared)
+
+    def _build(self, extra: tuple[str, ...], only: tuple[str, ...] | None) -> Built:
+        s = self.res.convert
+        notes: list[str] = []
+        fp16 = tuple(r.match for r in s.nodes if r.precision == NodePrecision.FP16)
+        floats = tuple(r.match for r in s.nodes if r.precision == NodePrecision.FP32) + fp16
+        work = self.prep.model
+        if s.bias_correction != BiasCorrection.OFF:
+            from ..transforms.bias_correction import add_zero_biases
+
+            work = copy.deepcopy(work)
+            add_zero_biases(work)
+        granularity = {r.match: r.weights == Weights.PER_CHANNEL for r in s.nodes
+                       if r.precision == NodePrecision.INT8 and r.weights is not None}
+        options = PlanOptions(per_channel=self.res.per_channel, symmetric_activations=self.res.symmetric,
+                              exclude=resolve_presets(work, list(s.exclude) + list(extra) + list(floats)), only=only,
+                              granularity=tuple(granularity.items()), act_matmul=self.res.act_matmul)
+        qplan, ranges = self._plan(work, options, notes)
+        qdq_options = QDQOptions(symmetric_activations=self.res.symmetric, reduce_range=self.res.reduce_range)
+        work, events = self._bias_correction(work, qplan, ranges, qdq_options, only, notes)
+        qdq = insert_qdq(work, qplan, ranges, qdq_options).model
+        if fp16:
+            qdq = _half_nodes(qdq, fp16)
+        return Built(qplan, qdq, events, notes)
+
+    def _plan(self, work: onnx.ModelProto, options: PlanOptions, notes: list[str]) -> tuple[QuantPlan, dict]:
+        """Plan, then plan again with the nodes that must stay float (each with its reason); the ranges."""
+        artifact = self.artifact
+        qplan = plan(work, options)
+        why: dict[str, reasons.Why] = {}
+        if options.act_matmul and any(t not in artifact.observers for t in qplan.calibrated_tensors()):
+            alt = plan(work, dataclasses.replace(options, act_matmul=False))
+            if all(t in artifact.observers for t in alt.calibrated_tensors()):  # calibrated for attention in float
+                options, qplan = dataclasses.replace(options, act_matmul=False), alt
+                why.update({n: reasons.NO_ACT_RANGES for n, w in alt.float_nodes.items()
+                            if w.reason == reasons.Reason.ACT_MATMUL})
+        qplan.float_nodes.update(why)
+        ranges = self._ranges(qplan, notes)
+        qdq_options = QDQOptions(symmetric_activations=self.res.symmetric, reduce_range=self.res.reduce_range)
+        for check in (lambda: range_conflicts(work, qplan, ranges),
+                      lambda: dict.fromkeys(_unfused(work, qplan, ranges, qdq_options, self.shared["fused"]),
+                                            reasons.UNFUSED)):
+            found = check()
+            if found:  # plan again with those nodes in float, and say why
+                why.update(found)
+                options = dataclasses.replace(options, exclude=options.exclude + tuple(found))
+                qplan = plan(work, options)
+                qplan.float_nodes.update(why)
+                ranges = self._ranges(qplan, notes)
+        return qplan, self._node_method_ranges(work, qplan, ranges)
+
+    def _ranges(self, qplan: QuantPlan, notes: list[str]) -> dict[str, tuple[float, float]]:
+        artifact, s = self.artifact, self.res.convert
+        needed = qplan.calibrated_tensors()
+        missing = [t for t in needed if t not in artifact.observers]
+        if missing:
+            hint = (" with --activations symmetric" if self.res.symmetric
+                    and artifact.settings.get("activations") != "symmetric" else " with this quantcli version")
+            raise QuantcliError(f"{self.calibration or 'calibration'}: has no statistics for tensor '{missing[0]}' "
+                                f"({len(missing)} missing); re-run quantcli calibrate{hint}")
+        method = s.method.value if s.method else None
+        line = f"ranges: {method or artifact.settings.get('method')} over {artifact.samples} calibration samples"
+        if line not in notes:
+            if method and method != artifact.settings.get("method"):
+                notes.append(f"ranges re-derived from the calibration statistics with method '{method}'")
+            notes.append(line)
+        return artifact.ranges(method, s.percentile, symmetric=self.res.symmetric)
+
+    def _node_method_ranges(self, model: onnx.ModelProto, qplan: QuantPlan, ranges: dict) -> dict:
+        """Per-node range methods ([[convert.nodes]] method/percentile) for the tensors those nodes touch."""
+        s = self.res.convert
+        rules = [r for r in s.nodes if r.precision == NodePrecision.INT8 and (r.method or r.percentile)]
+        if not rules:
+            return ranges
+        ranges = dict(ranges)
+        for r in rules:
+            method = r.method or s.method
+            method = method.value if method else self.artifact.settings["method"]
+            pct = r.percentile if r.percentile is not None else (s.percentile or 99.99)
+            for t in sorted(_node_tensors(model, qplan, r.match) & set(ranges)):
+                ranges[t] = self.artifact.range_of(t, method, pct, self.res.symmetric)
+        return ranges
+
+    def _bias_correction(self, work: onnx.ModelProto, qplan: QuantPlan, ranges: dict, options: QDQOptions,
+                         only: tuple[str, ...] | None, notes: list[str]) -> tuple[onnx.ModelProto, list[Event]]:
+        bc = self.res.convert.bias_correction
+        axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
+        layers = [n.name for n in work.graph.node if n.name in axes]
+        data = self.res.calibration_data
+        if bc == BiasCorrection.EMPIRICAL and (not data or not Path(data).exists()):
+            notes.append(f"empirical bias correction needs the calibration data ({data or 'not recorded'} is not "
+                         "there): used analytic bias correction instead; pass --data to measure it")
+            bc = BiasCorrection.ANALYTIC
+        if bc == BiasCorrection.EMPIRICAL:
+            from ..calibration.empirical import empirical_bias_correction
+
+            on_layer = self.progress("bias correction", len(layers)) if only is None else None
+            return empirical_bias_correction(work, qplan, ranges, options, self._batches(data), layers,
+                                             on_layer=on_layer)
+        if bc == BiasCorrection.ANALYTIC:
+            from ..transforms.bias_correction import analytic_correction
+            from . import params as qp
+
+            def dequantized(w, axis):
+                p = qp.weight_params(w, axis=axis, reduce_range=options.reduce_range)
+                return qp.dequantize(qp.quantize_weight(w, p, reduce_range=options.reduce_range), p)
+
+            events = analytic_correction(work, {n: axes[n] for n in layers}, self.prep.data("fold-batchnorm"),
+                                         self.prep.data(CLE), dequantized)
+            return work, events
+        return work, []
+
+    def _batches(self, data: str) -> list[dict]:
+        """The calibration batches empirical bias correction measures on, read once per convert."""
+        if self.shared["batches"] is None:
+            from ..data.sources import Dataset, input_specs
+
+            ds = Dataset(data, input_specs(self.model))
+            self.shared["batches"] = list(ds.batches(ds.default_batch_size(None), limit=BIAS_CORRECTION_SAMPLES))
+        return self.shared["batches"]
+
+
+def _unfused(work: onnx.ModelProto, qplan: QuantPlan, ranges: dict, options: QDQOptions,
+             fused: dict[str, bool]) -> list[str]:
+    """Heavy nodes of the plan that ONNX Runtime's CPU optimizer does not fuse into an integer kernel,
+    checked on a probe Q/DQ model (fusion depends on the graph, not on the exact ranges) unless ``fused``
+    already knows every one of them (it learns the probed ones: other exclusions rarely change a node's
+    fusion, and --max-drop builds a dozen plans)."""
+    from ..validate.coverage import integer_status
+
+    heavy = [n for n, op in qplan.quantized_nodes.items() if op in HEAVY]
+    if any(n not in fused for n in heavy):
+        fused.update(integer_status(insert_qdq(work, qplan, ranges, options).model, heavy))
+    return [n for n in heavy if not fused[n]]
+
+
+def _node_tensors(model: onnx.ModelProto, qplan: QuantPlan, pattern: str) -> set[str]:
+    """Activation tensors read or written by the nodes matching ``pattern`` (absorbed Relu outputs included)."""
+    outputs = {n.name: n.output[0] for n in model.graph.node}
+    names: set[str] = set()
+    for node in model.graph.node:
+        if is_excluded(node, (pattern,)):
+            names |= set(node.input) | set(node.output)
+            names |= {outputs[act] for act, prod in qplan.absorbed.items() if prod == node.name}
+    return names
+
+
+def _half_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> onnx.ModelProto:
+    """Run the nodes matching ``patterns`` in FP16 inside an otherwise INT8/FP32 model (casts around them)."""
+    from .half import convert_to_half
+
+    others = tuple(n.name for n in model.graph.node if not is_excluded(n, patterns))
+    half, _ = convert_to_half(model, "fp16", keep_nodes=others)
+    return half

@@ -1,0 +1,87 @@
+"""Settings resolved once: what the recipe/flags and this CPU decide together, in one frozen object.
+
+:func:`resolve` is the one place that turns ``--reduce-range auto``, ``--act-matmul auto``, the weight
+granularity against the model's opset and the data-path fallbacks into plain decisions.  Everything further
+in (planning, building, searching, validating) reads :class:`Resolved` and re-derives nothing.
+
+Data paths: the calibration data is ``--data`` (or the recipe's ``[calibrate] data``), else the path the
+calibration artifact recorded; evaluation data (``--max-drop``, ``--weights auto``, ``analyze``) is
+``--eval-data``, else that calibration data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .cpu import CpuInfo
+from .cpu import detect as detect_cpu
+from .recipe import ActMatmul, Activations, CalibrateSettings, ConvertSettings, Mode, Precision, ReduceRange, Weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    convert: ConvertSettings
+    calibrate: CalibrateSettings | None
+    cpu: CpuInfo
+    reduce_range: bool          # 7-bit weights (x86 u8s8 kernels without VNNI saturate full-range int8)
+    act_matmul: bool            # quantize MatMuls of two activations (attention)
+    per_channel: bool = True    # per-channel weights (needs opset 13; set by :meth:`for_opset`)
+    calibration_data: str | None = None
+    notes: tuple[str, ...] = ()  # what resolving decided that the report should say
+
+    @property
+    def symmetric(self) -> bool:
+        return self.convert.activations == Activations.SYMMETRIC
+
+    @property
+    def eval_data(self) -> str | None:
+        return self.convert.eval_data or self.calibration_data
+
+    @property
+    def scheme(self) -> str:
+        """half (fp16/bf16), dynamic or static (INT8)."""
+        if self.convert.precision in (Precision.FP16, Precision.BF16):
+            return "half"
+        return "dynamic" if self.convert.mode == Mode.DYNAMIC else "static"
+
+    def for_opset(self, opset: int) -> Resolved:
+        """Per-channel weights only where the prepared model's opset allows them (>= 13)."""
+        per_channel = self.convert.weights != Weights.PER_TENSOR
+        if per_channel and opset < 13:
+            return dataclasses.replace(self, per_channel=False, notes=self.notes + (
+                "per-channel weights need opset 13: using per-tensor weights",))
+        return dataclasses.replace(self, per_channel=per_channel)
+
+    def with_artifact_data(self, recorded: str | None) -> Resolved:
+        """The calibration data: the given one, else what the calibration artifact recorded."""
+        return dataclasses.replace(self, calibration_data=self.calibration_data or recorded)
+
+    def with_convert(self, convert: ConvertSettings) -> Resolved:
+        """The same decisions with other convert settings (per-node rules of a candidate build)."""
+        return dataclasses.replace(self, convert=convert)
+
+
+def quantize_act_matmul(settings: ConvertSettings, cpu: CpuInfo) -> bool:
+    """--act-matmul: auto quantizes MatMuls of two activations only where integer kernels compute faster than
+    FP32 (VNNI/AMX, ARM dot product): elsewhere quantizing both inputs at run time is pure overhead (on the
+    AVX2 transformer sample, attention in float ran faster and was more accurate)."""
+    if settings.act_matmul == ActMatmul.AUTO:
+        return cpu.int8_compute_fast
+    return settings.act_matmul == ActMatmul.INT8
+
+
+def resolve(convert: ConvertSettings, calibrate: CalibrateSettings | None = None,
+            cpu: CpuInfo | None = None) -> Resolved:
+    cpu = cpu or detect_cpu()
+    reduce_range = convert.reduce_range == ReduceRange.ON or (
+        convert.reduce_range == ReduceRange.AUTO and cpu.u8s8_saturates)
+    notes: list[str] = []
+    if convert.precision == Precision.INT8:
+        if convert.reduce_range == ReduceRange.AUTO:
+            notes.append(f"CPU INT8 path: {cpu.int8_path}; weights "
+                         f"{'7-bit (reduce range)' if reduce_range else 'full 8-bit'}")
+        if cpu.int8_speed_note:
+            notes.append(f"speed: {cpu.int8_speed_note}")
+    data = calibrate.data if calibrate is not None and calibrate.data else None
+    return Resolved(convert, calibrate, cpu, reduce_range, quantize_act_matmul(convert, cpu),
+                    calibration_data=data, notes=tuple(notes))

@@ -1,0 +1,71 @@
+"""The post-write check of a converted model: ONNX checker, an ONNX Runtime session, one forward pass against the
+FP32 model on one sample (shape, NaN/Inf, cosine and SQNR per output), then the atomic write.
+
+A model that fails is never written: the failure is an :class:`~quantcli.errors.InternalError` (a bug), since
+convert produced it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .. import modelio
+from ..data.sources import Dataset, input_specs
+from ..errors import InternalError, QuantcliError
+from ..manifest import SEED
+from ..metrics import FidelityAccumulator
+from ..results import OutputCheck
+from ..runtime.session import make_session
+from ..runtime.session import run as run_session
+
+
+def validation_feeds(model: onnx.ModelProto, data_path: str | None) -> dict[str, np.ndarray]:
+    """One batch-1 input for the post-write check: the first data sample, else seeded synthetic data."""
+    specs = input_specs(model)
+    if data_path and Path(data_path).exists():
+        try:
+            ds = Dataset(data_path, specs)
+            return next(ds.batches(1, limit=1))
+        except QuantcliError:
+            pass
+    rng = np.random.default_rng(SEED)
+    feeds = {}
+    for s in specs:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in s.shape]
+        shape[:1] = [1] if shape else []
+        if s.dtype.kind == "f":
+            feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
+        else:
+            feeds[s.name] = np.zeros(shape, s.dtype)
+    return feeds
+
+
+def write_validated(new_model: onnx.ModelProto, reference: onnx.ModelProto, out: Path,
+                    feeds: dict[str, np.ndarray]) -> list[OutputCheck]:
+    """Checker, ONNX Runtime load and one forward pass against the FP32 model, then the atomic rename."""
+    data = modelio.serialize_model(new_model)
+    try:
+        onnx.checker.check_model(onnx.load_from_string(data))
+    except Exception as exc:
+        raise InternalError(f"the converted model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+    try:
+        qs = make_session(new_model, what="converted model")
+    except QuantcliError as exc:
+        raise InternalError(str(exc)) from None
+    ref = run_session(make_session(reference, what="input model"), feeds, what="input model")
+    got = run_session(qs, feeds, what="converted model")
+    checks = []
+    for o, r, q in zip(qs.get_outputs(), ref, got):
+        if np.shape(r) != np.shape(q):
+            raise InternalError(f"converted model output '{o.name}' has shape {np.shape(q)}, FP32 has {np.shape(r)}")
+        if np.issubdtype(np.asarray(q).dtype, np.floating) and not np.isfinite(q).all() and np.isfinite(r).all():
+            raise InternalError(f"converted model output '{o.name}' has NaN/Inf where the FP32 model has none")
+        acc = FidelityAccumulator()
+        if np.issubdtype(np.asarray(r).dtype, np.number):
+            acc.update(r, q)
+        checks.append(OutputCheck(o.name, acc.cosine, acc.sqnr_db, acc.max_abs))
+    modelio.write_bytes_atomic(out, data)
+    return checks
