@@ -130,7 +130,7 @@ def test_analytic_shift_is_expected_error():
 
 def test_empirical_bias_correction_reduces_each_layers_mean_error(tmp_path):
     """On held-out data, every corrected layer's mean output error per channel gets smaller."""
-    from quantcli.calibration.empirical import empirical_bias_correction
+    from quantcli.quantize.empirical_bias import empirical_bias_correction
     from quantcli.quantize.qdq import QDQOptions
 
     m = equalize(_chain(groups=16, spread=3.0)).model

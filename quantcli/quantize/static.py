@@ -165,7 +165,7 @@ class StaticBuilder:
                          "there): used analytic bias correction instead; pass --data to measure it")
             bc = BiasCorrection.ANALYTIC
         if bc == BiasCorrection.EMPIRICAL:
-            from ..calibration.empirical import empirical_bias_correction
+            from .empirical_bias import empirical_bias_correction
 
             on_layer = self.progress("bias correction", len(layers)) if only is None else None
             return empirical_bias_correction(work, qplan, ranges, options, self._batches(data), layers,

@@ -149,6 +149,3 @@ def optimized_model(model: onnx.ModelProto, *, level: str = "all") -> onnx.Model
             raise InternalError(f"ONNX Runtime could not optimize the model: {exc}") from None
         return onnx.load(str(out))
 
-
-def ort_version() -> str:
-    return ort.__version__

@@ -8,7 +8,7 @@ makes the quantized layer unbiased: ``b' = b - E[y_q - y]``.
   its output is ~ N(beta, gamma^2) per channel, so after a Relu ``E[x] = mu Phi(mu/sigma) + sigma phi(mu/sigma)``
   (the mean of a rectified Gaussian), without one ``E[x] = beta``; ``E[x]`` is taken as constant over space.
 * **empirical**: ``E[y_q - y]`` per channel measured on calibration data, layer by layer in graph order,
-  each layer seeing the corrections of the layers before it (driven by :mod:`quantcli.calibration.empirical`).
+  each layer seeing the corrections of the layers before it (driven by :mod:`quantcli.quantize.empirical_bias`).
 
 Layers: Conv (bias along axis 0), Gemm (1-D bias), MatMul followed by an Add of a constant bias.
 A layer without a bias gets one.

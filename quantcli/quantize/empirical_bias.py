@@ -16,11 +16,11 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..quantize.policy import QuantPlan
-from ..quantize.qdq import QDQOptions, insert_qdq
 from ..runtime.session import make_session, run, tap_model
 from ..transforms.bias_correction import shift_bias
 from ..transforms.graph import Event, EventKind
+from .policy import QuantPlan
+from .qdq import QDQOptions, insert_qdq
 
 
 def _channel_mean(y: np.ndarray, op: str) -> tuple[np.ndarray, int]:
