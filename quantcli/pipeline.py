@@ -216,6 +216,24 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
     out_names = [o.name for o in sa.get_outputs()]
     if [o.name for o in sb.get_outputs()] != out_names:
         raise QuantcliError(f"{quant_path}: outputs differ from the FP32 model's ({', '.join(out_names)})")
+    outputs, top1, top5, seen, first = _evaluate(ds, sa, sb, out_names, str(fp32_path), str(quant_path), progress)
+    lat_a, lat_b = compare_latency(sa, sb, first, runs=settings.runs, warmup=settings.warmup)
+    notes = []
+    ratio = lat_b.ratio_to(lat_a)
+    if ratio > 1.05:  # beyond the run-to-run noise of sub-millisecond models
+        why = detect_cpu().int8_speed_note or "`quantcli inspect` shows what runs outside integer kernels"
+        notes.append(f"the quantized model is x{ratio:.2f} the FP32 latency here; {why}")
+    return CompareResult(str(fp32_path), str(quant_path), seen, top1, top5, outputs,
+                         (lat_a.median_ms, lat_b.median_ms), (lat_a.p90_ms, lat_b.p90_ms), settings.threads,
+                         (modelio.model_size_bytes(fp32_path), modelio.model_size_bytes(quant_path)),
+                         settings.max_drop,
+                         build_manifest(fp32_path, modelio.file_sha256(fp32_path), {"compare": _plain(settings)}),
+                         notes, ratio)
+
+
+def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: str, progress: Progress):
+    """Both models over the evaluation data: per-output fidelity and agreement, top-1/top-5 with labels.
+    Returns (outputs, top1, top5, samples, first batch-1 feeds)."""
     bs = ds.default_batch_size(None)
     total = ds.count_used(bs)
     advance = progress("evaluating", total)
@@ -230,8 +248,8 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
         n = len(next(iter(feeds.values())))
         if first is None:
             first = {k: v[:1] for k, v in feeds.items()}
-        ra = run_session(sa, feeds, what=str(fp32_path))
-        rb = run_session(sb, feeds, what=str(quant_path))
+        ra = run_session(sa, feeds, what=name_a)
+        rb = run_session(sb, feeds, what=name_b)
         for i, (a, b) in enumerate(zip(ra, rb)):
             fid[i].update(a, b)
             if np.ndim(a) >= 2 and np.shape(a)[-1] > 1 and np.shape(a)[0] == n:
@@ -255,18 +273,7 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
         top1 = (100.0 * correct[1][0] / seen, 100.0 * correct[1][1] / seen)
         if classes and classes > 5:
             top5 = (100.0 * correct[5][0] / seen, 100.0 * correct[5][1] / seen)
-    lat_a, lat_b = compare_latency(sa, sb, first, runs=settings.runs, warmup=settings.warmup)
-    notes = []
-    ratio = lat_b.ratio_to(lat_a)
-    if ratio > 1.05:  # beyond the run-to-run noise of sub-millisecond models
-        why = detect_cpu().int8_speed_note or "`quantcli inspect` shows what runs outside integer kernels"
-        notes.append(f"the quantized model is x{ratio:.2f} the FP32 latency here; {why}")
-    return CompareResult(str(fp32_path), str(quant_path), seen, top1, top5, outputs,
-                         (lat_a.median_ms, lat_b.median_ms), (lat_a.p90_ms, lat_b.p90_ms), settings.threads,
-                         (modelio.model_size_bytes(fp32_path), modelio.model_size_bytes(quant_path)),
-                         settings.max_drop,
-                         build_manifest(fp32_path, modelio.file_sha256(fp32_path), {"compare": _plain(settings)}),
-                         notes, ratio)
+    return outputs, top1, top5, seen, first
 
 
 # -- run: the whole job from one recipe ------------------------------------------------------------------

@@ -113,114 +113,139 @@ def is_excluded(node: onnx.NodeProto, patterns: tuple[str, ...]) -> bool:
 
 
 def plan(model: onnx.ModelProto, options: PlanOptions = PlanOptions()) -> QuantPlan:
-    g = model.graph
-    idx = GraphIndex(g)
-    floats = float_tensors(model)
-    p = QuantPlan({}, {}, [], [], {}, {}, {})
-    required: dict[str, str] = {}  # activation tensors heavy ops need quantized
+    """Mark what gets Q/DQ: (1) eligible heavy ops, their weights and the activations they need; (2) a forward
+    pass deciding which outputs are quantized (cheap ops, absorbed Relus, layout ops); (3) which tensors get
+    their own range and which share one through layout ops."""
+    ctx = _Planning(model, options)
+    heavy_ok = ctx.heavy_ops()
+    emits = ctx.forward(heavy_ok)
+    ctx.assign(emits)
+    return ctx.p
 
-    def is_act(name: str) -> bool:
-        return bool(name) and name not in idx.initializers and name in floats
 
-    # 1. heavy ops: eligibility, weights, and the activations they require
-    heavy_ok: set[str] = set()
-    for node in g.node:
-        if node.op_type not in HEAVY:
-            continue
-        if is_excluded(node, options.exclude):
-            p.float_nodes[node.name] = r.EXCLUDED
-            continue
-        if options.only is not None and node.name not in options.only:
-            continue
-        detail = _heavy_reason(node, idx, is_act)
-        why = Why(r.Reason.NOT_QUANTIZABLE, detail) if detail else None
-        if not why and not options.act_matmul and node.op_type == "MatMul" and all(is_act(i) for i in node.input[:2]):
-            why = r.ACT_MATMUL
-        if why:
-            p.float_nodes[node.name] = why
-            continue
-        if node.op_type in OUTPUT_Q_REQUIRED and node.output[0] in idx.graph_outputs:
-            p.float_nodes[node.name] = Why(r.Reason.GRAPH_OUTPUT,
-                                           "output is a graph output (kept exact, so no integer kernel)")
-            continue
-        heavy_ok.add(node.name)
-        for i, name in enumerate(node.input[:2]):
-            if is_act(name):
-                required[name] = name
-            elif name in idx.initializers:
-                p.weights.append(WeightSpec(node.name, i, name, _weight_axis(node, idx, i, options)))
-        if len(node.input) > 2 and node.input[2] and node.op_type in ("Conv", "Gemm"):
-            w = node.input[1]
-            if _bias_ok(node, idx):
-                p.biases.append(BiasSpec(node.name, 2, node.input[2], node.input[0], w))
+class _Planning:
+    def __init__(self, model: onnx.ModelProto, options: PlanOptions) -> None:
+        self.g = model.graph
+        self.idx = GraphIndex(self.g)
+        self.floats = float_tensors(model)
+        self.options = options
+        self.p = QuantPlan({}, {}, [], [], {}, {}, {})
+        self.required: dict[str, str] = {}  # activation tensors heavy ops need quantized
 
-    # 2. forward pass in topological order: which outputs are quantized
-    emits: dict[str, str] = {}  # tensor -> itself (own range) or "=src" (shares src's params)
-    for node in g.node:
-        op = node.op_type
-        if node.name in heavy_ok:
-            p.quantized_nodes[node.name] = op
-            out = node.output[0]
-            nxt = idx.single_consumer(out)
-            absorbable = nxt is not None and _absorbable(nxt, idx, options)
-            if op in OUTPUT_Q_REQUIRED or out in required or absorbable:
-                final = _absorb(node, idx, options, p)
-                emits[final] = final
-            continue
-        if is_excluded(node, options.exclude):
-            if op in CHEAP | LAYOUT:
+    def is_act(self, name: str) -> bool:
+        return bool(name) and name not in self.idx.initializers and name in self.floats
+
+    def heavy_ops(self) -> set[str]:
+        """1. heavy ops: eligibility, weights, and the activations they require."""
+        idx, options, p = self.idx, self.options, self.p
+        heavy_ok: set[str] = set()
+        for node in self.g.node:
+            if node.op_type not in HEAVY:
+                continue
+            if is_excluded(node, options.exclude):
                 p.float_nodes[node.name] = r.EXCLUDED
-            continue
-        if op in CHEAP:
-            acts = [i for i in node.input if is_act(i)]
-            consts = [i for i in node.input if i and not is_act(i)]
-            if consts:
-                p.float_nodes[node.name] = Why(r.Reason.CONSTANT_INPUTS, "has constant inputs (stays float)")
-            elif not acts or any(i not in emits and i not in required for i in acts):
-                p.float_nodes[node.name] = Why(r.Reason.INPUTS_NOT_QUANTIZED,
-                                               "inputs are not quantized (Q/DQ would only add time)")
-            elif node.output[0] in idx.graph_outputs:
-                p.float_nodes[node.name] = Why(r.Reason.GRAPH_OUTPUT, "output is a graph output (kept exact)")
-            else:
-                for i in acts:
-                    required.setdefault(i, i)
+                continue
+            if options.only is not None and node.name not in options.only:
+                continue
+            why = self._heavy_why(node)
+            if why:
+                p.float_nodes[node.name] = why
+                continue
+            heavy_ok.add(node.name)
+            for i, name in enumerate(node.input[:2]):
+                if self.is_act(name):
+                    self.required[name] = name
+                elif name in idx.initializers:
+                    p.weights.append(WeightSpec(node.name, i, name, _weight_axis(node, idx, i, options)))
+            if len(node.input) > 2 and node.input[2] and node.op_type in ("Conv", "Gemm") and _bias_ok(node, idx):
+                p.biases.append(BiasSpec(node.name, 2, node.input[2], node.input[0], node.input[1]))
+        return heavy_ok
+
+    def _heavy_why(self, node: onnx.NodeProto) -> Why | None:
+        detail = _heavy_reason(node, self.idx, self.is_act)
+        if detail:
+            return Why(r.Reason.NOT_QUANTIZABLE, detail)
+        if not self.options.act_matmul and node.op_type == "MatMul" and all(self.is_act(i) for i in node.input[:2]):
+            return r.ACT_MATMUL
+        if node.op_type in OUTPUT_Q_REQUIRED and node.output[0] in self.idx.graph_outputs:
+            return Why(r.Reason.GRAPH_OUTPUT, "output is a graph output (kept exact, so no integer kernel)")
+        return None
+
+    def forward(self, heavy_ok: set[str]) -> dict[str, str]:
+        """2. forward pass in topological order: which outputs are quantized.  Returns tensor -> itself (own
+        range) or "=src" (shares src's params)."""
+        idx, options, p, required = self.idx, self.options, self.p, self.required
+        emits: dict[str, str] = {}
+        for node in self.g.node:
+            op = node.op_type
+            if node.name in heavy_ok:
                 p.quantized_nodes[node.name] = op
-                final = _absorb(node, idx, options, p)
-                emits[final] = final
-        elif op in LAYOUT and node.input and (node.input[0] in emits or node.input[0] in required):
-            if node.output[0] not in idx.graph_outputs and is_act(node.output[0]):
-                emits[node.output[0]] = "=" + node.input[0]
+                out = node.output[0]
+                nxt = idx.single_consumer(out)
+                absorbable = nxt is not None and _absorbable(nxt, idx, options)
+                if op in OUTPUT_Q_REQUIRED or out in required or absorbable:
+                    final = _absorb(node, idx, options, p)
+                    emits[final] = final
+            elif is_excluded(node, options.exclude):
+                if op in CHEAP | LAYOUT:
+                    p.float_nodes[node.name] = r.EXCLUDED
+            elif op in CHEAP:
+                self._cheap(node, emits)
+            elif op in LAYOUT and node.input and (node.input[0] in emits or node.input[0] in required):
+                if node.output[0] not in idx.graph_outputs and self.is_act(node.output[0]):
+                    emits[node.output[0]] = "=" + node.input[0]
+        return emits
 
-    # 3. keep layout outputs only where a quantized consumer reads them (else they only add Q/DQ)
-    def wanted(t: str) -> bool:
-        if t in required:
-            return True
-        return any(c.op_type in LAYOUT and c.output[0] in emits and wanted(c.output[0])
-                   for c in idx.consumers.get(t, []))
-
-    for t, src in emits.items():
-        if src.startswith("="):
-            if wanted(t):
-                p.shared[t] = src[1:]
+    def _cheap(self, node: onnx.NodeProto, emits: dict[str, str]) -> None:
+        p = self.p
+        acts = [i for i in node.input if self.is_act(i)]
+        consts = [i for i in node.input if i and not self.is_act(i)]
+        if consts:
+            p.float_nodes[node.name] = Why(r.Reason.CONSTANT_INPUTS, "has constant inputs (stays float)")
+        elif not acts or any(i not in emits and i not in self.required for i in acts):
+            p.float_nodes[node.name] = Why(r.Reason.INPUTS_NOT_QUANTIZED,
+                                           "inputs are not quantized (Q/DQ would only add time)")
+        elif node.output[0] in self.idx.graph_outputs:
+            p.float_nodes[node.name] = Why(r.Reason.GRAPH_OUTPUT, "output is a graph output (kept exact)")
         else:
-            p.activations[t] = src
-    for t, src in required.items():
-        if t in p.shared or t in p.activations:
-            continue
-        if t in emits and emits[t].startswith("="):
-            p.shared[t] = emits[t][1:]
-        else:
-            p.activations[t] = src
-    for node in g.node:
-        if node.op_type in LAYOUT and node.output and node.output[0] in p.shared:
+            for i in acts:
+                self.required.setdefault(i, i)
             p.quantized_nodes[node.name] = node.op_type
-    # a shared tensor's source must itself be quantized
-    for t, src in list(p.shared.items()):
-        while src in p.shared:
-            src = p.shared[src]
-        if src not in p.activations:
-            p.activations[src] = src
-    return p
+            final = _absorb(node, self.idx, self.options, p)
+            emits[final] = final
+
+    def assign(self, emits: dict[str, str]) -> None:
+        """3. keep layout outputs only where a quantized consumer reads them (else they only add Q/DQ)."""
+        p, required, idx = self.p, self.required, self.idx
+
+        def wanted(t: str) -> bool:
+            if t in required:
+                return True
+            return any(c.op_type in LAYOUT and c.output[0] in emits and wanted(c.output[0])
+                       for c in idx.consumers.get(t, []))
+
+        for t, src in emits.items():
+            if src.startswith("="):
+                if wanted(t):
+                    p.shared[t] = src[1:]
+            else:
+                p.activations[t] = src
+        for t, src in required.items():
+            if t in p.shared or t in p.activations:
+                continue
+            if t in emits and emits[t].startswith("="):
+                p.shared[t] = emits[t][1:]
+            else:
+                p.activations[t] = src
+        for node in self.g.node:
+            if node.op_type in LAYOUT and node.output and node.output[0] in p.shared:
+                p.quantized_nodes[node.name] = node.op_type
+        # a shared tensor's source must itself be quantized
+        for t, src in list(p.shared.items()):
+            while src in p.shared:
+                src = p.shared[src]
+            if src not in p.activations:
+                p.activations[src] = src
 
 
 def range_conflicts(model: onnx.ModelProto, qplan: QuantPlan,

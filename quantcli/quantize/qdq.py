@@ -40,8 +40,40 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, tuple[
     _absorb_activations(g, plan)
     idx = GraphIndex(g)
     new_inits: list[onnx.TensorProto] = []
+    act_params = _activation_params(plan, ranges, options)
+    const_nodes, nweights, nbias = _quantize_constants(g, idx, plan, act_params, options, new_inits)
+    targets = set(act_params)
+    q_nodes = {t: _qdq_pair(t, act_params[t], new_inits) for t in sorted(targets)}
+    # quantized consumers read T_dequantized (ONNX Runtime fuses that DequantizeLinear into their integer
+    # kernel); a float consumer reads the exact T where T's producer runs in float anyway (a LayerNorm
+    # feeding both a MatMul and a residual Add): no DequantizeLinear to run for it, no rounding on its path.
+    # Where the producer is quantized, T exists only as int8 once fused, so float consumers read it dequantized.
+    float_source = {t for t in targets if t in idx.graph_inputs
+                    or (t in idx.producer and idx.producer[t].name not in plan.quantized_nodes)}
+    for node in g.node:
+        quantized = node.name in plan.quantized_nodes
+        for i, name in enumerate(node.input):
+            if name in targets and (quantized or name not in float_source):
+                node.input[i] = f"{name}_dequantized"
+    ordered: list[onnx.NodeProto] = list(const_nodes)
+    for t in sorted(targets & idx.graph_inputs):
+        ordered.extend(q_nodes[t])
+    for node in g.node:
+        ordered.append(node)
+        for o in node.output:
+            if o in q_nodes:
+                ordered.extend(q_nodes[o])
+    del g.node[:]
+    g.node.extend(ordered)
+    g.initializer.extend(new_inits)
+    remove_unused_initializers(g)
+    result.add(EventKind.QUANTIZED, "", f"{len(targets)} activation tensor(s), {nweights} weight(s), "
+                                        f"{nbias} bias(es) quantized; {len(plan.absorbed)} activation(s) absorbed")
+    return result
 
-    # activation parameters (own range, or shared through layout ops)
+
+def _activation_params(plan: QuantPlan, ranges: dict, options: QDQOptions) -> dict[str, qp.QParams]:
+    """Activation parameters: from the tensor's own range, or shared through layout ops."""
     act_params: dict[str, qp.QParams] = {}
     for t, rt in sorted(plan.activations.items()):
         if rt not in ranges:
@@ -53,8 +85,13 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, tuple[
         while src in plan.shared:
             src = plan.shared[src]
         act_params[t] = act_params[src]
+    return act_params
 
-    # weights and biases (a bias may raise its weight's scale so the int32 bias fits; biases go first)
+
+def _quantize_constants(g: onnx.GraphProto, idx: GraphIndex, plan: QuantPlan, act_params: dict,
+                        options: QDQOptions, new_inits: list) -> tuple[list[onnx.NodeProto], int, int]:
+    """Weights and biases as quantized initializers read through DequantizeLinear (a bias may raise its weight's
+    scale so the int32 bias fits, so biases go first); returns (the DequantizeLinear nodes, #weights, #biases)."""
     nodes_by_name = {n.name: n for n in g.node}
     users: dict[str, int] = {}
     for ws in plan.weights:
@@ -79,46 +116,17 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, tuple[
         q = qp.quantize_weight(idx.const(ws.tensor), wparams[ws.tensor], reduce_range=options.reduce_range)
         const_nodes += _dq_initializer(ws.tensor, q, wparams[ws.tensor], new_inits, done)
         nodes_by_name[ws.node].input[ws.input_index] = f"{ws.tensor}_dequantized"
+    return const_nodes, len(done), nbias
 
-    # activations: rebuild the node list with Q/DQ right after each producer
-    targets = set(act_params)
-    q_nodes: dict[str, list[onnx.NodeProto]] = {}
-    for t in sorted(targets):
-        p = act_params[t]
-        scale_name, zp_name = f"{t}_scale", f"{t}_zero_point"
-        new_inits.append(numpy_helper.from_array(np.asarray(p.scale, np.float32), scale_name))
-        new_inits.append(numpy_helper.from_array(np.asarray(p.zero_point), zp_name))
-        q_nodes[t] = [
-            helper.make_node("QuantizeLinear", [t, scale_name, zp_name], [f"{t}_quantized"], name=f"{t}_QuantizeLinear"),
+
+def _qdq_pair(t: str, p: qp.QParams, new_inits: list) -> list[onnx.NodeProto]:
+    """T -> QuantizeLinear -> T_quantized -> DequantizeLinear -> T_dequantized, with its scale and zero point."""
+    scale_name, zp_name = f"{t}_scale", f"{t}_zero_point"
+    new_inits.append(numpy_helper.from_array(np.asarray(p.scale, np.float32), scale_name))
+    new_inits.append(numpy_helper.from_array(np.asarray(p.zero_point), zp_name))
+    return [helper.make_node("QuantizeLinear", [t, scale_name, zp_name], [f"{t}_quantized"], name=f"{t}_QuantizeLinear"),
             helper.make_node("DequantizeLinear", [f"{t}_quantized", scale_name, zp_name], [f"{t}_dequantized"],
-                             name=f"{t}_DequantizeLinear"),
-        ]
-    # quantized consumers read T_dequantized (ONNX Runtime fuses that DequantizeLinear into their integer
-    # kernel); a float consumer reads the exact T where T's producer runs in float anyway (a LayerNorm
-    # feeding both a MatMul and a residual Add): no DequantizeLinear to run for it, no rounding on its path.
-    # Where the producer is quantized, T exists only as int8 once fused, so float consumers read it dequantized.
-    float_source = {t for t in targets if t in idx.graph_inputs
-                    or (t in idx.producer and idx.producer[t].name not in plan.quantized_nodes)}
-    for node in g.node:
-        quantized = node.name in plan.quantized_nodes
-        for i, name in enumerate(node.input):
-            if name in targets and (quantized or name not in float_source):
-                node.input[i] = f"{name}_dequantized"
-    ordered: list[onnx.NodeProto] = list(const_nodes)
-    for t in sorted(targets & idx.graph_inputs):
-        ordered.extend(q_nodes[t])
-    for node in g.node:
-        ordered.append(node)
-        for o in node.output:
-            if o in q_nodes:
-                ordered.extend(q_nodes[o])
-    del g.node[:]
-    g.node.extend(ordered)
-    g.initializer.extend(new_inits)
-    remove_unused_initializers(g)
-    result.add(EventKind.QUANTIZED, "", f"{len(targets)} activation tensor(s), {len(done)} weight(s), "
-                          f"{nbias} bias(es) quantized; {len(plan.absorbed)} activation(s) absorbed")
-    return result
+                             name=f"{t}_DequantizeLinear")]
 
 
 def _absorb_activations(g: onnx.GraphProto, plan: QuantPlan) -> None:

@@ -74,7 +74,6 @@ class StaticBuilder:
 
     def _build(self, extra: tuple[str, ...], only: tuple[str, ...] | None) -> Built:
         s = self.res.convert
-        notes: list[str] = []
         fp16 = tuple(r.match for r in s.nodes if r.precision == NodePrecision.FP16)
         floats = tuple(r.match for r in s.nodes if r.precision == NodePrecision.FP32) + fp16
         work = self.prep.model
@@ -88,15 +87,16 @@ class StaticBuilder:
         options = PlanOptions(per_channel=self.res.per_channel, symmetric_activations=self.res.symmetric,
                               exclude=resolve_presets(work, list(s.exclude) + list(extra) + list(floats)), only=only,
                               granularity=tuple(granularity.items()), act_matmul=self.res.act_matmul)
-        qplan, ranges = self._plan(work, options, notes)
+        qplan, ranges = self._plan(work, options)
         qdq_options = QDQOptions(symmetric_activations=self.res.symmetric, reduce_range=self.res.reduce_range)
-        work, events = self._bias_correction(work, qplan, ranges, qdq_options, only, notes)
+        work, events, bc_note = self._bias_correction(work, qplan, ranges, qdq_options, only)
+        notes = self._range_notes() + ([bc_note] if bc_note else [])
         qdq = insert_qdq(work, qplan, ranges, qdq_options).model
         if fp16:
             qdq = _half_nodes(qdq, fp16)
         return Built(qplan, qdq, events, notes)
 
-    def _plan(self, work: onnx.ModelProto, options: PlanOptions, notes: list[str]) -> tuple[QuantPlan, dict]:
+    def _plan(self, work: onnx.ModelProto, options: PlanOptions) -> tuple[QuantPlan, dict]:
         """Plan, then plan again with the nodes that must stay float (each with its reason); the ranges."""
         artifact = self.artifact
         qplan = plan(work, options)
@@ -108,7 +108,7 @@ class StaticBuilder:
                 why.update({n: reasons.NO_ACT_RANGES for n, w in alt.float_nodes.items()
                             if w.reason == reasons.Reason.ACT_MATMUL})
         qplan.float_nodes.update(why)
-        ranges = self._ranges(qplan, notes)
+        ranges = self._ranges(qplan)
         qdq_options = QDQOptions(symmetric_activations=self.res.symmetric, reduce_range=self.res.reduce_range)
         for check in (lambda: range_conflicts(work, qplan, ranges),
                       lambda: dict.fromkeys(_unfused(work, qplan, ranges, qdq_options, self.shared["fused"]),
@@ -119,10 +119,10 @@ class StaticBuilder:
                 options = dataclasses.replace(options, exclude=options.exclude + tuple(found))
                 qplan = plan(work, options)
                 qplan.float_nodes.update(why)
-                ranges = self._ranges(qplan, notes)
+                ranges = self._ranges(qplan)
         return qplan, self._node_method_ranges(work, qplan, ranges)
 
-    def _ranges(self, qplan: QuantPlan, notes: list[str]) -> dict[str, tuple[float, float]]:
+    def _ranges(self, qplan: QuantPlan) -> dict[str, tuple[float, float]]:
         artifact, s = self.artifact, self.res.convert
         needed = qplan.calibrated_tensors()
         missing = [t for t in needed if t not in artifact.observers]
@@ -132,12 +132,15 @@ class StaticBuilder:
             raise QuantcliError(f"{self.calibration or 'calibration'}: has no statistics for tensor '{missing[0]}' "
                                 f"({len(missing)} missing); re-run quantcli calibrate{hint}")
         method = s.method.value if s.method else None
-        line = f"ranges: {method or artifact.settings.get('method')} over {artifact.samples} calibration samples"
-        if line not in notes:
-            if method and method != artifact.settings.get("method"):
-                notes.append(f"ranges re-derived from the calibration statistics with method '{method}'")
-            notes.append(line)
         return artifact.ranges(method, s.percentile, symmetric=self.res.symmetric)
+
+    def _range_notes(self) -> list[str]:
+        artifact, method = self.artifact, self.res.convert.method
+        method = method.value if method else None
+        notes = [f"ranges re-derived from the calibration statistics with method '{method}'"] if (
+            method and method != artifact.settings.get("method")) else []
+        return notes + [f"ranges: {method or artifact.settings.get('method')} over {artifact.samples} "
+                        "calibration samples"]
 
     def _node_method_ranges(self, model: onnx.ModelProto, qplan: QuantPlan, ranges: dict) -> dict:
         """Per-node range methods ([[convert.nodes]] method/percentile) for the tensors those nodes touch."""
@@ -155,21 +158,23 @@ class StaticBuilder:
         return ranges
 
     def _bias_correction(self, work: onnx.ModelProto, qplan: QuantPlan, ranges: dict, options: QDQOptions,
-                         only: tuple[str, ...] | None, notes: list[str]) -> tuple[onnx.ModelProto, list[Event]]:
+                         only: tuple[str, ...] | None) -> tuple[onnx.ModelProto, list[Event], str | None]:
         bc = self.res.convert.bias_correction
         axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
         layers = [n.name for n in work.graph.node if n.name in axes]
         data = self.res.calibration_data
+        note = None
         if bc == BiasCorrection.EMPIRICAL and (not data or not Path(data).exists()):
-            notes.append(f"empirical bias correction needs the calibration data ({data or 'not recorded'} is not "
-                         "there): used analytic bias correction instead; pass --data to measure it")
+            note = (f"empirical bias correction needs the calibration data ({data or 'not recorded'} is not "
+                    "there): used analytic bias correction instead; pass --data to measure it")
             bc = BiasCorrection.ANALYTIC
         if bc == BiasCorrection.EMPIRICAL:
             from .empirical_bias import empirical_bias_correction
 
             on_layer = self.progress("bias correction", len(layers)) if only is None else None
-            return empirical_bias_correction(work, qplan, ranges, options, self._batches(data), layers,
-                                             on_layer=on_layer)
+            work, events = empirical_bias_correction(work, qplan, ranges, options, self._batches(data), layers,
+                                                     on_layer=on_layer)
+            return work, events, note
         if bc == BiasCorrection.ANALYTIC:
             from ..transforms.bias_correction import analytic_correction
             from . import params as qp
@@ -180,8 +185,8 @@ class StaticBuilder:
 
             events = analytic_correction(work, {n: axes[n] for n in layers}, self.prep.data("fold-batchnorm"),
                                          self.prep.data(CLE), dequantized)
-            return work, events
-        return work, []
+            return work, events, note
+        return work, [], note
 
     def _batches(self, data: str) -> list[dict]:
         """The calibration batches empirical bias correction measures on, read once per convert."""
