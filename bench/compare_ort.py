@@ -105,7 +105,7 @@ def worker(kind: str, model: str, data: str, n: int, out: str, per_channel: bool
             return time.perf_counter() - t1
 
         def data_pass() -> float:
-            return collect_statistics(prep, tensors, ds.batches(DEFAULT_BATCH), expected_batches=nbatches)[2]
+            return collect_statistics(prep, tensors, ds.batches(DEFAULT_BATCH), expected_batches=nbatches).seconds
 
         plains, passes = [], []
         for i in range(11):

@@ -100,9 +100,9 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
     if used == 0:
         raise QuantcliError(f"{settings.data}: fewer samples than the model's fixed batch size {bs}")
     advance = progress("calibrating", used)
-    observers, seen, pass_seconds = collect_statistics(prepared, tensors, dataset.batches(bs, settings.samples),
-                                                       bins=settings.bins, expected_batches=-(-used // bs),
-                                                       on_batch=advance)
+    stats = collect_statistics(prepared, tensors, dataset.batches(bs, settings.samples), bins=settings.bins,
+                               expected_batches=-(-used // bs), on_batch=advance)
+    observers, seen, pass_seconds = stats.histograms, stats.samples, stats.seconds
     cal_settings = {"method": settings.method.value, "percentile": settings.percentile, "bins": settings.bins,
                     "batch_size": bs, "data": str(settings.data), "samples": settings.samples,
                     "activations": conv.activations.value, "cle": conv.cle, "act_matmul": act_matmul}

@@ -255,7 +255,8 @@ def test_collected_statistics_match_the_tensors(monkeypatch, held_values):
     tensors = ["x", "r1", "r2", "c3", "ra", "gap", "f"]
     x = cnn_data(40, seed=5)
     batches = [{"x": x[i:i + 8]} for i in range(0, 40, 8)]
-    obs, seen, seconds = collect_statistics(m, tensors, iter(batches), expected_batches=len(batches))
+    got = collect_statistics(m, tensors, iter(batches), expected_batches=len(batches))
+    obs, seen, seconds = got.histograms, got.samples, got.seconds
     ref = make_session(tap_model(m, tensors[1:]))
     values = {t: [] for t in tensors}
     for b in batches:
@@ -272,3 +273,24 @@ def test_collected_statistics_match_the_tensors(monkeypatch, held_values):
             ma_min, ma_max = 0.9 * ma_min + 0.1 * float(v.min()), 0.9 * ma_max + 0.1 * float(v.max())
         assert (o.ma_min, o.ma_max) == pytest.approx((ma_min, ma_max), rel=1e-12, abs=1e-12), t
         assert o.hist.sum() > 0, t
+
+
+def test_per_channel_requests_in_the_same_pass_match_onnxruntime():
+    """Per-channel abs-max and mean, and a Gram matrix, come from the same pass as the histograms, in the
+    tensors' logical layout (16-channel conv outputs run blocked inside ONNX Runtime)."""
+    from quantcli.calibration.collect import collect_statistics
+    from quantcli.calibration.requests import Stat, StatRequest
+
+    m = fold_batchnorm(small_cnn()).model
+    x = cnn_data(24, seed=7)
+    batches = [{"x": x[i:i + 8]} for i in range(0, 24, 8)]
+    requests = ["r1", "r2", StatRequest("r1", Stat.CHANNEL_MEAN), StatRequest("r2", Stat.CHANNEL_ABSMAX),
+                StatRequest("f", Stat.GRAM, axis=-1)]
+    got = collect_statistics(m, requests, iter(batches))
+    ref = make_session(tap_model(m, ["r1", "r2", "f"]))
+    r1, r2, f = (np.concatenate(v).astype(np.float64) for v in zip(*(ref.run(None, b) for b in batches)))
+    np.testing.assert_allclose(got.channels[requests[2]].result(), r1.mean(axis=(0, 2, 3)), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got.channels[requests[3]].result(), np.abs(r2).max(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(got.channels[requests[4]].result(), f.T @ f, rtol=1e-5)
+    assert set(got.histograms) == {"r1", "r2"} and got.histograms["r2"].max == pytest.approx(r2.max(), rel=1e-6)
+    assert got.samples == 24

@@ -1,9 +1,12 @@
-"""Streaming collection of activation statistics through ONNX Runtime.
+"""Streaming collection of activation statistics through ONNX Runtime: one data pass answers every
+:class:`~.requests.StatRequest` its consumers made (histograms for ranges, per-channel abs-max / means, Gram
+matrices).
 
-The prepared model is run with extra graph outputs on the tensors to be quantized (a "tap" model, kept
-in memory, without ONNX Runtime's layout copies in front of those outputs: the statistics are
-order-free).  After each batch, every tapped tensor updates its :class:`TensorObserver` and the batch's
-outputs are dropped, so memory depends on the model and the batch size, never on the number of samples.
+The model is run with extra graph outputs on the requested tensors (a "tap" model, kept in memory, without
+ONNX Runtime's layout copies in front of the outputs whose statistics are order-free; per-channel statistics
+read their tensors in the logical layout).  After each batch, every tapped tensor updates its observers and
+the batch's outputs are dropped, so memory depends on the model and the batch size, never on the number of
+samples.
 
 What keeps the pass close to plain inference:
 
@@ -22,10 +25,11 @@ The result does not depend on the thread count.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -33,24 +37,36 @@ import onnx
 from ..runtime.session import run, stats_tap_session
 from ..transforms.graph import GraphIndex, attr
 from .observers import TensorObserver, hist_samples_per_update
+from .requests import ChannelObserver, Stat, StatRequest
 
 GROUP_VALUES = 1 << 16    # a small tensor's batches are held until this many values, then observed together
 HELD_VALUES = 1 << 21     # and all held batches together stay under this many values (8 MB), however many tensors
 PARALLEL_VALUES = 1 << 18  # tensors at least this large are observed on all cores, smaller ones on this thread
 
 
-def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict[str, np.ndarray]], *,
-                       bins: int = 2048, momentum: float = 0.9, threads: int = 0, expected_batches: int | None = None,
-                       on_batch: Callable[[int], None] | None = None
-                       ) -> tuple[dict[str, TensorObserver], int, float]:
-    """Observe ``tensors`` over ``batches`` (about ``expected_batches`` of them, which sizes the histograms'
-    subsamples); returns (observers, samples seen, seconds spent in the data pass)."""
+@dataclasses.dataclass
+class Collected:
+    histograms: dict[str, TensorObserver]              # tensor -> its range statistics
+    channels: dict[StatRequest, ChannelObserver]       # per-channel / Gram requests -> their observers
+    samples: int
+    seconds: float                                     # the data pass alone
+
+
+def collect_statistics(model: onnx.ModelProto, requests: Sequence[StatRequest | str],
+                       batches: Iterable[dict[str, np.ndarray]], *, bins: int = 2048, momentum: float = 0.9,
+                       threads: int = 0, expected_batches: int | None = None,
+                       on_batch: Callable[[int], None] | None = None) -> Collected:
+    """Answer ``requests`` (a plain tensor name asks for its histogram) in one pass over ``batches`` (about
+    ``expected_batches`` of them, which sizes the histograms' subsamples)."""
+    reqs = [r if isinstance(r, StatRequest) else StatRequest(r) for r in requests]
+    tensors = list(dict.fromkeys(r.tensor for r in reqs if r.stat == Stat.HISTOGRAM))
+    channels = {r: ChannelObserver(r) for r in reqs if r.stat != Stat.HISTOGRAM}
+    ordered = {r.tensor for r in channels}
     inputs = {i.name for i in model.graph.input}
-    tapped = [t for t in tensors if t not in inputs]
-    fed = [t for t in tensors if t in inputs]
+    tapped = [t for t in dict.fromkeys(tensors + [r.tensor for r in channels]) if t not in inputs]
     # keep ONNX Runtime's memory arena: it reaches its high-water mark after two runs and then stays
     # flat, while plain malloc (arena off) was measured to creep up run after run
-    session = stats_tap_session(model, tapped, threads=threads) if tapped else None
+    session = stats_tap_session(model, tapped, threads=threads, keep_order=ordered) if tapped else None
     hist = hist_samples_per_update(expected_batches)
     observers = {t: TensorObserver(bins=bins, momentum=momentum, hist_samples=hist) for t in tensors}
     workers = min(threads or os.cpu_count() or 1, 8)
@@ -61,14 +77,17 @@ def collect_statistics(model: onnx.ModelProto, tensors: list[str], batches: Iter
         t0 = time.perf_counter()
         for batch in batches:
             n = len(next(iter(batch.values())))
-            values = run(session, batch, what="calibration (tap) model") if session is not None else []
-            feeder.add(list(zip(tapped, values)) + [(name, batch[name]) for name in fed])
+            values = dict(zip(tapped, run(session, batch, what="calibration (tap) model"))) if session else {}
+            values.update({name: batch[name] for name in inputs if name in batch})
+            for r, obs in channels.items():
+                obs.update(values[r.tensor])
+            feeder.add([(t, values[t]) for t in tensors])
             del values
             samples += n
             if on_batch:
                 on_batch(n)
         feeder.flush()
-        return observers, samples, time.perf_counter() - t0
+        return Collected(observers, channels, samples, time.perf_counter() - t0)
     finally:
         if pool is not None:
             pool.shutdown()

@@ -1,6 +1,7 @@
 """Empirical bias correction, driven layer by layer over calibration data with ONNX Runtime.
 
-1. One pass of the float model with taps on every corrected layer's output gives ``E[y]`` per channel.
+1. One pass of the float model with taps on every corrected layer's output gives ``E[y]`` per channel
+   (per-channel mean requests answered by :func:`quantcli.calibration.collect.collect_statistics`).
 2. For each layer in graph order: build the QDQ model with the corrections so far, run it with a tap on
    that layer's (pre-quantization) output, and subtract ``E[y_q] - E[y]`` from the layer's bias
    (:func:`quantcli.transforms.bias_correction.shift_bias`).  Later layers thus see earlier corrections.
@@ -16,32 +17,19 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..runtime.session import make_session, run, tap_model
+from ..calibration.collect import collect_statistics
+from ..calibration.requests import Stat, StatRequest
 from ..transforms.bias_correction import shift_bias
 from ..transforms.graph import Event, EventKind
 from .policy import QuantPlan
 from .qdq import QDQOptions, insert_qdq
 
 
-def _channel_mean(y: np.ndarray, op: str) -> tuple[np.ndarray, int]:
-    """Sum over everything but the channel axis (1 for Conv, last otherwise), and the count summed."""
-    y = np.asarray(y, np.float64)
-    if op == "Conv":
-        y = np.moveaxis(y, 1, -1)
-    flat = y.reshape(-1, y.shape[-1])
-    return flat.sum(axis=0), flat.shape[0]
-
-
 def _means(model: onnx.ModelProto, tensors: list[str], ops: list[str], batches: list[dict]) -> list[np.ndarray]:
-    session = make_session(tap_model(model, tensors), what="bias-correction model")
-    sums: list[np.ndarray | None] = [None] * len(tensors)
-    counts = [0] * len(tensors)
-    for feeds in batches:
-        for i, (y, op) in enumerate(zip(run(session, feeds, what="bias-correction model"), ops)):
-            s, n = _channel_mean(y, op)
-            sums[i] = s if sums[i] is None else sums[i] + s
-            counts[i] += n
-    return [s / c for s, c in zip(sums, counts)]
+    """E[y] per channel (axis 1 for Conv, the last otherwise) of each tensor, from one statistics pass."""
+    requests = [StatRequest(t, Stat.CHANNEL_MEAN, 1 if op == "Conv" else -1) for t, op in zip(tensors, ops)]
+    got = collect_statistics(model, requests, batches)
+    return [got.channels[r].result() for r in requests]
 
 
 def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges: dict, options: QDQOptions,

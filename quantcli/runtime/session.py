@@ -87,10 +87,12 @@ NCHWC_SAFE_CHANNELS = 16  # MLAS blocks channels by 8 (AVX2) or 16 (AVX-512): a 
 
 
 def stats_tap_session(model: onnx.ModelProto, tensors: list[str], *, threads: int = 0,
-                      what: str = "calibration (tap) model") -> ort.InferenceSession:
-    """A session whose outputs are ``tensors``, each holding its elements in ONNX Runtime's internal order.
+                      what: str = "calibration (tap) model", keep_order: set[str] | frozenset[str] = frozenset()
+                      ) -> ort.InferenceSession:
+    """A session whose outputs are ``tensors``, each holding its elements in ONNX Runtime's internal order,
+    except those in ``keep_order`` (read in their logical layout, for per-channel statistics).
 
-    Only for statistics that do not depend on element order (min, max, histograms).  ONNX Runtime runs
+    The internal order is only for statistics that do not depend on element order (min, max, histograms).  ONNX Runtime runs
     convolutions in a blocked layout (NCHWc) and puts a ReorderOutput copy in front of every graph output;
     here the graph is optimized once as ONNX Runtime would, and the reorders in front of tapped outputs are
     dropped where the blocked tensor holds exactly the same elements (channel count a multiple of 16, so
@@ -100,6 +102,8 @@ def stats_tap_session(model: onnx.ModelProto, tensors: list[str], *, threads: in
     to the statistics.
     """
     tap = tap_model(model, tensors)
+    if set(tensors) <= set(keep_order):
+        return make_session(tap, threads=threads, what=what, spin_between_runs=False)
     try:
         opt = optimized_model(tap, level="all")
         outputs = {o.name for o in opt.graph.output}
@@ -107,7 +111,7 @@ def stats_tap_session(model: onnx.ModelProto, tensors: list[str], *, threads: in
         swap: dict[str, str] = {}
         for node in list(opt.graph.node):
             if (node.op_type == "ReorderOutput" and node.domain == "com.microsoft.nchwc"
-                    and node.output[0] in outputs and node.output[0] not in read
+                    and node.output[0] in outputs and node.output[0] not in read and node.output[0] not in keep_order
                     and any(a.name == "channels" and a.i % NCHWC_SAFE_CHANNELS == 0 for a in node.attribute)):
                 swap[node.output[0]] = node.input[0]
                 opt.graph.node.remove(node)
