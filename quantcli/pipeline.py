@@ -23,7 +23,7 @@ from .cpu import detect as detect_cpu
 from .data.sources import Dataset, input_specs
 from .errors import QuantcliError
 from .quantize.scheme import apply_scheme
-from .quantize.search import eval_dataset, sensitivities_alone
+from .quantize.search import eval_data, sensitivities_alone
 from .quantize.static import StaticBuilder
 from .settings import Resolved, resolve
 from .validate.output import validation_feeds, write_validated
@@ -354,7 +354,7 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
     artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
     res = res.with_artifact_data(artifact.settings.get("data"))
     build = StaticBuilder(model, prep, res, artifact, calibration=calibration, progress=progress)
-    ev = Evaluator(model, eval_dataset(model, res, "analyze", labels))
+    ev = Evaluator(model, *build.held(eval_data(res, "analyze"), None, labels))
     built = build()
     full = ev.score(built.model)
     shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}

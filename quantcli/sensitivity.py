@@ -30,14 +30,19 @@ class Score:
     metric: float     # the accuracy or agreement itself, in %
 
 
-class Evaluator:
-    """Scores candidate models against cached FP32 outputs on one evaluation set."""
+def held_batches(dataset: Dataset, limit: int | None = None) -> tuple[list[dict], np.ndarray | None]:
+    """The first ``limit`` samples of ``dataset`` held in memory as batches, and their labels (or None)."""
+    batches = list(dataset.batches(dataset.default_batch_size(None), limit))
+    n = sum(len(next(iter(b.values()))) for b in batches)
+    return batches, (dataset.labels[:n] if dataset.labels is not None else None)
 
-    def __init__(self, fp32: onnx.ModelProto, dataset: Dataset, *, limit: int | None = None) -> None:
-        bs = dataset.default_batch_size(None)
-        self.batches = list(dataset.batches(bs, limit))
-        n = sum(len(next(iter(b.values()))) for b in self.batches)
-        self.labels = dataset.labels[:n] if dataset.labels is not None else None
+
+class Evaluator:
+    """Scores candidate models against cached FP32 outputs on one evaluation set (held batches, labels)."""
+
+    def __init__(self, fp32: onnx.ModelProto, batches: list[dict], labels: np.ndarray | None = None) -> None:
+        self.batches = batches
+        self.labels = labels
         self.ref = self._outputs(fp32)
         self.ref_metric = self._accuracy(self.ref) if self.labels is not None else 100.0
         self.evaluations = 0

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import onnx
 
-from ..data.sources import Dataset, input_specs
 from ..errors import QuantcliError
 from ..recipe import NodeRule, Weights
 from ..settings import Resolved
@@ -48,12 +47,13 @@ class SearchResult:
         return self.drop <= self.max_drop + 1e-9
 
 
-def eval_dataset(model: onnx.ModelProto, res: Resolved, what: str, labels: str | None = None) -> Dataset:
+def eval_data(res: Resolved, what: str) -> str:
+    """The evaluation data path (``--eval-data``, else the calibration data), or a clear error."""
     data = res.eval_data
     if not data or not Path(data).exists():
         raise QuantcliError(f"{what} needs evaluation data: pass --eval-data PATH (labels in it give accuracy, "
                             "else agreement with FP32 is the metric)")
-    return Dataset(data, input_specs(model), labels_path=labels)
+    return data
 
 
 def sensitivities_alone(prep: Prepared, built: Built, build: StaticBuilder, evaluator, feeds_shape: dict,
@@ -85,7 +85,7 @@ def auto_weight_granularity(model: onnx.ModelProto, build: StaticBuilder) -> tup
     if not candidates:
         return build, None
     try:
-        ev = Evaluator(model, eval_dataset(model, build.res, "--weights auto"), limit=AUTO_EVAL_SAMPLES)
+        ev = Evaluator(model, *build.held(eval_data(build.res, "--weights auto"), AUTO_EVAL_SAMPLES))
     except QuantcliError:
         return build, "weights auto: no evaluation data to measure per-tensor MatMul/Gemm weights: per-channel kept"
     alt_build = build.with_rules([NodeRule(match=op, weights=Weights.PER_TENSOR) for op in MATMUL_OPS])
@@ -108,7 +108,7 @@ def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder
 
     t0 = time.perf_counter()
     s = build.res.convert
-    ev = Evaluator(model, eval_dataset(model, build.res, "convert --max-drop"))
+    ev = Evaluator(model, *build.held(eval_data(build.res, "convert --max-drop"), None))
     built = build()
     full = ev.score(built.model)
     search = SearchResult(ev.metric_name, s.max_drop, full.drop, full.drop)

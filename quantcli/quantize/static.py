@@ -57,7 +57,7 @@ class StaticBuilder:
         self.model, self.prep, self.res, self.artifact = model, prep, res, artifact
         self.calibration, self.progress = calibration, progress
         # shared by every builder of one convert: ONNX Runtime's fusion verdicts, bias-correction batches
-        self.shared = _shared if _shared is not None else {"fused": {}, "batches": None}
+        self.shared = _shared if _shared is not None else {"fused": {}, "held": {}}
         self._cache: dict[tuple, Built] = {}
 
     def __call__(self, extra: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> Built:
@@ -188,14 +188,20 @@ class StaticBuilder:
             return work, events, note
         return work, [], note
 
-    def _batches(self, data: str) -> list[dict]:
-        """The calibration batches empirical bias correction measures on, read once per convert."""
-        if self.shared["batches"] is None:
+    def held(self, data: str, limit: int | None, labels: str | None = None) -> tuple[list[dict], object]:
+        """The first ``limit`` samples of ``data`` as batches, with their labels: read once per convert and
+        shared by empirical bias correction, --weights auto and --max-drop where they measure on the same
+        data."""
+        key = (str(data), labels, limit)
+        if key not in self.shared["held"]:
             from ..data.sources import Dataset, input_specs
+            from ..sensitivity import held_batches
 
-            ds = Dataset(data, input_specs(self.model))
-            self.shared["batches"] = list(ds.batches(ds.default_batch_size(None), limit=BIAS_CORRECTION_SAMPLES))
-        return self.shared["batches"]
+            self.shared["held"][key] = held_batches(Dataset(data, input_specs(self.model), labels_path=labels), limit)
+        return self.shared["held"][key]
+
+    def _batches(self, data: str) -> list[dict]:
+        return self.held(data, BIAS_CORRECTION_SAMPLES)[0]
 
 
 def _unfused(work: onnx.ModelProto, qplan: QuantPlan, ranges: dict, options: QDQOptions,
