@@ -3,10 +3,11 @@ suitable for a pull-request comment."""
 
 from __future__ import annotations
 
-import math
 from xml.etree import ElementTree as ET
 
 from ..results import CompareResult, Criterion, RunResult
+from .table import acceptance_table, compare_table
+from .table import to_markdown as to_markdown_lines
 
 
 def _parts(result: RunResult | CompareResult) -> tuple[CompareResult, list[Criterion], RunResult | None]:
@@ -40,25 +41,15 @@ def to_markdown(result: RunResult | CompareResult) -> str:
     cmp, criteria, run = _parts(result)
     verdict = "✅ all criteria hold" if all(c.passed for c in criteria) else "❌ " + ", ".join(
         c.name for c in criteria if not c.passed)
-    lines = [f"### quantcli: {cmp.quantized}", "", verdict if criteria else "", "",
-             "| | FP32 | quantized | change |", "|---|---:|---:|---:|"]
-    if cmp.top1:
-        lines.append(f"| top-1 accuracy | {cmp.top1[0]:.2f}% | {cmp.top1[1]:.2f}% | {cmp.top1[1] - cmp.top1[0]:+.2f} pts |")
-    for o in cmp.outputs:
-        if o.agreement is not None:
-            lines.append(f"| `{o.name}` top-1 agreement | | {100 * o.agreement:.2f}% | |")
-        sqnr = "inf" if math.isinf(o.sqnr_db) else f"{o.sqnr_db:.1f}"
-        lines.append(f"| `{o.name}` cosine / SQNR | | {o.cosine:.5f} / {sqnr} dB | |")
-    lines.append(f"| latency median (batch 1, {cmp.threads} thread) | {cmp.latency_ms[0]:.3f} ms | "
-                 f"{cmp.latency_ms[1]:.3f} ms | x{cmp.latency_ratio:.2f} |")
-    lines.append(f"| model size | {cmp.size[0] / 1e6:.2f} MB | {cmp.size[1] / 1e6:.2f} MB | "
-                 f"x{cmp.size[1] / max(cmp.size[0], 1):.2f} |")
-    if run is not None and run.convert.coverage is not None:
-        lines.append(f"| INT8 MAC coverage | | {100 * run.convert.coverage.mac_share:.1f}% | |")
+    coverage = run.convert.coverage.mac_share if run is not None and run.convert.coverage is not None else None
+    table = compare_table(cmp, coverage)
+    table.columns[0] = ""
+    lines = [f"### quantcli: {cmp.quantized}", "", verdict if criteria else "", ""]
+    lines += to_markdown_lines(table)
     if criteria:
-        lines += ["", "| criterion | value | limit | |", "|---|---:|---:|---|"]
-        for c in criteria:
-            lines.append(f"| {c.name} | {c.value:.4g}{c.unit} | {c.limit:g}{c.unit} | {'pass' if c.passed else 'FAIL'} |")
+        acc = acceptance_table(criteria)
+        acc.columns[-1] = ""
+        lines += [""] + to_markdown_lines(acc)
     return "\n".join(lines) + "\n"
 
 

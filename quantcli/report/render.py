@@ -12,14 +12,7 @@ from rich.table import Table
 
 from ..results import (AnalyzeResult, CalibrationResult, CompareResult, ConvertResult, CoverageSummary,
                        InspectResult, RunResult)
-
-
-def _fmt_db(v: float) -> str:
-    return "inf" if math.isinf(v) and v > 0 else f"{v:.1f}"
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+from .table import acceptance_table, compare_table, fmt_db, size_text, to_rich
 
 
 def render_calibration(r: CalibrationResult, console: Console) -> None:
@@ -54,11 +47,11 @@ def render_convert(r: ConvertResult, console: Console) -> None:
     else:
         table.add_row("converted nodes", next(iter(r.quantized_nodes.values()), "0"))
     table.add_row("kept float", str(len(r.float_nodes)))
-    table.add_row("size", f"{_mb(r.size_before)} -> {_mb(r.size_after)} (x{r.size_after / max(r.size_before, 1):.2f})")
+    table.add_row("size", f"{size_text(r.size_before)} -> {size_text(r.size_after)} (x{r.size_after / max(r.size_before, 1):.2f})")
     if r.coverage is not None:
         _coverage_rows(table, r.coverage)
     for chk in r.checks:
-        table.add_row(f"check '{chk.name}'", f"cosine {chk.cosine:.5f}, SQNR {_fmt_db(chk.sqnr_db)} dB vs FP32 "
+        table.add_row(f"check '{chk.name}'", f"cosine {chk.cosine:.5f}, SQNR {fmt_db(chk.sqnr_db)} dB vs FP32 "
                                               "(one sample)")
     table.add_row("CPU", escape(r.cpu))
     console.print(table)
@@ -125,9 +118,9 @@ def render_inspect(r: InspectResult, console: Console) -> None:
 
 def render_analyze(r: AnalyzeResult, console: Console, top: int = 20) -> None:
     def db(v):
-        return "" if v is None else _fmt_db(v)
+        return "" if v is None else fmt_db(v)
     table = Table(title=f"Sensitivity of {r.model} ({r.metric}; FP32 {r.fp32_metric:.2f}%; all-INT8 drop "
-                        f"{r.all_int8_drop:.2f} pts, SQNR {_fmt_db(r.all_int8_sqnr_db)} dB)", title_justify="left")
+                        f"{r.all_int8_drop:.2f} pts, SQNR {fmt_db(r.all_int8_sqnr_db)} dB)", title_justify="left")
     for col in ("#", "node", "op", "MACs %", "alone: drop pts", "alone: SQNR dB", "in all-INT8: SQNR dB"):
         table.add_column(col, justify="left" if col in ("node", "op") else "right", overflow="fold")
     for i, n in enumerate(r.nodes[:top], 1):
@@ -139,26 +132,7 @@ def render_analyze(r: AnalyzeResult, console: Console, top: int = 20) -> None:
 
 
 def render_compare(r: CompareResult, console: Console) -> None:
-    table = Table(title=f"Compare on {r.samples} samples (latency: batch 1, {r.threads} thread(s))",
-                  title_justify="left")
-    table.add_column("metric")
-    table.add_column("FP32", justify="right")
-    table.add_column("quantized", justify="right")
-    table.add_column("change", justify="right")
-    if r.top1:
-        table.add_row("top-1 accuracy", f"{r.top1[0]:.2f}%", f"{r.top1[1]:.2f}%", f"{r.top1[1] - r.top1[0]:+.2f} pts")
-    if r.top5:
-        table.add_row("top-5 accuracy", f"{r.top5[0]:.2f}%", f"{r.top5[1]:.2f}%", f"{r.top5[1] - r.top5[0]:+.2f} pts")
-    for o in r.outputs:
-        if o.agreement is not None:
-            table.add_row(f"{o.name}: top-1 agreement", "", f"{100 * o.agreement:.2f}%", "")
-        table.add_row(f"{o.name}: cosine / SQNR", "", f"{o.cosine:.5f} / {_fmt_db(o.sqnr_db)} dB", "")
-        table.add_row(f"{o.name}: max abs error", "", f"{o.max_abs:.4g}", "")
-    table.add_row("latency median", f"{r.latency_ms[0]:.3f} ms",
-                  f"{r.latency_ms[1]:.3f} ms", f"x{r.latency_ratio:.2f}")
-    table.add_row("latency p90", f"{r.latency_p90_ms[0]:.3f} ms", f"{r.latency_p90_ms[1]:.3f} ms", "")
-    table.add_row("model size", _mb(r.size[0]), _mb(r.size[1]), f"x{r.size[1] / max(r.size[0], 1):.2f}")
-    console.print(table)
+    console.print(to_rich(compare_table(r)))
     for note in r.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     if r.max_drop is not None:
@@ -172,12 +146,7 @@ def render_run(r: RunResult, console: Console) -> None:
     render_convert(r.convert, console)
     render_compare(r.compare, console)
     if r.criteria:
-        table = Table(title="Acceptance", title_justify="left")
-        for col in ("criterion", "value", "limit", "result"):
-            table.add_column(col, justify="left" if col == "criterion" else "right")
-        for c in r.criteria:
-            table.add_row(c.name, f"{c.value:.4g}{c.unit}", f"{c.limit:g}{c.unit}", "pass" if c.passed else "FAIL")
-        console.print(table)
+        console.print(to_rich(acceptance_table(r.criteria)))
     console.print(("PASS: " if r else "FAIL: ") + str(r), highlight=False)
 
 
