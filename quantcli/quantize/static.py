@@ -24,7 +24,7 @@ from ..errors import QuantcliError
 from ..recipe import BiasCorrection, NodePrecision, Weights
 from ..settings import Resolved
 from ..transforms.graph import Event
-from ..transforms.passes import CLE, Prepared
+from ..transforms.passes import Need, PassContext, Prepared, bias_correction
 from . import reasons
 from .policy import HEAVY, PlanOptions, QuantPlan, is_excluded, plan, range_conflicts, resolve_presets
 from .qdq import QDQOptions, insert_qdq
@@ -160,33 +160,22 @@ class StaticBuilder:
     def _bias_correction(self, work: onnx.ModelProto, qplan: QuantPlan, ranges: dict, options: QDQOptions,
                          only: tuple[str, ...] | None) -> tuple[onnx.ModelProto, list[Event], str | None]:
         bc = self.res.convert.bias_correction
-        axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
-        layers = [n.name for n in work.graph.node if n.name in axes]
+        if bc == BiasCorrection.OFF:
+            return work, [], None
+        step = bias_correction(bc.value)
         data = self.res.calibration_data
         note = None
-        if bc == BiasCorrection.EMPIRICAL and (not data or not Path(data).exists()):
+        if Need.DATA in step.needs and (not data or not Path(data).exists()):
             note = (f"empirical bias correction needs the calibration data ({data or 'not recorded'} is not "
                     "there): used analytic bias correction instead; pass --data to measure it")
-            bc = BiasCorrection.ANALYTIC
-        if bc == BiasCorrection.EMPIRICAL:
-            from .empirical_bias import empirical_bias_correction
-
-            on_layer = self.progress("bias correction", len(layers)) if only is None else None
-            work, events = empirical_bias_correction(work, qplan, ranges, options, self._batches(data), layers,
-                                                     on_layer=on_layer)
-            return work, events, note
-        if bc == BiasCorrection.ANALYTIC:
-            from ..transforms.bias_correction import analytic_correction
-            from . import params as qp
-
-            def dequantized(w, axis):
-                p = qp.weight_params(w, axis=axis, reduce_range=options.reduce_range)
-                return qp.dequantize(qp.quantize_weight(w, p, reduce_range=options.reduce_range), p)
-
-            events = analytic_correction(work, {n: axes[n] for n in layers}, self.prep.data("fold-batchnorm"),
-                                         self.prep.data(CLE), dequantized)
-            return work, events, note
-        return work, [], note
+            step = bias_correction(BiasCorrection.ANALYTIC.value)
+        axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
+        layers = {n.name: axes[n.name] for n in work.graph.node if n.name in axes}
+        on_layer = self.progress("bias correction", len(layers)) if only is None and Need.DATA in step.needs else None
+        ctx = PassContext(plan=qplan, ranges=ranges, qdq=options, layers=layers, prepared=self.prep,
+                          batches=lambda: self._batches(data), on_layer=on_layer)
+        r = step.run(work, ctx)
+        return r.model, r.events, note
 
     def held(self, data: str, limit: int | None, labels: str | None = None) -> tuple[list[dict], object]:
         """The first ``limit`` samples of ``data`` as batches, with their labels: read once per convert and

@@ -1,8 +1,9 @@
 """Graph passes as objects, and preparation as a list of them.
 
-A :class:`Pass` has a ``name``, declares what it needs (:class:`Need`: data, statistics) and whether
-calibrate and convert must both apply it (``agree``: it changes the activations whose ranges are measured,
-so an artifact made without it does not fit a model made with it).  ``run(model)`` returns a
+A :class:`Pass` has a ``name``, declares what it needs from its :class:`PassContext` (:class:`Need`: the
+quantization plan and ranges, calibration data, the preparation's results) and whether calibrate and
+convert must both apply it (``agree``: it changes the activations whose ranges are measured, so an
+artifact made without it does not fit a model made with it).  ``run(model, ctx)`` returns a
 :class:`~quantcli.transforms.graph.PassResult`: the new model, typed per-node :class:`Event` s (folded,
 equalized, bias shifted, skipped with a reason) and pass-specific data.
 
@@ -10,13 +11,14 @@ equalized, bias shifted, skipped with a reason) and pass-specific data.
 opset upgrade, BatchNorm folding and (if asked) cross-layer equalization -- and returns a :class:`Prepared`.
 Which ``agree`` passes ran is recorded in the calibration artifact (:func:`agreed_passes`), and convert checks
 its own list against it.  A new transform (e.g. SmoothQuant) is one more :class:`Pass` in that list.
+Bias correction runs on a quantization plan: :func:`bias_correction` returns its analytic or empirical pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import onnx
 
@@ -24,22 +26,41 @@ from .graph import Event, EventKind, PassResult
 
 
 class Need(str, enum.Enum):
+    PLAN = "plan"                # the quantization plan, its ranges and Q/DQ options
     DATA = "data"                # calibration batches
-    STATISTICS = "statistics"    # collected activation statistics (histograms, per-channel abs-max, ...)
+    PREPARATION = "preparation"  # what preparation learned (folded BatchNorm statistics, CLE scales)
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What a pass may use beyond the model; a pass reads only what its ``needs`` declare."""
+
+    plan: Any = None                                     # Need.PLAN: QuantPlan
+    ranges: dict | None = None                           # Need.PLAN: tensor -> (lo, hi)
+    qdq: Any = None                                      # Need.PLAN: QDQOptions
+    layers: dict[str, int | None] = dataclasses.field(default_factory=dict)  # layer -> weight axis (plan)
+    prepared: Prepared | None = None                     # Need.PREPARATION
+    batches: Callable[[], list[dict]] | None = None      # Need.DATA: held calibration batches
+    on_layer: Callable[[int], None] | None = None        # progress, one call per layer done
 
 
 @dataclasses.dataclass(frozen=True)
 class Pass:
-    """A named graph pass: ``fn(model) -> PassResult``; ``summary(result)`` is its one-line note (or None)."""
+    """A named graph pass: ``fn(model, ctx) -> PassResult``; ``summary(result)`` is its one-line note (or None)."""
 
     name: str
-    fn: Callable[[onnx.ModelProto], PassResult]
+    fn: Callable[[onnx.ModelProto, PassContext], PassResult]
     summary: Callable[[PassResult], str | None] = lambda r: None
     agree: bool = False
     needs: frozenset[Need] = frozenset()
 
-    def run(self, model: onnx.ModelProto) -> PassResult:
-        return self.fn(model)
+    def run(self, model: onnx.ModelProto, ctx: PassContext | None = None) -> PassResult:
+        return self.fn(model, ctx or PassContext())
+
+
+def _graph_only(fn: Callable[[onnx.ModelProto], PassResult]) -> Callable[[onnx.ModelProto, PassContext], PassResult]:
+    """A pass function over the graph alone (it needs nothing from the context)."""
+    return lambda model, ctx: fn(model)
 
 
 @dataclasses.dataclass
@@ -76,19 +97,20 @@ def _preparation_passes() -> list[Pass]:
     from .fold_batchnorm import fold_batchnorm
     from .opset import upgrade_opset
 
+    g = _graph_only
     return [
-        Pass("name-nodes", p.name_nodes, _count("{n} unnamed node(s) given names"), agree=True),
-        Pass("constants-to-initializers", p.constants_to_initializers, p.constants_summary, agree=True),
-        Pass("matmul-add-to-gemm", p.matmul_add_to_gemm, _count("{n} MatMul + bias Add pair(s) turned into Gemm"),
+        Pass("name-nodes", g(p.name_nodes), _count("{n} unnamed node(s) given names"), agree=True),
+        Pass("constants-to-initializers", g(p.constants_to_initializers), p.constants_summary, agree=True),
+        Pass("matmul-add-to-gemm", g(p.matmul_add_to_gemm), _count("{n} MatMul + bias Add pair(s) turned into Gemm"),
              agree=True),
-        Pass("fold-bias-add", p.fold_bias_add, _count("{n} bias Add(s) folded into the preceding Conv/Gemm"),
+        Pass("fold-bias-add", g(p.fold_bias_add), _count("{n} bias Add(s) folded into the preceding Conv/Gemm"),
              agree=True),
-        Pass("gemm-bias-to-1d", p.gemm_bias_to_1d, _count("{n} Gemm bias(es) reshaped to 1-D"), agree=True),
-        Pass("opset-13", upgrade_opset, lambda r: r.events[0].detail if r.events else None, agree=True),
-        Pass("fold-batchnorm", fold_batchnorm,
+        Pass("gemm-bias-to-1d", g(p.gemm_bias_to_1d), _count("{n} Gemm bias(es) reshaped to 1-D"), agree=True),
+        Pass("opset-13", g(upgrade_opset), lambda r: r.events[0].detail if r.events else None, agree=True),
+        Pass("fold-batchnorm", g(fold_batchnorm),
              _count("{n} BatchNormalization node(s) folded into the preceding Conv/Gemm", EventKind.FOLDED),
              agree=True),
-        Pass("cross-layer-equalization", equalize,
+        Pass("cross-layer-equalization", g(equalize),
              lambda r: (f"cross-layer equalization: {len(r.changed)} pair(s) equalized, "
                         f"{len(r.skipped)} skipped"), agree=True),
     ]
@@ -126,3 +148,38 @@ def agreed_passes(*, cle: bool) -> list[str]:
     """Names of the ``agree`` passes that calibrate and convert apply with these settings (recorded in the
     calibration artifact)."""
     return [p.name for p in preparation(cle=cle) if p.agree]
+
+
+def _analytic_bias_correction(model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+    """Data-free: E[x] from the BatchNorm folded into each layer's producer (in place on ``model``)."""
+    from ..quantize import params as qp
+    from .bias_correction import analytic_correction
+
+    reduce_range = ctx.qdq.reduce_range
+
+    def dequantized(w, axis):
+        p = qp.weight_params(w, axis=axis, reduce_range=reduce_range)
+        return qp.dequantize(qp.quantize_weight(w, p, reduce_range=reduce_range), p)
+
+    events = analytic_correction(model, ctx.layers, ctx.prepared.data("fold-batchnorm"), ctx.prepared.data(CLE),
+                                 dequantized)
+    return PassResult(model, events)
+
+
+def _empirical_bias_correction(model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+    """Measured on calibration data, layer by layer (:mod:`quantcli.quantize.empirical_bias`)."""
+    from ..quantize.empirical_bias import empirical_bias_correction
+
+    work, events = empirical_bias_correction(model, ctx.plan, ctx.ranges, ctx.qdq, ctx.batches(), list(ctx.layers),
+                                             on_layer=ctx.on_layer)
+    return PassResult(work, events)
+
+
+def bias_correction(kind: str) -> Pass:
+    """The bias-correction pass for ``--bias-correction analytic|empirical``."""
+    if kind == "empirical":
+        return Pass("bias-correction-empirical", _empirical_bias_correction, needs=frozenset({Need.PLAN, Need.DATA}))
+    if kind == "analytic":
+        return Pass("bias-correction-analytic", _analytic_bias_correction,
+                    needs=frozenset({Need.PLAN, Need.PREPARATION}))
+    raise ValueError(f"unknown bias correction {kind!r}")
