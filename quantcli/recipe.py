@@ -6,7 +6,8 @@ Schema (every key optional; flags given on the command line override the recipe)
     [run]         model, output, calibration          (quantcli run)
     [calibrate]   data, samples, batch_size, method, percentile, bins
     [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range, act_matmul, cle,
-                  bias_correction, max_drop, eval_data, and [[convert.nodes]] tables of
+                  bias_correction, max_drop, eval_data, block_size, symmetric_weights (int4), and
+                  [[convert.nodes]] tables of
                   match, precision (int8|fp16|fp32), weights, method, percentile
     [compare]     data, labels, max_drop, threads, runs, warmup
     [accept]      max_drop, min_int8_coverage, max_latency_ratio, max_size_mb   (quantcli run)
@@ -51,6 +52,7 @@ class Activations(str, enum.Enum):
 
 class Precision(str, enum.Enum):
     INT8 = "int8"
+    INT4 = "int4"   # weight-only: MatMul/Gemm weights in 4-bit blocks (MatMulNBits), activations float
     FP16 = "fp16"
     BF16 = "bf16"
 
@@ -125,6 +127,8 @@ class ConvertSettings:
     max_drop: float | None = None       # mixed precision: keep the fewest sensitive nodes float within this budget
     eval_data: str | None = None        # data to measure that drop on (default: the calibration data)
     nodes: list[NodeRule] = dataclasses.field(default_factory=list)  # [[convert.nodes]] per-node overrides
+    block_size: int = 32                # int4: weights per scale along K (16, 32, 64, 128 or 256)
+    symmetric_weights: bool = False     # int4: zero point fixed at 8 (default: a zero point per block)
 
 
 @dataclasses.dataclass

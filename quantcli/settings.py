@@ -39,9 +39,11 @@ class Resolved:
 
     @property
     def scheme(self) -> str:
-        """half (fp16/bf16), dynamic or static (INT8)."""
+        """half (fp16/bf16), int4 (weight-only), dynamic or static (INT8)."""
         if self.convert.precision in (Precision.FP16, Precision.BF16):
             return "half"
+        if self.convert.precision == Precision.INT4:
+            return "int4"
         return "dynamic" if self.convert.mode == Mode.DYNAMIC else "static"
 
     def for_opset(self, opset: int) -> Resolved:

@@ -28,7 +28,7 @@ def convert(
     activations: Optional[Activations] = typer.Option(None, "--activations",
                                                       help="asymmetric uint8 (default) or symmetric int8.",
                                                       show_default=False),
-    precision: Optional[Precision] = typer.Option(None, "--precision", help="int8 (default), fp16 or bf16.",
+    precision: Optional[Precision] = typer.Option(None, "--precision", help="int8 (default), int4 (weight-only, MatMul/Gemm), fp16 or bf16.",
                                                   show_default=False),
     mode: Optional[Mode] = typer.Option(None, "--mode", help="static (default) or dynamic INT8.", show_default=False),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude",
@@ -49,6 +49,12 @@ def convert(
         None, "--bias-correction", help="Remove the output shift weight quantization causes: empirical (on "
                                         "calibration data), analytic (from BatchNorm statistics) or off.",
         show_default=False),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="int4: weights per scale along K: 16, 32 "
+                                                                         "(default), 64, 128 or 256.",
+                                             show_default=False),
+    symmetric_weights: Optional[bool] = typer.Option(None, "--symmetric-weights/--asymmetric-weights",
+                                                     help="int4: zero point fixed at 8, or one per block (default).",
+                                                     show_default=False),
     recipe: o.OptPath = o.Recipe,
     max_drop: float = typer.Option(None, "--max-drop", help="Mixed precision: keep the fewest most sensitive "
                                                             "nodes in float so the drop stays within PCT points.",
@@ -68,7 +74,8 @@ def convert(
                          exclude=exclude, method=method, percentile=percentile, reduce_range=reduce_range,
                          act_matmul=act_matmul, cle=cle, bias_correction=bias_correction, max_drop=max_drop,
                          nodes=[parse_node_rule(t) for t in node] if node else None,
-                         eval_data=str(eval_data) if eval_data else None)
+                         eval_data=str(eval_data) if eval_data else None, block_size=block_size,
+                         symmetric_weights=symmetric_weights)
         calib = merge(r.calibrate, data=str(data) if data else None)
         if calibration is None and not calib.data and settings.precision == Precision.INT8 \
                 and settings.mode == Mode.STATIC:

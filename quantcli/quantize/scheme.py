@@ -1,4 +1,5 @@
-"""Quantization schemes, each returning one :class:`SchemeResult` shape: static INT8, dynamic INT8, FP16/BF16.
+"""Quantization schemes, each returning one :class:`SchemeResult` shape: static INT8, dynamic INT8, weight-only
+INT4, FP16/BF16.
 
 :func:`apply_scheme` picks the scheme the resolved settings ask for.  A new scheme (e.g. INT4 weight-only) is
 one more function here with the same signature and result.
@@ -62,6 +63,16 @@ def dynamic(prep: Prepared, res: Resolved) -> SchemeResult:
     return SchemeResult(r.model, quantized, kept)
 
 
+def int4(prep: Prepared, res: Resolved) -> SchemeResult:
+    from .int4 import accuracy_level, quantize_int4
+
+    model, quantized, kept = quantize_int4(prep.model, res)
+    note = (f"int4 weight-only: {len(quantized)} MatMul/Gemm weight(s) in {res.convert.block_size}-value blocks "
+            f"({'symmetric' if res.convert.symmetric_weights else 'zero point per block'}), round to nearest; "
+            f"MatMulNBits accuracy_level {accuracy_level(res.cpu)} on this CPU")
+    return SchemeResult(model, quantized, kept, notes=[note])
+
+
 def static(model: onnx.ModelProto, prep: Prepared, res: Resolved, artifact: CalibrationArtifact, *,
            calibration: str | Path | None = None, progress: Progress = no_progress) -> SchemeResult:
     s = res.convert
@@ -118,8 +129,10 @@ def apply_scheme(model: onnx.ModelProto, prep: Prepared | None, res: Resolved,
                  ) -> SchemeResult:
     if res.scheme == "half":
         return half(model, res)
-    result = dynamic(prep, res) if res.scheme == "dynamic" else static(
-        model, prep, res, artifact, calibration=calibration, progress=progress)
+    if res.scheme == "static":
+        result = static(model, prep, res, artifact, calibration=calibration, progress=progress)
+    else:
+        result = dynamic(prep, res) if res.scheme == "dynamic" else int4(prep, res)
     unfolded, cle_events = preparation_events(prep)
     result.float_nodes = {**unfolded, **result.float_nodes}
     result.events = cle_events + result.events
