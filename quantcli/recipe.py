@@ -6,7 +6,7 @@ Schema (every key optional; flags given on the command line override the recipe)
     [run]         model, output, calibration          (quantcli run)
     [calibrate]   data, samples, batch_size, method, percentile, bins
     [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range, act_matmul, cle,
-                  bias_correction, max_drop, eval_data, block_size, symmetric_weights (int4), and
+                  bias_correction, max_drop, eval_data, block_size, symmetric_weights, algorithm (int4), and
                   [[convert.nodes]] tables of
                   match, precision (int8|fp16|fp32), weights, method, percentile
     [compare]     data, labels, max_drop, threads, runs, warmup
@@ -74,6 +74,11 @@ class ActMatmul(str, enum.Enum):
     FLOAT = "float"
 
 
+class WeightAlgorithm(str, enum.Enum):
+    RTN = "rtn"      # round to nearest, data-free
+    GPTQ = "gptq"    # error feedback through each layer's input Hessian (needs calibration data)
+
+
 class ReduceRange(str, enum.Enum):
     AUTO = "auto"
     ON = "on"
@@ -129,6 +134,7 @@ class ConvertSettings:
     nodes: list[NodeRule] = dataclasses.field(default_factory=list)  # [[convert.nodes]] per-node overrides
     block_size: int = 32                # int4: weights per scale along K (16, 32, 64, 128 or 256)
     symmetric_weights: bool = False     # int4: zero point fixed at 8 (default: a zero point per block)
+    algorithm: WeightAlgorithm = WeightAlgorithm.RTN  # int4: rtn, or gptq (with --data)
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ import typer
 
 from .. import pipeline
 from ..errors import ExitCode
-from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange, Weights, load_recipe, merge,
+from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange, WeightAlgorithm, Weights, load_recipe, merge,
                       parse_node_rule)
 from ..report.render import render_convert
 from . import options as o
@@ -55,6 +55,8 @@ def convert(
     symmetric_weights: Optional[bool] = typer.Option(None, "--symmetric-weights/--asymmetric-weights",
                                                      help="int4: zero point fixed at 8, or one per block (default).",
                                                      show_default=False),
+    algorithm: Optional[WeightAlgorithm] = typer.Option(None, "--algorithm", help="int4: rtn (default, data-free) or "
+                                                        "gptq (needs --data).", show_default=False),
     recipe: o.OptPath = o.Recipe,
     max_drop: float = typer.Option(None, "--max-drop", help="Mixed precision: keep the fewest most sensitive "
                                                             "nodes in float so the drop stays within PCT points.",
@@ -75,7 +77,7 @@ def convert(
                          act_matmul=act_matmul, cle=cle, bias_correction=bias_correction, max_drop=max_drop,
                          nodes=[parse_node_rule(t) for t in node] if node else None,
                          eval_data=str(eval_data) if eval_data else None, block_size=block_size,
-                         symmetric_weights=symmetric_weights)
+                         symmetric_weights=symmetric_weights, algorithm=algorithm)
         calib = merge(r.calibrate, data=str(data) if data else None)
         if calibration is None and not calib.data and settings.precision == Precision.INT8 \
                 and settings.mode == Mode.STATIC:

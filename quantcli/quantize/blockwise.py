@@ -47,6 +47,28 @@ def _pack_pairs(a: np.ndarray) -> np.ndarray:
     return (a[..., 0::2] | (a[..., 1::2] << 4)).astype(np.uint8)
 
 
+def block_params(blocks: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (float32) and zero point (as float) of each block along the last axis of ``blocks``."""
+    blocks = np.asarray(blocks, np.float64)
+    if symmetric:
+        scale = np.abs(blocks).max(axis=-1) / 7.0
+        zp = np.full(scale.shape, 8.0)
+    else:
+        lo = np.minimum(blocks.min(axis=-1), 0.0)
+        hi = np.maximum(blocks.max(axis=-1), 0.0)
+        scale = (hi - lo) / LEVELS
+        zp = np.clip(np.round(-lo / np.where(scale > 0, scale, 1.0)), 0, LEVELS)
+    return np.where(scale > 0, scale, 1.0).astype(np.float32), zp
+
+
+def pack_codes(codes: np.ndarray, scales: np.ndarray, zps: np.ndarray, k: int, block_size: int,
+               symmetric: bool) -> BlockQuant:
+    """Codes [N, k_blocks, block_size], scales and zero points [N, k_blocks] in MatMulNBits' layout."""
+    zps = zps.astype(np.uint8)
+    return BlockQuant(_pack_pairs(codes), scales.astype(np.float32), None if symmetric else _pack_pairs(zps),
+                      codes, zps, k, block_size)
+
+
 def quantize_blockwise(w: np.ndarray, block_size: int = 32, *, symmetric: bool = False) -> BlockQuant:
     """RTN 4-bit quantization of ``w`` [K, N] in blocks of ``block_size`` along K."""
     if block_size not in BLOCK_SIZES:
@@ -57,15 +79,6 @@ def quantize_blockwise(w: np.ndarray, block_size: int = 32, *, symmetric: bool =
     cols = np.zeros((n, kb * block_size), np.float32)
     cols[:, :k] = w.T
     blocks = cols.reshape(n, kb, block_size).astype(np.float64)
-    if symmetric:
-        scale = np.abs(blocks).max(axis=-1) / 7.0
-        zp = np.full(scale.shape, 8.0)
-    else:
-        lo = np.minimum(blocks.min(axis=-1), 0.0)
-        hi = np.maximum(blocks.max(axis=-1), 0.0)
-        scale = (hi - lo) / LEVELS
-        zp = np.clip(np.round(-lo / np.where(scale > 0, scale, 1.0)), 0, LEVELS)
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    scale, zp = block_params(blocks, symmetric)
     q = np.clip(np.round(blocks / scale[..., None].astype(np.float64)) + zp[..., None], 0, LEVELS).astype(np.uint8)
-    zp8 = zp.astype(np.uint8)
-    return BlockQuant(_pack_pairs(q), scale, None if symmetric else _pack_pairs(zp8), q, zp8, k, block_size)
+    return pack_codes(q, scale, zp, k, block_size, symmetric)

@@ -60,8 +60,10 @@ def _why_not(node: onnx.NodeProto, idx: GraphIndex, floats: set[str]) -> str | N
     return None
 
 
-def quantize_int4(model: onnx.ModelProto, res: Resolved) -> tuple[onnx.ModelProto, dict[str, str], dict[str, Why]]:
-    """Returns (the model with MatMulNBits, quantized node -> op type, float node -> why)."""
+def quantize_int4(model: onnx.ModelProto, res: Resolved, grams: dict | None = None
+                  ) -> tuple[onnx.ModelProto, dict[str, str], dict[str, Why]]:
+    """Returns (the model with MatMulNBits, quantized node -> op type, float node -> why).  ``grams`` (GPTQ):
+    input tensor -> (X^T X, rows) from calibration data; without it, round to nearest."""
     s = res.convert
     model = copy.deepcopy(model)
     g = model.graph
@@ -82,7 +84,8 @@ def quantize_int4(model: onnx.ModelProto, res: Resolved) -> tuple[onnx.ModelProt
             kept[node.name] = why or Why(Reason.NOT_QUANTIZABLE, detail)
             new_nodes.append(node)
             continue
-        new_nodes.append(_matmul_nbits(node, idx, g, s.block_size, s.symmetric_weights, level))
+        gram = grams.get(node.input[0]) if grams else None
+        new_nodes.append(_matmul_nbits(node, idx, g, s.block_size, s.symmetric_weights, level, gram))
         quantized[node.name] = node.op_type
     del g.node[:]
     g.node.extend(new_nodes)
@@ -92,13 +95,32 @@ def quantize_int4(model: onnx.ModelProto, res: Resolved) -> tuple[onnx.ModelProt
     return model, quantized, kept
 
 
+def candidates(model: onnx.ModelProto, res: Resolved) -> list[onnx.NodeProto]:
+    """The MatMul/Gemm nodes int4 will quantize (GPTQ asks the data pass for their inputs' Gram matrices)."""
+    return [n for n in model.graph.node if n.name in quantize_int4_plan(model, res)]
+
+
+def quantize_int4_plan(model: onnx.ModelProto, res: Resolved) -> set[str]:
+    s = res.convert
+    idx = GraphIndex(model.graph)
+    floats = float_tensors(model)
+    keep = resolve_presets(model, list(s.exclude) + [r.match for r in s.nodes if r.precision != NodePrecision.INT8])
+    return {n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.domain in ("", "ai.onnx")
+            and not is_excluded(n, keep) and _why_not(n, idx, floats) is None}
+
+
 def _matmul_nbits(node: onnx.NodeProto, idx: GraphIndex, g: onnx.GraphProto, block_size: int, symmetric: bool,
-                  level: int) -> onnx.NodeProto:
+                  level: int, gram: tuple[np.ndarray, int] | None = None) -> onnx.NodeProto:
     w = idx.const(node.input[1])
     if node.op_type == "Gemm" and layout(node).out_axis == 0:
         w = w.T  # Gemm transB=1 stores [N, K]
     k, n = w.shape
-    bq = quantize_blockwise(w, block_size, symmetric=symmetric)
+    if gram is not None:
+        from .gptq import gptq_quantize
+
+        bq = gptq_quantize(w, gram[0], gram[1], block_size, symmetric=symmetric)
+    else:
+        bq = quantize_blockwise(w, block_size, symmetric=symmetric)
     base = f"{node.name}_int4"
     g.initializer.append(numpy_helper.from_array(bq.packed, f"{base}_B"))
     g.initializer.append(numpy_helper.from_array(bq.scales.reshape(-1), f"{base}_scales"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 
 from ..calibration.artifact import CalibrationArtifact
-from ..recipe import ActMatmul, NodePrecision, Weights
+from ..recipe import ActMatmul, NodePrecision, WeightAlgorithm, Weights
 from ..settings import Resolved
 from ..transforms.graph import Event, EventKind
 from ..transforms.passes import CLE, Prepared
@@ -63,14 +63,39 @@ def dynamic(prep: Prepared, res: Resolved) -> SchemeResult:
     return SchemeResult(r.model, quantized, kept)
 
 
-def int4(prep: Prepared, res: Resolved) -> SchemeResult:
-    from .int4 import accuracy_level, quantize_int4
+def int4(prep: Prepared, res: Resolved, progress: Progress = no_progress) -> SchemeResult:
+    from .int4 import accuracy_level, candidates, quantize_int4
 
-    model, quantized, kept = quantize_int4(prep.model, res)
-    note = (f"int4 weight-only: {len(quantized)} MatMul/Gemm weight(s) in {res.convert.block_size}-value blocks "
-            f"({'symmetric' if res.convert.symmetric_weights else 'zero point per block'}), round to nearest; "
+    s = res.convert
+    grams, how = None, "round to nearest"
+    if s.algorithm == WeightAlgorithm.GPTQ:
+        grams, samples = _input_grams(prep.model, candidates(prep.model, res), res, progress)
+        how = f"GPTQ on {samples} calibration samples"
+    model, quantized, kept = quantize_int4(prep.model, res, grams)
+    note = (f"int4 weight-only: {len(quantized)} MatMul/Gemm weight(s) in {s.block_size}-value blocks "
+            f"({'symmetric' if s.symmetric_weights else 'zero point per block'}), {how}; "
             f"MatMulNBits accuracy_level {accuracy_level(res.cpu)} on this CPU")
     return SchemeResult(model, quantized, kept, notes=[note])
+
+
+def _input_grams(model: onnx.ModelProto, nodes: list, res: Resolved, progress: Progress) -> tuple[dict, int]:
+    """X^T X of each layer's input over the calibration data, from one statistics pass (GPTQ's Hessians)."""
+    from ..calibration.collect import collect_statistics
+    from ..calibration.requests import Stat, StatRequest
+    from ..data.sources import Dataset, input_specs
+    from ..errors import QuantcliError
+
+    data = res.calibration_data
+    if not data:
+        raise QuantcliError("convert --algorithm gptq needs calibration data: pass --data PATH")
+    cal = res.calibrate
+    ds = Dataset(data, input_specs(model))
+    bs = ds.default_batch_size(cal.batch_size if cal else None)
+    limit = cal.samples if cal else None
+    requests = list(dict.fromkeys(StatRequest(n.input[0], Stat.GRAM, axis=-1) for n in nodes))
+    got = collect_statistics(model, requests, ds.batches(bs, limit),
+                             on_batch=progress("GPTQ statistics", ds.count_used(bs, limit)))
+    return {r.tensor: (got.channels[r].result(), got.channels[r].count) for r in requests}, got.samples
 
 
 def static(model: onnx.ModelProto, prep: Prepared, res: Resolved, artifact: CalibrationArtifact, *,
@@ -132,7 +157,7 @@ def apply_scheme(model: onnx.ModelProto, prep: Prepared | None, res: Resolved,
     if res.scheme == "static":
         result = static(model, prep, res, artifact, calibration=calibration, progress=progress)
     else:
-        result = dynamic(prep, res) if res.scheme == "dynamic" else int4(prep, res)
+        result = dynamic(prep, res) if res.scheme == "dynamic" else int4(prep, res, progress)
     unfolded, cle_events = preparation_events(prep)
     result.float_nodes = {**unfolded, **result.float_nodes}
     result.events = cle_events + result.events
