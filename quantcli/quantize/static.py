@@ -183,10 +183,11 @@ class StaticBuilder:
         data."""
         key = (str(data), labels, limit)
         if key not in self.shared["held"]:
-            from ..data.sources import Dataset, input_specs
+            from ..data.sources import Dataset, class_count, input_specs
             from ..sensitivity import held_batches
 
-            self.shared["held"][key] = held_batches(Dataset(data, input_specs(self.model), labels_path=labels), limit)
+            self.shared["held"][key] = held_batches(Dataset(data, input_specs(self.model), labels_path=labels,
+                                                            classes=class_count(self.model)), limit)
         return self.shared["held"][key]
 
     def _batches(self, data: str) -> list[dict]:
