@@ -301,6 +301,13 @@ def test_out_of_vocabulary_ids_are_named_and_ort_stays_silent(work):
     assert "ONNX Runtime failed to run it" in p.stderr
 
 
+def test_sequences_longer_than_the_position_table_are_named(tmp_path):
+    model = ROOT / "sample_models" / "tiny_transformer.onnx"  # Slice(position table of 64 rows, 0, seq_len)
+    np.savez(tmp_path / "long.npz", input_ids=np.random.default_rng(0).integers(0, 17, size=(4, 80)))
+    expect(tmp_path, ["calibrate", model, "--data", tmp_path / "long.npz", "-o", tmp_path / "c.json"], 2,
+           "long.npz: input 'input_ids' has length 80 on axis 1, longer than the 64 positions the model supports")
+
+
 # -- 8. meaningless options --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args,message", [
     (["convert", "{m}", "-o", "{w}/q.onnx", "--mode", "dynamic", "--calibration", "{w}/missing.json"],

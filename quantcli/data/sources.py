@@ -11,7 +11,8 @@ Layout rules (the first axis of every array is the sample axis):
 Everything is checked against the model's inputs before any inference runs: names, dtypes (an array
 of the same kind, e.g. float64 for a float32 input, is cast), per-sample shapes against fixed dims,
 sample counts, NaN/Inf *after* the cast to the input's dtype (float64 beyond float32's range is Inf there),
-integer ids against the vocabulary of the embedding (Gather) they index, emptiness, labels (1-D integers,
+integer ids against the vocabulary of the embedding (Gather) they index, sequence lengths against the rows of a
+position table sliced to the input's length (Slice(table, 0, Shape(input)[k])), emptiness, labels (1-D integers,
 one per sample, in [0, classes) when the model's class count is known).  Iteration streams one chunk at a time.
 """
 
@@ -38,6 +39,7 @@ class InputSpec:
     dtype: np.dtype
     shape: tuple[int | str | None, ...]  # int = fixed dim, str = symbolic name, None = unknown
     vocab: int | None = None  # integer ids indexing an embedding of this many rows
+    max_len: tuple[tuple[int, int], ...] = ()  # (axis, longest length): a position table sliced to this axis
 
     @property
     def batch_dim(self) -> int | None:
@@ -86,9 +88,41 @@ def class_count(model: onnx.ModelProto) -> int | None:
     return int(np.prod([d.dim_value for d in dims[1:]]))
 
 
+def max_lengths(model: onnx.ModelProto) -> dict[str, dict[int, int]]:
+    """Input axes whose length slices a constant table (position embeddings): ``Slice(table, starts,
+    Shape(input, start=k, end=k+1), axes)`` -> {input: {k: rows of the table along the sliced axis}}."""
+    inits = {t.name: t for t in model.graph.initializer}
+    graph_inputs = {vi.name for vi in model.graph.input}
+    shape_of: dict[str, tuple[str, int]] = {}  # tensor -> (input, axis) it holds the length of
+    for node in model.graph.node:
+        if node.op_type == "Shape" and node.input[0] in graph_inputs:
+            att = {a.name: a.i for a in node.attribute}
+            if "start" in att and att.get("end", att["start"] + 1) == att["start"] + 1:
+                shape_of[node.output[0]] = (node.input[0], att["start"])
+    out: dict[str, dict[int, int]] = {}
+    for node in model.graph.node:
+        if node.op_type != "Slice" or len(node.input) < 3 or node.input[0] not in inits \
+                or node.input[2] not in shape_of:
+            continue
+        dims = tuple(inits[node.input[0]].dims)
+        axis = 0
+        if len(node.input) > 3 and node.input[3] in inits:
+            from onnx import numpy_helper
+
+            axes = numpy_helper.to_array(inits[node.input[3]]).ravel()
+            if axes.size != 1:
+                continue
+            axis = int(axes[0])
+        if dims and -len(dims) <= axis < len(dims):
+            name, k = shape_of[node.input[2]]
+            out.setdefault(name, {})[k] = min(int(dims[axis]), out.get(name, {}).get(k, int(dims[axis])))
+    return out
+
+
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     inits = {t.name for t in model.graph.initializer}
     vocab = vocab_sizes(model)
+    lengths = max_lengths(model)
     specs = []
     for vi in model.graph.input:
         if vi.name in inits:
@@ -103,7 +137,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
                 dims.append(d.dim_param)
             else:
                 dims.append(None)
-        specs.append(InputSpec(vi.name, dtype, tuple(dims), vocab.get(vi.name)))
+        specs.append(InputSpec(vi.name, dtype, tuple(dims), vocab.get(vi.name),
+                               tuple(sorted(lengths.get(vi.name, {}).items()))))
     return specs
 
 
@@ -193,6 +228,10 @@ class Dataset:
                     beyond = int(np.count_nonzero(np.isfinite(arr))) - int(np.count_nonzero(finite))
                     why = f" ({beyond} beyond {spec.dtype}'s range)" if beyond > 0 else ""
                     raise QuantcliError(f"{where} contains {bad} NaN/Inf value(s) as {spec.dtype}{why}")
+            for axis, longest in spec.max_len:
+                if 0 < axis < arr.ndim and arr.shape[axis] > longest:
+                    raise QuantcliError(f"{where} has length {arr.shape[axis]} on axis {axis}, longer than the "
+                                        f"{longest} positions the model supports (its position table)")
             if spec.vocab is not None and arr.dtype.kind in "iu" and arr.size:
                 lo, hi = int(arr.min()), int(arr.max())
                 if lo < -spec.vocab or hi >= spec.vocab:
