@@ -226,6 +226,14 @@ def test_stdout_on_a_full_device_is_a_usage_error(work):
                                "environment, not the inputs)"
 
 
+def test_command_line_usage_errors_are_one_line_too(work):
+    p = subprocess.run([sys.executable, "-m", "quantcli", "compare", "accuracy", str(work / "cnn.onnx"),
+                        str(work / "cnn.onnx"), "--runs", "abc"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.splitlines() == ["quantcli: error: Invalid value for '--runs': Input should be a valid integer, "
+                                     "unable to parse string as an integer (see 'quantcli compare accuracy --help')"]
+
+
 # -- 6. every path checked before any work -----------------------------------------------------------------------
 def test_run_checks_reports_and_eval_data_before_writing_anything(work):
     expect(work, ["run", recipe(work), "--json", work / "nodir" / "r.json"], 2, "output folder")

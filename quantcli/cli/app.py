@@ -168,19 +168,38 @@ _register()
 _interrupt_reported = False
 
 
-def run_app() -> None:
+def _click_exception() -> type:
     try:
-        app()
+        from click.exceptions import ClickException
+    except ImportError:  # recent Typer vendors click
+        from typer._click.exceptions import ClickException
+    return ClickException
+
+
+def run_app() -> None:
+    """The console script's entry: command-line usage errors are one line too (exit 2), like every other error."""
+    click_exception = _click_exception()
+    try:
+        code = app(standalone_mode=False, prog_name="quantcli")
     except KeyboardInterrupt:  # outside a command
         sys.stderr.write("quantcli: interrupted\n")
         sys.exit(int(ExitCode.INTERRUPTED))
+    except click_exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group without its command: the help is the answer
+            exc.show()
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        sys.stderr.write(f"quantcli: error: {message}{hint}\n")
+        code = exc.exit_code
     except SystemExit as exc:
-        # an interrupt while Typer parses the command line ends as a silent exit 130: say what happened
-        if exc.code == int(ExitCode.INTERRUPTED) and not _interrupt_reported:
-            sys.stderr.write("quantcli: interrupted\n")
-        _flush_stdout()
-        raise
+        code = exc.code
+    # an interrupt while Typer parses the command line ends as a silent exit 130: say what happened
+    if code == int(ExitCode.INTERRUPTED) and not _interrupt_reported:
+        sys.stderr.write("quantcli: interrupted\n")
     _flush_stdout()
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _flush_stdout() -> None:
