@@ -8,7 +8,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from models import cnn_data, predicted_labels, small_cnn, small_mlp
+from models import cnn_data, small_cnn, small_mlp
 from quantcli.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,15 +18,6 @@ runner = CliRunner()
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture
-def cnn(tmp_path):
-    onnx.save(small_cnn(), tmp_path / "cnn.onnx")
-    x = cnn_data(48)
-    np.savez(tmp_path / "calib.npz", x=x[:32])
-    np.savez(tmp_path / "eval.npz", x=x[32:], labels=predicted_labels(small_cnn(), x[32:]))
-    return tmp_path
 
 
 def test_calibrate_convert_compare(cnn):

@@ -30,12 +30,8 @@ def invoke(*args, env=None):
 
 
 @pytest.fixture
-def work(tmp_path):
-    onnx.save(small_cnn(), tmp_path / "cnn.onnx")
-    x = cnn_data(40)
-    np.savez(tmp_path / "calib.npz", x=x[:24])
-    np.savez(tmp_path / "eval.npz", x=x[24:], labels=predicted_labels(small_cnn(), x[24:]))
-    return tmp_path
+def work(cnn):
+    return cnn
 
 
 def files(folder: Path) -> dict[str, bytes]:
