@@ -8,7 +8,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from models import cnn_data, small_cnn, small_mlp
+from models import small_cnn, small_mlp
 from quantcli.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
