@@ -7,7 +7,7 @@ Rules (:func:`check_io` applies them to all inputs and outputs of a command at i
   ``(st_dev, st_ino)``, so a hard link or a symlink to an input is caught;
 * an output's folder exists and is writable, the output is not a folder, and its name fits the file
   system's NAME_MAX;
-* ``-`` (reports only) is stdout;
+* ``-`` is stdout, for reports only (:data:`REPORTS`);
 * a symlink is written through: the atomic write happens next to its target and the link stays a link;
 * a character device or a FIFO (``/dev/null``, ``/dev/stdout``) is written through (opened and written),
   never replaced; any other non-regular file (socket, block device) is refused.
@@ -31,6 +31,7 @@ from typing import Iterable, Iterator, Mapping
 from .errors import QuantcliError
 
 STDOUT = "-"
+REPORTS = ("--json", "--junit", "--markdown")  # the outputs that may be "-" (stdout)
 FOLDER_INPUTS = ("data", "evaluation data", "calibration data")  # inputs that may be folders
 _TMP_SUFFIX = ".tmp"
 _TMP_RANDOM = 8  # characters tempfile adds
@@ -123,6 +124,9 @@ def check_io(inputs: Mapping[str, object] | Iterable[tuple[str, object]],
     n_inputs = len(seen)
     for what, raw in outs:
         if is_stdout(raw):
+            if what not in REPORTS:
+                raise QuantcliError(f"{what} -: only a report ({', '.join(REPORTS)}) can go to stdout; "
+                                    "give a file path")
             continue
         o = check_output(raw, what)
         real, ident = o.resolve(), _identity(o)

@@ -79,6 +79,8 @@ def test_every_output_differs_from_every_input(work):
         (["calibrate", m, "--data", c, "-o", w / "x.json", "--json", w / "x.json"], "same file as the -o output"),
         (["compare", "accuracy", m, m, "--data", e, "--markdown", e], "same file as the data input"),
         (["compare", "accuracy", m, m, "--data", e, "--junit", w / "hard.onnx"], "same file as the FP32 model"),
+        (["convert", m, "--calibration", w / "c.json", "-o", c], "same file as the calibration data input"),
+        (["convert", m, "--data", c, "-o", "-"], "-o -: only a report (--json, --junit, --markdown) can go to stdout"),
         (["run", recipe(w), "--json", w / "r.toml"], "same file as the recipe input"),
         (["run", recipe(w, name="r2.toml", output=c)], "same file as the calibration data input"),
     ]
@@ -211,6 +213,24 @@ def test_user_mistakes_are_usage_errors(work):
     expect(w, ["convert", w / "cnn.onnx", "--data", w / "calib.npz", "-o", w / long], 2, "file name too long")
     ok = "m" * 250 + ".onnx"  # fits NAME_MAX; its temporary name is shortened to fit too
     expect(w, ["convert", w / "cnn.onnx", "--data", w / "calib.npz", "-o", w / ok], 0, "wrote", new=(ok,))
+
+
+def test_full_disk_is_named_and_leaves_nothing(work):
+    """A real full file system (a 4 kB tmpfs, where mounting is allowed): the atomic write fails cleanly."""
+    full = work / "full"
+    full.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(full)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        r = invoke("convert", work / "cnn.onnx", "--data", work / "calib.npz", "-o", full / "q.onnx")
+        assert r.exit_code == 2, r.output
+        assert r.stderr.strip() == (f"quantcli: error: {full / 'q.onnx'}: no space left on the device (the disk is "
+                                    "full, not a problem with the inputs); free some space and run again; nothing "
+                                    "was written")
+        assert list(full.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
 
 
 def test_stdout_on_a_full_device_is_a_usage_error(work):

@@ -113,6 +113,14 @@ class CalibrationArtifact:
         return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
+def recorded_data(path: str | Path | None) -> str | None:
+    """The calibration data an artifact recorded, if it is still there (an input of convert / analyze)."""
+    if path is None:
+        return None
+    data = load_artifact(path).settings.get("data")
+    return data if data and data != "None" and Path(data).exists() else None
+
+
 def load_artifact(path: str | Path) -> CalibrationArtifact:
     p = Path(path)
     if not p.exists():

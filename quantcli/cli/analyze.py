@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .. import pipeline
+from ..calibration.artifact import recorded_data
 from ..recipe import Activations, Weights, check_limit, load_recipe, merge
 from ..report.render import render_analyze
 from . import options as o
@@ -43,6 +44,7 @@ def analyze(
                          eval_data=str(eval_data) if eval_data else None)
         calib = merge(r.calibrate, data=str(data) if data else None)
         check_io([("model", model), ("calibration", calibration), ("data", calib.data),
+                  ("calibration data", None if calib.data else recorded_data(calibration)),
                   ("evaluation data", settings.eval_data), ("labels", labels), ("recipe", recipe)],
                  [("--json", json_out)])
         result = pipeline.analyze(model, settings, calibration=calibration, calib_settings=calib,

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from .. import pipeline
+from ..calibration.artifact import recorded_data
 from ..errors import ExitCode
 from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange, Weights, check_limit, load_recipe, merge,
                       parse_node_rule)
@@ -73,6 +74,7 @@ def convert(
         calib = merge(r.calibrate, data=str(data) if data else None)
         pipeline.check_convert_options(settings, calibration)
         check_io([("model", model), ("calibration", calibration), ("data", calib.data),
+                  ("calibration data", None if calib.data else recorded_data(calibration)),
                   ("evaluation data", settings.eval_data), ("recipe", recipe)],
                  [("-o", output), ("--json", json_out), ("--recipe-out", recipe_out)])
         if calibration is None and not calib.data and settings.precision == Precision.INT8 \
