@@ -236,11 +236,7 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
     if sorted(names_a) != sorted(names_b):
         raise QuantcliError(f"{quant_path}: inputs {names_b} do not match the FP32 model's {names_a}")
     ds = _open_dataset(settings.data, fp32, "compare", labels_path=settings.labels, classes=class_count(fp32))
-    bs = ds.default_batch_size(None)
-    total = ds.count_used(bs)
-    if total == 0:
-        raise QuantcliError(f"{settings.data}: {ds.num_samples} sample(s), fewer than the model's fixed batch "
-                            f"size {bs}")
+    _require_a_batch(ds)
     sa = make_session(fp32, threads=settings.threads, what=str(fp32_path), spinning=False)
     sb = make_session(quant, threads=settings.threads, what=str(quant_path), spinning=False)
     out_names = [o.name for o in sa.get_outputs()]
@@ -321,7 +317,11 @@ def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
     check_convert_options(recipe.convert)
     # every input validated before any work: a bad data set must not leave a model behind
     fp32 = modelio.load_model(model)
-    Dataset(recipe.compare.data, input_specs(fp32), labels_path=recipe.compare.labels, classes=class_count(fp32))
+    evaluation = Dataset(recipe.compare.data, input_specs(fp32), labels_path=recipe.compare.labels,
+                         classes=class_count(fp32))
+    _require_a_batch(evaluation)
+    if evaluation.labels is not None and (recipe.accept.max_drop is not None or recipe.compare.max_drop is not None):
+        _check_gate_reference(fp32, evaluation, recipe.compare.labels or recipe.compare.data)
     cal = None
     if _static(recipe.convert):
         Dataset(recipe.calibrate.data, input_specs(fp32))
@@ -333,6 +333,30 @@ def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
     criteria = acceptance(recipe.accept, conv, cmp)
     return RunResult(recipe.to_dict(), cal, conv, cmp, criteria,
                      build_manifest(model, modelio.file_sha256(model), recipe.to_dict()))
+
+
+def _require_a_batch(ds: Dataset) -> None:
+    bs = ds.default_batch_size(None)
+    if ds.count_used(bs) == 0:
+        raise QuantcliError(f"{ds.path}: {ds.num_samples} sample(s), fewer than the model's fixed batch size {bs}")
+
+
+def _check_gate_reference(fp32: onnx.ModelProto, ds: Dataset, where: str) -> None:
+    """A drop gate needs FP32 above chance on the labels: measured up front (one FP32 pass), so a meaningless gate
+    stops ``run`` before it writes anything."""
+    session = make_session(fp32, what="input model")
+    correct = seen = classes = 0
+    for feeds in ds.batches(ds.default_batch_size(None)):
+        logits = run_session(session, feeds, what="input model")[0]
+        n = len(logits)
+        classes = int(np.prod(logits.shape[1:])) if logits.ndim > 1 else 1
+        if seen == 0:
+            ds.check_labels(classes)
+        correct += topk_correct(logits.reshape(n, -1), ds.labels[seen:seen + n], 1)
+        seen += n
+    why = degenerate_reference(100.0 * correct / max(seen, 1), classes)
+    if why:
+        raise QuantcliError(f"{where}: the max_drop gate cannot be judged: {why}")
 
 
 def _static(settings: ConvertSettings) -> bool:

@@ -205,7 +205,7 @@ class Limit:
 # a recipe is loaded and when a flag is merged, so an out-of-range value never reaches the work.
 LIMITS: dict[str, Limit] = {
     "percentile": Limit(0, 100, lo_open=True),
-    "bins": Limit(1, 1 << 20),
+    "bins": Limit(1, 1 << 16),          # per tensor: 65536 bins are 512 kB of counts; more resolves nothing useful
     "samples": Limit(1),
     "batch_size": Limit(1, 1 << 16),
     "threads": Limit(0, 1024),          # 0: ONNX Runtime picks

@@ -187,8 +187,12 @@ def test_gate_on_a_degenerate_reference_is_an_error(work):
                   "--max-drop", "1", "--runs", 2], 2, "at or below chance")
     r = invoke("compare", "accuracy", work / "cnn.onnx", work / "cnn.onnx", "--data", work / "ev.npz", "--runs", 2)
     assert r.exit_code == 0  # without a gate, the numbers are just shown
-    expect(work, ["run", recipe(work, "[accept]\nmax_drop = 1\n", eval=work / "ev.npz")], 2, "at or below chance",
-           new=("q.onnx", "q.onnx.calib.json"))
+    expect(work, ["run", recipe(work, "[accept]\nmax_drop = 1\n", eval=work / "ev.npz")], 2, "at or below chance")
+    expect(work, ["convert", work / "cnn.onnx", "--data", work / "calib.npz", "--eval-data", work / "ev.npz",
+                  "--max-drop", "1", "-o", work / "q2.onnx"], 2, "convert --max-drop: FP32 top-1 accuracy is 0.00%")
+    np.savez(work / "ev_big.npz", x=x, labels=np.full(20, 11))  # analyze's evaluator checks labels too
+    expect(work, ["analyze", work / "cnn.onnx", "--data", work / "calib.npz", "--eval-data", work / "ev_big.npz"], 2,
+           "label 11 is out of range for a model with 10 classes")
 
 
 # -- 5. user mistakes are exit 2, never "please report it" -------------------------------------------------------
