@@ -166,7 +166,8 @@ class StaticBuilder:
         data = self.res.calibration_data
         note = None
         if Need.DATA in step.needs and (not data or not Path(data).exists()):
-            note = (f"empirical bias correction needs the calibration data ({data or 'not recorded'} is not "
+            recorded = data or (self.artifact.settings.get("data") if self.artifact is not None else None)
+            note = (f"empirical bias correction needs the calibration data ({recorded or 'not recorded'} is not "
                     "there): used analytic bias correction instead; pass --data to measure it")
             step = bias_correction(BiasCorrection.ANALYTIC.value)
         axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
