@@ -4,7 +4,9 @@
 * agreement: share of samples where both models have the same argmax (last axis);
 * cosine similarity of the flattened outputs;
 * SQNR (dB) = 10 log10( sum(ref^2) / sum((ref - test)^2) )  (inf when identical);
-* max abs error.
+* max abs error;
+* a gate's reference is degenerate when FP32 top-1 accuracy is 0 or at most chance (100 / classes %): a drop
+  measured from there says nothing, so a gate on it is an error, not a pass.
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
         return int(np.count_nonzero(np.argmax(logits, axis=1) == labels))
     top = np.argpartition(-logits, kth=min(k, logits.shape[1]) - 1, axis=1)[:, :k]
     return int(np.count_nonzero((top == labels[:, None]).any(axis=1)))
+
+
+def degenerate_reference(accuracy_pct: float, classes: int) -> str | None:
+    """Why a top-1 accuracy cannot anchor a --max-drop gate, or None if it can."""
+    chance = 100.0 / max(classes, 1)
+    if accuracy_pct <= 0.0 or accuracy_pct <= chance + 1e-9:
+        return (f"FP32 top-1 accuracy is {accuracy_pct:.2f}%, at or below chance ({chance:.1f}% for {classes} "
+                "classes), so a drop from it means nothing; check that the labels belong to this data and model")
+    return None
 
 
 def agreement_count(ref: np.ndarray, test: np.ndarray) -> int:

@@ -2,23 +2,20 @@
 
 * Every load turns the usual failures (missing file, not a protobuf, fails the checker, external data
   missing) into a one-line :class:`~quantcli.errors.QuantcliError` naming the file.
-* Every write goes to a temporary file in the destination folder and is renamed into place only when
-  complete, so an interrupted or failed run never leaves a half-written output, and refuses to overwrite
-  one of the run's inputs.
+* Writes (re-exported from :mod:`quantcli.paths`, which owns output-path safety) go to a temporary file
+  in the destination folder and are renamed into place only when complete.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import onnx
 
 from .errors import QuantcliError
+from .paths import atomic_output, check_output_path, write_bytes_atomic, write_text_atomic  # noqa: F401
 
 SUPPORTED_OPSET_MIN = 10  # QuantizeLinear/DequantizeLinear exist from opset 10
 SUPPORTED_OPSET_MAX = 23
@@ -95,51 +92,6 @@ def _load_external(model: onnx.ModelProto, path: Path) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
-
-
-def check_output_path(out: str | os.PathLike, *inputs: str | os.PathLike | None) -> Path:
-    """Validate an output path before any work: folder exists and is writable, not one of the inputs."""
-    o = Path(out)
-    for i in inputs:
-        if i is not None and Path(i).exists() and o.exists() and os.path.samefile(o, i):
-            raise QuantcliError(f"{o}: output path is the same as the input; choose another output file")
-        if i is not None and o.resolve() == Path(i).resolve():
-            raise QuantcliError(f"{o}: output path is the same as the input; choose another output file")
-    parent = o.parent if str(o.parent) else Path(".")
-    if not parent.exists():
-        raise QuantcliError(f"{o}: output folder '{parent}' does not exist")
-    if not parent.is_dir():
-        raise QuantcliError(f"{o}: '{parent}' is not a folder")
-    if not os.access(parent, os.W_OK):
-        raise QuantcliError(f"{o}: output folder '{parent}' is not writable")
-    if o.is_dir():
-        raise QuantcliError(f"{o}: is a folder, expected a file path")
-    return o
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
-    dest = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def serialize_model(model: onnx.ModelProto) -> bytes:

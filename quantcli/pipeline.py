@@ -16,22 +16,22 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from . import modelio
+from . import modelio, paths
 from .calibration.artifact import CalibrationArtifact, load_artifact
 from .calibration.collect import collect_statistics
 from .cpu import detect as detect_cpu
-from .data.sources import Dataset, input_specs
+from .data.sources import Dataset, class_count, data_sha256, input_specs
 from .errors import QuantcliError
 from .quantize.scheme import apply_scheme
 from .quantize.search import eval_data, sensitivities_alone
 from .quantize.static import StaticBuilder
 from .settings import Resolved, resolve
-from .validate.output import validation_feeds, write_validated
+from .validate.output import COLLAPSED_COSINE, validation_feeds, write_validated
 from .manifest import build_manifest
-from .metrics import FidelityAccumulator, agreement_count, topk_correct
-from .quantize.policy import PlanOptions, plan
-from .recipe import (AcceptSettings, Activations, CalibrateSettings, to_plain, CompareSettings,
-                     ConvertSettings, Mode, Precision, Recipe)
+from .metrics import FidelityAccumulator, agreement_count, degenerate_reference, topk_correct
+from .quantize.policy import PlanOptions, plan, unmatched_patterns
+from .recipe import (_INT4_ONLY, AcceptSettings, Activations, CalibrateSettings, to_plain, CompareSettings,
+                     ConvertSettings, Mode, Precision, Recipe, unused_options)
 from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, InspectResult,
                       OutputFidelity, RunResult)
 from .runtime.bench import compare_latency
@@ -103,8 +103,10 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
     stats = collect_statistics(prepared, tensors, dataset.batches(bs, settings.samples), bins=settings.bins,
                                expected_batches=-(-used // bs), on_batch=advance)
     observers, seen, pass_seconds = stats.histograms, stats.samples, stats.seconds
+    # the data by absolute path and hash: convert finds it from any folder and notices if it changed
     cal_settings = {"method": settings.method.value, "percentile": settings.percentile, "bins": settings.bins,
-                    "batch_size": bs, "data": str(settings.data), "samples": settings.samples,
+                    "batch_size": bs, "data": str(Path(settings.data).resolve()),
+                    "data_sha256": data_sha256(settings.data), "samples": settings.samples,
                     "activations": conv.activations.value, "cle": conv.cle, "act_matmul": act_matmul}
     sha = modelio.file_sha256(model_path)
     artifact = CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
@@ -116,9 +118,13 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
 # -- convert --------------------------------------------------------------------------------------------
 def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSettings, *,
             calibration: str | Path | None = None, calib_settings: CalibrateSettings | None = None,
-            progress: Progress = _no_progress) -> ConvertResult:
-    """Load -> resolve settings -> prepare -> ranges -> quantize (one scheme) -> stamp -> validate and write."""
+            progress: Progress = _no_progress, min_cosine: float | None = COLLAPSED_COSINE) -> ConvertResult:
+    """Load -> resolve settings -> prepare -> ranges -> quantize (one scheme) -> stamp -> validate and write.
+
+    ``min_cosine``: the check sample's cosine with FP32 below which the model is refused, not written (None
+    accepts any: for benchmarks that measure a collapse on purpose)."""
     t0 = time.perf_counter()
+    check_convert_options(settings, calibration)
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, calibration)
     res = resolve(settings, calib_settings)
@@ -128,17 +134,22 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
         res = res.for_opset(modelio.model_opset(prep.model))
     if res.scheme == "static":
         artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
-        res = res.with_artifact_data(artifact.settings.get("data"))
+        res = res.with_artifact_data(artifact.data_path())
     scheme = apply_scheme(model, prep, res, artifact, calibration=calibration, progress=progress)
     manifest = _stamp(scheme.model, model_path, settings, calibration, calib_settings)
     feeds = validation_feeds(model, res.calibration_data)
-    checks = write_validated(scheme.model, model, out, feeds)
+    warnings = [f"{'--exclude' if p in settings.exclude else 'node rule match'} '{p}' matches no node of "
+                f"{model_path} (patterns: node name, op type, glob, re:REGEX, @first, @last)"
+                for p in unmatched_patterns(prep.model if prep else model,
+                                            list(settings.exclude) + [r.match for r in settings.nodes])]
+    checks = write_validated(scheme.model, model, out, feeds, -np.inf if min_cosine is None else min_cosine)
     coverage = _coverage(scheme.model, feeds, prep.model) if settings.precision == Precision.INT8 else None
     notes = list(res.notes) + (prep.notes if prep else []) + scheme.notes
     return ConvertResult(str(out), settings.precision.value, settings.mode.value, _plain(settings),
                          scheme.quantized, scheme.float_nodes, scheme.absorbed, scheme.quantized_tensors,
                          modelio.model_size_bytes(model_path), modelio.model_size_bytes(out), checks, coverage, notes,
-                         res.cpu.summary(), time.perf_counter() - t0, scheme.transforms, manifest, scheme.search)
+                         res.cpu.summary(), time.perf_counter() - t0, scheme.transforms, manifest, scheme.search,
+                         warnings)
 
 
 def _stamp(model: onnx.ModelProto, model_path, settings: ConvertSettings, calibration,
@@ -152,6 +163,20 @@ def _stamp(model: onnx.ModelProto, model_path, settings: ConvertSettings, calibr
         "calibrate": _plain(calib_settings) if calib_settings and calibration is None else None})
     _set_metadata(model, "quantcli.manifest", json.dumps(manifest, sort_keys=True))
     return manifest
+
+
+def check_convert_options(settings: ConvertSettings, calibration=None) -> None:
+    """Refuse options the chosen precision / mode never reads (the rule: :func:`quantcli.recipe.unused_options`)."""
+    unused = unused_options(settings, calibration)
+    if unused:
+        ctx = (f"--precision {settings.precision.value}" if settings.precision != Precision.INT8
+               else f"--mode {settings.mode.value}")
+        flags = ", ".join("--node" if n == "nodes" else f"--{n.replace('_', '-')}" for n in unused)
+        it = "it" if len(unused) == 1 else "them"
+        who = ("only --precision int4 reads " + it) if all(n in _INT4_ONLY for n in unused) else (
+            "only static INT8 reads " + it)
+        raise QuantcliError(f"{flags}: not used with {ctx} ({who}); remove {it} from the command line or the "
+                            "recipe's [convert]")
 
 
 def _plain(settings) -> dict:
@@ -202,21 +227,28 @@ def _check_passes(calibration, calibrated: list[str], converting: list[str]) -> 
 
 
 # -- compare --------------------------------------------------------------------------------------------
-def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSettings, *,
+def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSettings, *, gate: float | None = None,
             progress: Progress = _no_progress) -> CompareResult:
+    """``gate``: a --max-drop applied by the caller (run's [accept]); like ``settings.max_drop`` it needs a
+    meaningful reference: with labels, FP32 accuracy above chance."""
     fp32 = modelio.load_model(fp32_path)
     quant = modelio.load_model(quant_path)
     names_a = [s.name for s in input_specs(fp32)]
     names_b = [s.name for s in input_specs(quant)]
     if sorted(names_a) != sorted(names_b):
         raise QuantcliError(f"{quant_path}: inputs {names_b} do not match the FP32 model's {names_a}")
-    ds = _open_dataset(settings.data, fp32, "compare", labels_path=settings.labels)
+    ds = _open_dataset(settings.data, fp32, "compare", labels_path=settings.labels, classes=class_count(fp32))
+    _require_a_batch(ds)
     sa = make_session(fp32, threads=settings.threads, what=str(fp32_path), spinning=False)
     sb = make_session(quant, threads=settings.threads, what=str(quant_path), spinning=False)
     out_names = [o.name for o in sa.get_outputs()]
     if [o.name for o in sb.get_outputs()] != out_names:
         raise QuantcliError(f"{quant_path}: outputs differ from the FP32 model's ({', '.join(out_names)})")
-    outputs, top1, top5, seen, first = _evaluate(ds, sa, sb, out_names, str(fp32_path), str(quant_path), progress)
+    outputs, top1, top5, seen, first, classes = _evaluate(ds, sa, sb, out_names, str(fp32_path), str(quant_path),
+                                                           progress)
+    why = degenerate_reference(top1[0], classes or 1) if top1 else None
+    if why and (settings.max_drop is not None or gate is not None):
+        raise QuantcliError(f"{settings.labels or settings.data}: the --max-drop gate cannot be judged: {why}")
     lat_a, lat_b = compare_latency(sa, sb, first, runs=settings.runs, warmup=settings.warmup)
     notes = []
     ratio = lat_b.ratio_to(lat_a)
@@ -232,8 +264,8 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
 
 
 def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: str, progress: Progress):
-    """Both models over the evaluation data: per-output fidelity and agreement, top-1/top-5 with labels.
-    Returns (outputs, top1, top5, samples, first batch-1 feeds)."""
+    """Both models over the evaluation data: per-output fidelity and agreement, top-1/top-5 with labels (checked
+    against the class count seen). Returns (outputs, top1, top5, samples, latency feeds, classes)."""
     bs = ds.default_batch_size(None)
     total = ds.count_used(bs)
     advance = progress("evaluating", total)
@@ -246,8 +278,8 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
     first = None
     for feeds in ds.batches(bs):
         n = len(next(iter(feeds.values())))
-        if first is None:
-            first = {k: v[:1] for k, v in feeds.items()}
+        if first is None:  # latency at batch 1, or at the model's fixed batch
+            first = feeds if any(sp.batch_dim is not None for sp in ds.specs) else {k: v[:1] for k, v in feeds.items()}
         ra = run_session(sa, feeds, what=name_a)
         rb = run_session(sb, feeds, what=name_b)
         for i, (a, b) in enumerate(zip(ra, rb)):
@@ -259,6 +291,8 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
         if ds.labels is not None:
             labels = ds.labels[seen:seen + n]
             logits_a, logits_b = ra[0].reshape(n, -1), rb[0].reshape(n, -1)
+            if classes is None:
+                ds.check_labels(logits_a.shape[1])
             classes = logits_a.shape[1]
             for k in (1, 5):
                 if k <= classes:
@@ -273,12 +307,66 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
         top1 = (100.0 * correct[1][0] / seen, 100.0 * correct[1][1] / seen)
         if classes and classes > 5:
             top5 = (100.0 * correct[5][0] / seen, 100.0 * correct[5][1] / seen)
-    return outputs, top1, top5, seen, first
+    return outputs, top1, top5, seen, first, classes
 
 
 # -- run: the whole job from one recipe ------------------------------------------------------------------
 def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
     """calibrate -> convert -> compare from one recipe, then check the recipe's acceptance criteria."""
+    model, output = recipe.run.model, recipe.run.output
+    inputs, outputs = run_paths(recipe)
+    paths.check_io(inputs, outputs)
+    check_convert_options(recipe.convert)
+    # every input validated before any work: a bad data set must not leave a model behind
+    fp32 = modelio.load_model(model)
+    evaluation = Dataset(recipe.compare.data, input_specs(fp32), labels_path=recipe.compare.labels,
+                         classes=class_count(fp32))
+    _require_a_batch(evaluation)
+    if evaluation.labels is not None and (recipe.accept.max_drop is not None or recipe.compare.max_drop is not None):
+        _check_gate_reference(fp32, evaluation, recipe.compare.labels or recipe.compare.data)
+    cal = None
+    if _static(recipe.convert):
+        Dataset(recipe.calibrate.data, input_specs(fp32))
+        cal = calibrate(model, dict(outputs)["calibration"], recipe.calibrate, convert_settings=recipe.convert,
+                        progress=progress)
+    conv = convert(model, output, recipe.convert, calibration=cal.output if cal else None,
+                   calib_settings=recipe.calibrate, progress=progress)
+    cmp = compare(model, output, recipe.compare, gate=recipe.accept.max_drop, progress=progress)
+    criteria = acceptance(recipe.accept, conv, cmp)
+    return RunResult(recipe.to_dict(), cal, conv, cmp, criteria,
+                     build_manifest(model, modelio.file_sha256(model), recipe.to_dict()))
+
+
+def _require_a_batch(ds: Dataset) -> None:
+    bs = ds.default_batch_size(None)
+    if ds.count_used(bs) == 0:
+        raise QuantcliError(f"{ds.path}: {ds.num_samples} sample(s), fewer than the model's fixed batch size {bs}")
+
+
+def _check_gate_reference(fp32: onnx.ModelProto, ds: Dataset, where: str) -> None:
+    """A drop gate needs FP32 above chance on the labels: measured up front (one FP32 pass), so a meaningless gate
+    stops ``run`` before it writes anything."""
+    session = make_session(fp32, what="input model")
+    correct = seen = classes = 0
+    for feeds in ds.batches(ds.default_batch_size(None)):
+        logits = run_session(session, feeds, what="input model")[0]
+        n = len(logits)
+        classes = int(np.prod(logits.shape[1:])) if logits.ndim > 1 else 1
+        if seen == 0:
+            ds.check_labels(classes)
+        correct += topk_correct(logits.reshape(n, -1), ds.labels[seen:seen + n], 1)
+        seen += n
+    why = degenerate_reference(100.0 * correct / max(seen, 1), classes)
+    if why:
+        raise QuantcliError(f"{where}: the max_drop gate cannot be judged: {why}")
+
+
+def _static(settings: ConvertSettings) -> bool:
+    return settings.precision == Precision.INT8 and settings.mode == Mode.STATIC
+
+
+def run_paths(recipe: Recipe) -> tuple[list[tuple[str, str | None]], list[tuple[str, str | None]]]:
+    """What ``run`` reads and writes, as (what, path) pairs for :func:`quantcli.paths.check_io`."""
     where = recipe.source or "recipe"
     if not recipe.run.model:
         raise QuantcliError(f"{where}: [run] model is not set (or pass --model)")
@@ -286,21 +374,16 @@ def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
         raise QuantcliError(f"{where}: [run] output is not set (or pass -o)")
     if not recipe.compare.data:
         raise QuantcliError(f"{where}: [compare] data is not set: run needs evaluation data (or pass --eval-data)")
-    model, output = recipe.run.model, recipe.run.output
-    modelio.check_output_path(output, model)
-    static = recipe.convert.precision == Precision.INT8 and recipe.convert.mode == Mode.STATIC
-    cal = None
-    if static:
-        if not recipe.calibrate.data:
-            raise QuantcliError(f"{where}: [calibrate] data is not set: static INT8 needs calibration data")
-        cal_path = recipe.run.calibration or f"{output}.calib.json"
-        cal = calibrate(model, cal_path, recipe.calibrate, convert_settings=recipe.convert, progress=progress)
-    conv = convert(model, output, recipe.convert, calibration=cal.output if cal else None,
-                   calib_settings=recipe.calibrate, progress=progress)
-    cmp = compare(model, output, recipe.compare, progress=progress)
-    criteria = acceptance(recipe.accept, conv, cmp)
-    return RunResult(recipe.to_dict(), cal, conv, cmp, criteria,
-                     build_manifest(model, modelio.file_sha256(model), recipe.to_dict()))
+    static = _static(recipe.convert)
+    if static and not recipe.calibrate.data:
+        raise QuantcliError(f"{where}: [calibrate] data is not set: static INT8 needs calibration data")
+    output = recipe.run.output
+    inputs = [("model", recipe.run.model), ("calibration data", recipe.calibrate.data if static else None),
+              ("evaluation data", recipe.compare.data), ("labels", recipe.compare.labels),
+              ("recipe", recipe.source)]
+    outputs = [("model", output),
+               ("calibration", (recipe.run.calibration or f"{output}.calib.json") if static else None)]
+    return inputs, outputs
 
 
 def acceptance(accept: AcceptSettings, conv: ConvertResult, cmp: CompareResult) -> list[Criterion]:
@@ -352,7 +435,7 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
     prep = prepare(model, cle=settings.cle)
     res = resolve(settings, calib_settings).for_opset(modelio.model_opset(prep.model))
     artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
-    res = res.with_artifact_data(artifact.settings.get("data"))
+    res = res.with_artifact_data(artifact.data_path())
     build = StaticBuilder(model, prep, res, artifact, calibration=calibration, progress=progress)
     ev = Evaluator(model, *build.held(eval_data(res, "analyze"), None, labels))
     built = build()

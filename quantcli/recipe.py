@@ -12,13 +12,15 @@ Schema (every key optional; flags given on the command line override the recipe)
     [compare]     data, labels, max_drop, threads, runs, warmup
     [accept]      max_drop, min_int8_coverage, max_latency_ratio, max_size_mb   (quantcli run)
 
-Unknown keys and bad values are errors naming the file, the section and the key.
+Unknown keys and bad values are errors naming the file, the section and the key.  Numbers must be finite and
+within :data:`LIMITS` (one table for recipe keys and command-line flags alike, applied by field name).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import sys
 import typing
 from pathlib import Path
@@ -191,6 +193,83 @@ def to_plain(v):
     return v
 
 
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """An allowed range: ``lo <= v <= hi`` (``lo < v`` when ``lo_open``); None = unbounded."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{'(' if self.lo_open else '['}{lo}, {hi}{']' if self.hi is not None else ')'}"
+
+    def holds(self, v: float) -> bool:
+        return ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+                and (self.hi is None or v <= self.hi))
+
+
+# The range of every numeric option, by field name (the same in every section and for the flags): checked when
+# a recipe is loaded and when a flag is merged, so an out-of-range value never reaches the work.
+LIMITS: dict[str, Limit] = {
+    "percentile": Limit(0, 100, lo_open=True),
+    "bins": Limit(2, 1 << 16),          # per tensor: 65536 bins are 512 kB of counts; more resolves nothing useful;
+                                        # one bin cannot grow exactly (calibration.observers._grow)
+    "samples": Limit(1),
+    "batch_size": Limit(1, 1 << 16),
+    "threads": Limit(0, 1024),          # 0: ONNX Runtime picks
+    "runs": Limit(1, 1_000_000),
+    "warmup": Limit(0, 1_000_000),
+    "max_drop": Limit(0, 100),
+    "min_int8_coverage": Limit(0, 100),
+    "max_latency_ratio": Limit(0, lo_open=True),
+    "max_size_mb": Limit(0, lo_open=True),
+    "top": Limit(1),                    # analyze --top
+    "block_size": Limit(16, 256),       # int4; also a power of two (MatMulNBits): checked by the int4 scheme
+}
+
+
+_STATIC_ONLY = ("method", "percentile", "activations", "act_matmul", "bias_correction", "max_drop", "eval_data",
+                "nodes")
+_INT8_ONLY = ("weights", "reduce_range", "cle")
+_INT4_ONLY = ("block_size", "symmetric_weights", "algorithm")
+
+
+def unused_options(settings: "ConvertSettings", calibration=None) -> list[str]:
+    """Options set (to other than their default) that the chosen precision and mode never read.
+
+    The rule: an option that only static INT8 reads (calibration artifact, range method, activation scheme,
+    bias correction, --max-drop search, node rules) is a usage error with dynamic INT8, FP16 and BF16; one that
+    only INT8 reads (weights, reduce_range, cle) is a usage error with FP16/BF16; one that only INT4 reads
+    (block_size, symmetric_weights, algorithm) is a usage error with every other precision.  INT4 reads node
+    rules (fp32/fp16 rules keep nodes float) and --cle (preparation), nothing else of static INT8."""
+    default = ConvertSettings()
+    int4 = settings.precision == Precision.INT4
+    others = [] if int4 else [n for n in _INT4_ONLY if getattr(settings, n) != getattr(default, n)]
+    static = settings.precision == Precision.INT8 and settings.mode == Mode.STATIC
+    if static:
+        return others
+    names = [n for n in _STATIC_ONLY if not (int4 and n == "nodes")] + (
+        [n for n in _INT8_ONLY if not (int4 and n == "cle")] if settings.precision != Precision.INT8 else [])
+    names += others
+    unused = [n for n in names if getattr(settings, n) != getattr(default, n)]
+    if settings.precision != Precision.INT8 and settings.mode != default.mode:
+        unused.insert(0, "mode")
+    if calibration is not None:
+        unused.insert(0, "calibration")
+    return unused
+
+
+def check_limit(name: str, value, where: str):
+    """Raise QuantcliError naming ``where`` if ``value`` is outside the range of option ``name``."""
+    limit = LIMITS.get(name)
+    if limit is not None and value is not None and not limit.holds(value):
+        raise QuantcliError(f"{where}: {value:g} is out of range; expected a value in {limit}")
+    return value
+
+
 _SECTIONS = {"run": RunSettings, "calibrate": CalibrateSettings, "convert": ConvertSettings,
              "compare": CompareSettings, "accept": AcceptSettings}
 
@@ -201,10 +280,14 @@ def load_recipe(path: str | Path | None) -> Recipe:
     p = Path(path)
     if not p.exists():
         raise QuantcliError(f"{p}: no such recipe file")
+    if p.is_dir():
+        raise QuantcliError(f"{p}: is a folder, expected a TOML recipe file")
     try:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise QuantcliError(f"{p}: not a valid TOML recipe: {exc}") from None
+        raise QuantcliError(f"{p}: not a valid TOML recipe: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise QuantcliError(f"{p}: cannot read the recipe: {exc.strerror or exc}") from None
     recipe = Recipe(source=str(p))
     for key, value in doc.items():
         if key == "description":
@@ -227,7 +310,7 @@ def _build(cls, table: dict, where: str):
     for key, value in table.items():
         if key not in names:
             raise QuantcliError(f"{where} unknown key '{key}' (expected one of: {', '.join(names)})")
-        setattr(obj, key, coerce(value, hints[key], f"{where} {key}"))
+        setattr(obj, key, check_limit(key, coerce(value, hints[key], f"{where} {key}"), f"{where} {key}"))
     return obj
 
 
@@ -254,8 +337,8 @@ def coerce(value, hint, where: str):
             raise QuantcliError(f"{where}: expected a non-negative integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise QuantcliError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise QuantcliError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -315,5 +398,6 @@ def merge(section, **flags):
     for k, v in flags.items():
         if v is None or (isinstance(v, (list, tuple)) and not v):
             continue
-        updates[k] = coerce(list(v) if isinstance(v, tuple) else v, hints[k], f"--{k.replace('_', '-')}")
+        flag = f"--{k.replace('_', '-')}"
+        updates[k] = check_limit(k, coerce(list(v) if isinstance(v, tuple) else v, hints[k], flag), flag)
     return dataclasses.replace(section, **updates)

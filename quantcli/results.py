@@ -60,6 +60,7 @@ class ConvertResult:
     transforms: list[str] = dataclasses.field(default_factory=list)  # per layer: CLE scales, bias shifts, skips
     manifest: dict = dataclasses.field(default_factory=dict)
     search: dict | None = None   # convert --max-drop: the nodes kept float, the drop, each bisection step
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. --exclude patterns that match no node
 
     def __str__(self) -> str:
         return (f"{self.precision} ({self.mode}) model written to {self.output}: {len(self.quantized_nodes)} nodes "

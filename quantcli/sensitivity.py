@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from .data.sources import Dataset
+from .errors import QuantcliError
 from .metrics import FidelityAccumulator, agreement_count, topk_correct
 from .runtime.session import make_session, run, tap_model
 
@@ -32,7 +33,11 @@ class Score:
 
 def held_batches(dataset: Dataset, limit: int | None = None) -> tuple[list[dict], np.ndarray | None]:
     """The first ``limit`` samples of ``dataset`` held in memory as batches, and their labels (or None)."""
-    batches = list(dataset.batches(dataset.default_batch_size(None), limit))
+    bs = dataset.default_batch_size(None)
+    batches = list(dataset.batches(bs, limit))
+    if not batches:
+        raise QuantcliError(f"{dataset.path}: {dataset.num_samples} sample(s), fewer than the model's fixed batch "
+                            f"size {bs}")
     n = sum(len(next(iter(b.values()))) for b in batches)
     return batches, (dataset.labels[:n] if dataset.labels is not None else None)
 
@@ -44,6 +49,11 @@ class Evaluator:
         self.batches = batches
         self.labels = labels
         self.ref = self._outputs(fp32)
+        self.classes = int(np.prod(self.ref[0].shape[1:])) if self.ref[0].ndim > 1 else 1
+        lab = self.labels
+        if lab is not None and len(lab) and (lab.min() < 0 or lab.max() >= self.classes):
+            raise QuantcliError(f"evaluation labels: class ids must be in 0..{self.classes - 1} for this model's "
+                                f"{self.classes} classes, found {int(lab.min())}..{int(lab.max())}")
         self.ref_metric = self._accuracy(self.ref) if self.labels is not None else 100.0
         self.evaluations = 0
 

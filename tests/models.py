@@ -122,3 +122,11 @@ def masked_attention(seed: int = 0, d: int = 16) -> onnx.ModelProto:
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq_len + 1", d]),
                           helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq_len + 1"])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq_len + 1", d])], inits)
+
+
+def predicted_labels(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The FP32 model's own top-1 classes: labels on which FP32 is 100% accurate (a meaningful gate reference)."""
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.argmax(s.run(None, {s.get_inputs()[0].name: x})[0].reshape(len(x), -1), axis=1).astype(np.int64)

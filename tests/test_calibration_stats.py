@@ -294,3 +294,14 @@ def test_per_channel_requests_in_the_same_pass_match_onnxruntime():
     np.testing.assert_allclose(got.channels[requests[4]].result(), f.T @ f, rtol=1e-5)
     assert set(got.histograms) == {"r1", "r2"} and got.histograms["r2"].max == pytest.approx(r2.max(), rel=1e-6)
     assert got.samples == 24
+
+
+def test_two_bin_histogram_grows_both_ways_and_one_bin_is_refused(tmp_path):
+    """The exact doubling growth needs at least two bins (one bin can never move its lower edge down)."""
+    o = TensorObserver(bins=2)
+    for lo, hi in ((0.0, 1.0), (-5.0, 0.5), (2.0, 40.0)):
+        o.update(np.array([lo, hi], np.float32))
+    assert o.hist.sum() == 6 and o.hist_lo <= -5.0 and o.hist_hi > 40.0
+    from quantcli.recipe import LIMITS
+
+    assert not LIMITS["bins"].holds(1) and LIMITS["bins"].holds(2)

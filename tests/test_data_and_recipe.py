@@ -87,7 +87,7 @@ def test_recipe_loads_and_flags_override(tmp_path):
     ('[convert]\nweigths = "per-tensor"\n', "[convert] unknown key 'weigths'"),
     ('[convert]\nweights = "per-chanel"\n', "[convert] weights: 'per-chanel' is not one of auto, per-channel, per-tensor"),
     ('[calibrate]\nsamples = "ten"\n', "[calibrate] samples: expected a non-negative integer"),
-    ('[compare]\nmax_drop = true\n', "[compare] max_drop: expected a number"),
+    ('[compare]\nmax_drop = true\n', "[compare] max_drop: expected a finite number"),
     ('[quantize]\n', "unknown key 'quantize'"),
     ('convert = 3\n', "'convert' must be a table"),
     ('[convert\n', "not a valid TOML recipe"),

@@ -6,6 +6,7 @@ import pytest
 
 from quantcli import pipeline
 from quantcli.cpu import detect
+from quantcli.errors import InternalError
 from quantcli.recipe import CalibrateSettings, CompareSettings, ConvertSettings, Method, Mode
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
@@ -67,12 +68,16 @@ def test_mobile_per_tensor_collapses_and_cle_bias_correction_recover(tmp_path):
     for key, cle, bc in (("plain", False, BiasCorrection.OFF), ("recovered", True, BiasCorrection.EMPIRICAL)):
         settings = ConvertSettings(weights=Weights.PER_TENSOR, cle=cle, bias_correction=bc)
         conv = pipeline.convert(model, tmp_path / f"{key}.onnx", settings,
-                                calib_settings=CalibrateSettings(data=str(calib)))
+                                calib_settings=CalibrateSettings(data=str(calib)), min_cosine=None)
         res = pipeline.compare(model, tmp_path / f"{key}.onnx", CompareSettings(data=str(ev), runs=2, warmup=2))
         acc[key] = res
         if cle:
             assert any("->" in line for line in conv.transforms) and any("shifted" in line for line in conv.transforms)
     assert acc["plain"].drop > 20                      # collapses
+    with pytest.raises(InternalError, match="collapsed on the check sample"):  # and by default is not written
+        pipeline.convert(model, tmp_path / "refused.onnx", ConvertSettings(weights=Weights.PER_TENSOR, cle=False,
+                         bias_correction=BiasCorrection.OFF), calib_settings=CalibrateSettings(data=str(calib)))
+    assert not (tmp_path / "refused.onnx").exists()
     assert acc["recovered"].drop <= 1.0                # back within a point of FP32
 
 

@@ -8,10 +8,11 @@ from typing import Optional
 import typer
 
 from .. import pipeline
-from ..recipe import Activations, Weights, load_recipe, merge
+from ..calibration.artifact import recorded_data
+from ..recipe import Activations, Weights, check_limit, load_recipe, merge
 from ..report.render import render_analyze
 from . import options as o
-from .app import app, error_boundary, ui, write_reports
+from .app import app, check_io, error_boundary, ui, write_reports
 
 
 @app.command(help="Per-node quantization sensitivity, worst first: each node quantized alone (drop of accuracy or "
@@ -37,10 +38,15 @@ def analyze(
 ) -> None:
     ui.apply(quiet, no_color)
     with error_boundary():
+        check_limit("top", top, "--top")
         r = load_recipe(recipe)
         settings = merge(r.convert, weights=weights, activations=activations, cle=cle,
                          eval_data=str(eval_data) if eval_data else None)
         calib = merge(r.calibrate, data=str(data) if data else None)
+        check_io([("model", model), ("calibration", calibration), ("data", calib.data),
+                  ("calibration data", None if calib.data else recorded_data(calibration)),
+                  ("evaluation data", settings.eval_data), ("labels", labels), ("recipe", recipe)],
+                 [("--json", json_out)])
         result = pipeline.analyze(model, settings, calibration=calibration, calib_settings=calib,
                                   labels=str(labels) if labels else None, progress=ui.progress)
         render_analyze(result, ui.out, top=top)

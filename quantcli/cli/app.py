@@ -23,8 +23,15 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None,
                        "Typical run: calibrate -> convert -> compare accuracy.")
 
 
+def _plain_env() -> bool:
+    """No styling and no progress bars: NO_COLOR or CI set (any non-empty value)."""
+    return bool(os.environ.get("NO_COLOR")) or bool(os.environ.get("CI"))
+
+
 class UI:
-    """Consoles: data (tables) to stdout, messages and progress to stderr."""
+    """Consoles: data (tables) to stdout, messages and progress to stderr.  With --no-color, NO_COLOR or CI
+    nothing is styled on either stream (no colors, no bold); with a report on stdout (``--json -``) the tables
+    go to stderr so stdout holds the report alone.  --quiet keeps errors, warnings and a failed gate's FAIL line."""
 
     def __init__(self) -> None:
         self.quiet = False
@@ -35,10 +42,23 @@ class UI:
     def configure(self, quiet: bool, no_color: bool) -> None:
         self.quiet = quiet
         self.no_color = no_color
-        no_color = no_color or bool(os.environ.get("NO_COLOR"))
-        ci = bool(os.environ.get("CI"))
-        self.out = Console(no_color=no_color, highlight=not no_color, quiet=quiet)
-        self.err = Console(stderr=True, no_color=no_color or ci, highlight=False)
+        plain = no_color or _plain_env()
+        style = {"color_system": None, "no_color": True} if plain else {}
+        self.out = Console(highlight=not plain, quiet=quiet, **style)
+        self.err = Console(stderr=True, highlight=False, **style)
+
+    def reserve_stdout(self) -> None:
+        """A report goes to stdout: everything else (tables too) goes to stderr."""
+        self.out = Console(stderr=True, highlight=False, quiet=self.quiet,
+                           **({"color_system": None, "no_color": True} if self.no_color or _plain_env() else {}))
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"quantcli: warning: {message}", highlight=False, markup=False, soft_wrap=True)
+
+    def failed(self, line: str) -> None:
+        """A failed gate's FAIL line: printed with the tables, and on stderr under --quiet."""
+        if self.quiet:
+            self.err.print(line, highlight=False, markup=False, soft_wrap=True)
 
     def apply(self, quiet: bool, no_color: bool) -> None:
         """Command-level --quiet / --no-color (the same flags are accepted before the command too)."""
@@ -46,7 +66,7 @@ class UI:
             self.configure(self.quiet or quiet, self.no_color or no_color)
 
     def progress(self, desc: str, total: int) -> Callable[[int], None]:
-        if self.quiet or not self.err.is_terminal or os.environ.get("CI"):
+        if self.quiet or not self.err.is_terminal or _plain_env():
             return lambda n: None
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        console=self.err, transient=True)
@@ -98,6 +118,12 @@ def error_boundary():
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     except (typer.Exit, typer.Abort, SystemExit):
         raise
+    except OSError as exc:  # the environment: a full disk, stdout on a full device, a closed pipe...
+        from ..paths import os_error
+
+        ui.err.print(f"quantcli: error: {os_error(exc.filename or 'stdout', exc)}", highlight=False, markup=False,
+                     soft_wrap=True)
+        raise typer.Exit(int(ExitCode.USAGE))
     except Exception as exc:  # a bug: say so, keep the traceback available
         if os.environ.get("QUANTCLI_DEBUG"):
             raise
@@ -106,20 +132,30 @@ def error_boundary():
         raise typer.Exit(int(ExitCode.INTERNAL))
 
 
+def check_io(inputs, outputs) -> None:
+    """Every input and output of the command, checked once before any work (:func:`quantcli.paths.check_io`);
+    a report going to stdout (``-``) moves everything else off stdout."""
+    from ..paths import check_io as check, is_stdout
+
+    check(inputs, outputs)
+    if any(is_stdout(p) for _, p in outputs):
+        ui.reserve_stdout()
+
+
 def write_reports(result, *, json_path=None, junit_path=None, markdown_path=None) -> None:
     """Write the optional machine-readable reports of a result, each atomically."""
-    from ..modelio import check_output_path, write_text_atomic
+    from ..paths import write_text_atomic
     from ..report.render import to_json
 
     if json_path:
-        write_text_atomic(check_output_path(json_path), to_json(result))
+        write_text_atomic(json_path, to_json(result))
     if junit_path or markdown_path:
         from ..report.ci import to_junit, to_markdown
 
         if junit_path:
-            write_text_atomic(check_output_path(junit_path), to_junit(result))
+            write_text_atomic(junit_path, to_junit(result))
         if markdown_path:
-            write_text_atomic(check_output_path(markdown_path), to_markdown(result))
+            write_text_atomic(markdown_path, to_markdown(result))
 
 
 def _register() -> None:
@@ -132,14 +168,51 @@ _register()
 _interrupt_reported = False
 
 
-def run_app() -> None:
+def _click_exception() -> type:
     try:
-        app()
+        from click.exceptions import ClickException
+    except ImportError:  # recent Typer vendors click
+        from typer._click.exceptions import ClickException
+    return ClickException
+
+
+def run_app() -> None:
+    """The console script's entry: command-line usage errors are one line too (exit 2), like every other error."""
+    click_exception = _click_exception()
+    try:
+        code = app(standalone_mode=False, prog_name="quantcli")
     except KeyboardInterrupt:  # outside a command
         sys.stderr.write("quantcli: interrupted\n")
         sys.exit(int(ExitCode.INTERRUPTED))
+    except click_exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group without its command: the help is the answer
+            exc.show()
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        sys.stderr.write(f"quantcli: error: {message}{hint}\n")
+        code = exc.exit_code
     except SystemExit as exc:
-        # an interrupt while Typer parses the command line ends as a silent exit 130: say what happened
-        if exc.code == int(ExitCode.INTERRUPTED) and not _interrupt_reported:
-            sys.stderr.write("quantcli: interrupted\n")
-        raise
+        code = exc.code
+    # an interrupt while Typer parses the command line ends as a silent exit 130: say what happened
+    if code == int(ExitCode.INTERRUPTED) and not _interrupt_reported:
+        sys.stderr.write("quantcli: interrupted\n")
+    _flush_stdout()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _flush_stdout() -> None:
+    """Tables buffered for stdout are written here at the latest: a full device or a closed pipe is the
+    environment's problem, said in one line (exit 2), not an 'Exception ignored' at interpreter exit."""
+    from ..paths import os_error
+
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        try:  # nothing more can go to this stdout: point it at /dev/null so the interpreter's exit flush is quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        sys.stderr.write(f"quantcli: error: {os_error('stdout', exc)}\n")
+        sys.exit(int(ExitCode.USAGE))

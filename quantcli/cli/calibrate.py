@@ -11,7 +11,7 @@ from .. import pipeline
 from ..recipe import Activations, load_recipe, merge
 from ..report.render import render_calibration
 from . import options as o
-from .app import app, error_boundary, ui, write_reports
+from .app import app, check_io, error_boundary, ui, write_reports
 
 
 @app.command(help="Run calibration data through the model and write a reusable calibration artifact (JSON).")
@@ -42,6 +42,8 @@ def calibrate(
         settings = merge(r.calibrate, data=str(data) if data else None, samples=samples, batch_size=batch_size,
                          method=method, percentile=percentile)
         conv = merge(r.convert, activations=activations, act_matmul=act_matmul, cle=cle)
+        check_io([("model", model), ("data", settings.data), ("recipe", recipe)],
+                 [("-o", output), ("--json", json_out)])
         result = pipeline.calibrate(model, output, settings, convert_settings=conv, progress=ui.progress)
         render_calibration(result, ui.out)
         write_reports(result, json_path=json_out)

@@ -11,7 +11,7 @@ from ..errors import ExitCode
 from ..recipe import load_recipe, merge
 from ..report.render import render_compare
 from . import options as o
-from .app import app, error_boundary, ui, write_reports
+from .app import app, check_io, error_boundary, ui, write_reports
 
 compare_app = typer.Typer(no_args_is_help=True, help="Compare a quantized model with its FP32 original.")
 app.add_typer(compare_app, name="compare")
@@ -43,8 +43,13 @@ def accuracy(
         r = load_recipe(recipe)
         settings = merge(r.compare, data=str(data) if data else None, labels=str(labels) if labels else None,
                          max_drop=max_drop, threads=threads, runs=runs)
+        check_io([("FP32 model", fp32), ("quantized model", quant), ("data", settings.data),
+                  ("labels", settings.labels), ("recipe", recipe)],
+                 [("--json", json_out), ("--junit", junit), ("--markdown", markdown)])
         result = pipeline.compare(fp32, quant, settings, progress=ui.progress)
         render_compare(result, ui.out)
+        if not result:
+            ui.failed(f"FAIL: {result.metric} drop {result.drop:.2f} pts (max {result.max_drop:g})")
         write_reports(result, json_path=json_out, junit_path=junit, markdown_path=markdown)
     if not result:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))

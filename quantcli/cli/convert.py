@@ -8,12 +8,13 @@ from typing import List, Optional
 import typer
 
 from .. import pipeline
+from ..calibration.artifact import recorded_data
 from ..errors import ExitCode
-from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange, WeightAlgorithm, Weights, load_recipe, merge,
-                      parse_node_rule)
+from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange, WeightAlgorithm, Weights, check_limit,
+                      load_recipe, merge, parse_node_rule)
 from ..report.render import render_convert
 from . import options as o
-from .app import app, error_boundary, ui, write_reports
+from .app import app, check_io, error_boundary, ui, write_reports
 
 
 @app.command(help="Quantize (static or dynamic INT8) or convert (FP16/BF16) a model, validate it, write it.")
@@ -71,6 +72,7 @@ def convert(
 ) -> None:
     ui.apply(quiet, no_color)
     with error_boundary():
+        check_limit("min_int8_coverage", min_int8_coverage, "--min-int8-coverage")
         r = load_recipe(recipe)
         settings = merge(r.convert, weights=weights, activations=activations, precision=precision, mode=mode,
                          exclude=exclude, method=method, percentile=percentile, reduce_range=reduce_range,
@@ -79,18 +81,25 @@ def convert(
                          eval_data=str(eval_data) if eval_data else None, block_size=block_size,
                          symmetric_weights=symmetric_weights, algorithm=algorithm)
         calib = merge(r.calibrate, data=str(data) if data else None)
+        pipeline.check_convert_options(settings, calibration)
+        check_io([("model", model), ("calibration", calibration), ("data", calib.data),
+                  ("calibration data", None if calib.data else recorded_data(calibration)),
+                  ("evaluation data", settings.eval_data), ("recipe", recipe)],
+                 [("-o", output), ("--json", json_out), ("--recipe-out", recipe_out)])
         if calibration is None and not calib.data and settings.precision == Precision.INT8 \
                 and settings.mode == Mode.STATIC:
             calib = None
         result = pipeline.convert(model, output, settings, calibration=calibration, calib_settings=calib,
                                   progress=ui.progress)
+        for w in result.warnings:
+            ui.warn(w)
         render_convert(result, ui.out)
         write_reports(result, json_path=json_out)
         if recipe_out:
-            from ..modelio import check_output_path, write_text_atomic
+            from ..paths import write_text_atomic
 
             fragment = (result.search.recipe_fragment if result.search else "") or "[convert]\nexclude = []\n"
-            write_text_atomic(check_output_path(recipe_out), "# chosen by quantcli convert --max-drop\n" + fragment)
+            write_text_atomic(recipe_out, "# chosen by quantcli convert --max-drop\n" + fragment)
     if min_int8_coverage is not None:
         share = 100.0 * result.coverage.mac_share if result.coverage else 0.0
         ok = share >= min_int8_coverage - 1e-9

@@ -8,9 +8,10 @@ import typer
 
 from .. import pipeline
 from ..errors import ExitCode
+from ..recipe import check_limit
 from ..report.render import render_inspect
 from . import options as o
-from .app import app, error_boundary, ui, write_reports
+from .app import app, check_io, error_boundary, ui, write_reports
 
 
 @app.command(help="Show which nodes of a (quantized) model ONNX Runtime runs in integer kernels on this CPU, the "
@@ -26,8 +27,12 @@ def inspect(
 ) -> None:
     ui.apply(quiet, no_color)
     with error_boundary():
+        check_limit("min_int8_coverage", min_int8_coverage, "--min-int8-coverage")
+        check_io([("model", model), ("data", data)], [("--json", json_out)])
         result = pipeline.inspect(model, data=str(data) if data else None, min_coverage=min_int8_coverage)
         render_inspect(result, ui.out)
+        if not result:
+            ui.failed(f"FAIL: INT8 MAC coverage {100 * result.coverage.mac_share:.1f}% (min {min_int8_coverage:g}%)")
         write_reports(result, json_path=json_out)
     if not result:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))

@@ -10,7 +10,7 @@ import typer
 from ..recipe import ActMatmul, Method
 
 Recipe = typer.Option(None, "--recipe", help="TOML recipe; flags given here override it.", show_default=False)
-Json = typer.Option(None, "--json", help="Also write the result as JSON to this file.", show_default=False)
+Json = typer.Option(None, "--json", help="Also write the result as JSON to this file (- for stdout; the tables then go to stderr).", show_default=False)
 Data = typer.Option(None, "--data", help=".npz keyed by input name (first axis = samples), or a folder of .npz/.npy.",
                     show_default=False)
 MethodOpt = typer.Option(None, "--method", help="Range estimator (convert: re-derives ranges from the artifact).",
@@ -20,9 +20,9 @@ Percentile = typer.Option(None, "--percentile", help="Percentile for --method pe
 
 OptPath = Optional[Path]
 OptMethod = Optional[Method]
-Junit = typer.Option(None, "--junit", help="Also write a JUnit XML report (one test case per criterion).",
+Junit = typer.Option(None, "--junit", help="Also write a JUnit XML report (one test case per criterion; - for stdout).",
                      show_default=False)
-Markdown = typer.Option(None, "--markdown", help="Also write a Markdown summary (for a pull-request comment).",
+Markdown = typer.Option(None, "--markdown", help="Also write a Markdown summary (for a pull-request comment; - for stdout).",
                         show_default=False)
 Quiet = typer.Option(False, "--quiet", "-q", help="Only errors on stderr; no tables or progress.")
 NoColor = typer.Option(False, "--no-color", help="No colors (also when NO_COLOR or CI is set).")

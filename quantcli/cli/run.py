@@ -11,7 +11,7 @@ from ..errors import ExitCode
 from ..recipe import load_recipe, merge
 from ..report.render import render_run
 from . import options as o
-from .app import app, error_boundary, ui, write_reports
+from .app import app, check_io, error_boundary, ui, write_reports
 
 
 @app.command(help="Calibrate, convert and compare in one step from a recipe; exit 1 if an [accept] criterion "
@@ -35,8 +35,12 @@ def run(
         r.run = merge(r.run, model=str(model) if model else None, output=str(output) if output else None)
         r.calibrate = merge(r.calibrate, data=str(data) if data else None)
         r.compare = merge(r.compare, data=str(eval_data) if eval_data else None)
+        inputs, outputs = pipeline.run_paths(r)
+        check_io(inputs, outputs + [("--json", json_out), ("--junit", junit), ("--markdown", markdown)])
         result = pipeline.run(r, progress=ui.progress)
         render_run(result, ui.out)
+        if not result:
+            ui.failed(f"FAIL: {result}")
         write_reports(result, json_path=json_out, junit_path=junit, markdown_path=markdown)
     if not result:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))

@@ -10,12 +10,16 @@ Layout rules (the first axis of every array is the sample axis):
 
 Everything is checked against the model's inputs before any inference runs: names, dtypes (an array
 of the same kind, e.g. float64 for a float32 input, is cast), per-sample shapes against fixed dims,
-sample counts, NaN/Inf, emptiness.  Iteration streams one chunk at a time.
+sample counts, NaN/Inf *after* the cast to the input's dtype (float64 beyond float32's range is Inf there),
+integer ids against the vocabulary of the embedding (Gather) they index, sequence lengths against the rows of a
+position table sliced to the input's length (Slice(table, 0, Shape(input)[k])), emptiness, labels (1-D integers,
+one per sample, in [0, classes) when the model's class count is known).  Iteration streams one chunk at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -34,6 +38,8 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int | str | None, ...]  # int = fixed dim, str = symbolic name, None = unknown
+    vocab: int | None = None  # integer ids indexing an embedding of this many rows
+    max_len: tuple[tuple[int, int], ...] = ()  # (axis, longest length): a position table sliced to this axis
 
     @property
     def batch_dim(self) -> int | None:
@@ -44,8 +50,79 @@ class InputSpec:
         return d if isinstance(d, int) else None
 
 
+def data_sha256(path: str | Path) -> str:
+    """sha256 of a data file, or of a folder's .npz/.npy files (names and contents, in name order)."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.suffix in (".npz", ".npy"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" if f is not p else b"")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def vocab_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    """Integer graph inputs used directly as the indices of a Gather on a constant table (an embedding):
+    input name -> the table's size along the gathered axis (valid ids are in [-size, size))."""
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    out: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in inits:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            dims = inits[node.input[0]]
+            if dims and -len(dims) <= axis < len(dims):
+                size = int(dims[axis])
+                out[node.input[1]] = min(size, out.get(node.input[1], size))
+    return out
+
+
+def class_count(model: onnx.ModelProto) -> int | None:
+    """Classes of the first output (its elements per sample), when every non-batch dim is fixed."""
+    if not model.graph.output:
+        return None
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) < 2 or not all(d.HasField("dim_value") for d in dims[1:]):
+        return None
+    return int(np.prod([d.dim_value for d in dims[1:]]))
+
+
+def max_lengths(model: onnx.ModelProto) -> dict[str, dict[int, int]]:
+    """Input axes whose length slices a constant table (position embeddings): ``Slice(table, starts,
+    Shape(input, start=k, end=k+1), axes)`` -> {input: {k: rows of the table along the sliced axis}}."""
+    inits = {t.name: t for t in model.graph.initializer}
+    graph_inputs = {vi.name for vi in model.graph.input}
+    shape_of: dict[str, tuple[str, int]] = {}  # tensor -> (input, axis) it holds the length of
+    for node in model.graph.node:
+        if node.op_type == "Shape" and node.input[0] in graph_inputs:
+            att = {a.name: a.i for a in node.attribute}
+            if "start" in att and att.get("end", att["start"] + 1) == att["start"] + 1:
+                shape_of[node.output[0]] = (node.input[0], att["start"])
+    out: dict[str, dict[int, int]] = {}
+    for node in model.graph.node:
+        if node.op_type != "Slice" or len(node.input) < 3 or node.input[0] not in inits \
+                or node.input[2] not in shape_of:
+            continue
+        dims = tuple(inits[node.input[0]].dims)
+        axis = 0
+        if len(node.input) > 3 and node.input[3] in inits:
+            from onnx import numpy_helper
+
+            axes = numpy_helper.to_array(inits[node.input[3]]).ravel()
+            if axes.size != 1:
+                continue
+            axis = int(axes[0])
+        if dims and -len(dims) <= axis < len(dims):
+            name, k = shape_of[node.input[2]]
+            out.setdefault(name, {})[k] = min(int(dims[axis]), out.get(name, {}).get(k, int(dims[axis])))
+    return out
+
+
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     inits = {t.name for t in model.graph.initializer}
+    vocab = vocab_sizes(model)
+    lengths = max_lengths(model)
     specs = []
     for vi in model.graph.input:
         if vi.name in inits:
@@ -60,7 +137,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
                 dims.append(d.dim_param)
             else:
                 dims.append(None)
-        specs.append(InputSpec(vi.name, dtype, tuple(dims)))
+        specs.append(InputSpec(vi.name, dtype, tuple(dims), vocab.get(vi.name),
+                               tuple(sorted(lengths.get(vi.name, {}).items()))))
     return specs
 
 
@@ -68,8 +146,9 @@ class Dataset:
     """A validated data source for one model. Iterate with :meth:`batches`."""
 
     def __init__(self, path: str | Path, specs: Sequence[InputSpec], *, labels_path: str | Path | None = None,
-                 require_labels: bool = False) -> None:
+                 require_labels: bool = False, classes: int | None = None) -> None:
         self.path = Path(path)
+        self.labels_path = Path(labels_path) if labels_path is not None else None
         self.specs = list(specs)
         self._chunks = _discover_chunks(self.path, self.specs)
         self.num_samples = 0
@@ -81,7 +160,7 @@ class Dataset:
             self.num_samples += n
             has_labels.append(LABELS_KEY in arrays)
             if LABELS_KEY in arrays:
-                labels.append(np.asarray(arrays[LABELS_KEY]))
+                labels.append(np.atleast_1d(np.asarray(arrays[LABELS_KEY])))
         if self.num_samples == 0:
             raise QuantcliError(f"{self.path}: the data set is empty (0 samples)")
         self.labels: np.ndarray | None = None
@@ -98,10 +177,23 @@ class Dataset:
                                     f"with shape {self.labels.shape}")
             if len(self.labels) != self.num_samples:
                 raise QuantcliError(f"{src}: {len(self.labels)} labels for {self.num_samples} samples")
+            self.check_labels(classes)
         elif require_labels:
             raise QuantcliError(f"{self.path}: no '{LABELS_KEY}' array and no --labels file given")
 
     # -- validation ---------------------------------------------------------------------------------
+    def check_labels(self, classes: int | None) -> None:
+        """Labels are class ids: never negative, and below the model's class count when it is known."""
+        if self.labels is None or not len(self.labels):
+            return
+        src = self.labels_path or self.path
+        lo, hi = int(self.labels.min()), int(self.labels.max())
+        if lo < 0:
+            raise QuantcliError(f"{src}: labels must be class ids >= 0, found {lo}")
+        if classes is not None and hi >= classes:
+            raise QuantcliError(f"{src}: label {hi} is out of range for a model with {classes} classes "
+                                f"(expected 0..{classes - 1})")
+
     def _check_chunk(self, chunk: "_Chunk", arrays: dict[str, np.ndarray]) -> int:
         names = [s.name for s in self.specs]
         missing = [n for n in names if n not in arrays]
@@ -127,15 +219,36 @@ class Dataset:
                 if isinstance(want, int) and got != want:
                     raise QuantcliError(f"{where} has shape {arr.shape}, the model expects "
                                         f"{_fmt_shape(spec.shape)} (axis {i}: {got} != {want})")
-            if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
-                bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-                raise QuantcliError(f"{where} contains {bad} NaN/Inf value(s)")
+            if arr.dtype.kind == "f" and arr.size:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    cast = np.asarray(arr).astype(spec.dtype, copy=False)
+                finite = np.isfinite(cast)
+                if not finite.all():
+                    bad = int(np.size(arr) - np.count_nonzero(finite))
+                    beyond = int(np.count_nonzero(np.isfinite(arr))) - int(np.count_nonzero(finite))
+                    why = f" ({beyond} beyond {spec.dtype}'s range)" if beyond > 0 else ""
+                    raise QuantcliError(f"{where} contains {bad} NaN/Inf value(s) as {spec.dtype}{why}")
+            for axis, longest in spec.max_len:
+                if 0 < axis < arr.ndim and arr.shape[axis] > longest:
+                    raise QuantcliError(f"{where} has length {arr.shape[axis]} on axis {axis}, longer than the "
+                                        f"{longest} positions the model supports (its position table)")
+            if spec.vocab is not None and arr.dtype.kind in "iu" and arr.size:
+                lo, hi = int(arr.min()), int(arr.max())
+                if lo < -spec.vocab or hi >= spec.vocab:
+                    bad = hi if hi >= spec.vocab else lo
+                    raise QuantcliError(f"{where} has id {bad}, outside the vocabulary of the embedding it indexes "
+                                        f"({spec.vocab} entries: ids 0..{spec.vocab - 1})")
             counts.add(arr.shape[0])
         if len(counts) > 1:
             raise QuantcliError(f"{chunk.path}: inputs have different sample counts {sorted(counts)}")
         n = counts.pop() if counts else 0
-        if LABELS_KEY in arrays and len(arrays[LABELS_KEY]) != n:
-            raise QuantcliError(f"{chunk.path}: {len(arrays[LABELS_KEY])} labels for {n} samples")
+        if LABELS_KEY in arrays:
+            lab = np.asarray(arrays[LABELS_KEY])
+            if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
+                raise QuantcliError(f"{chunk.path}: labels must be a 1-D integer array, got {lab.dtype} "
+                                    f"with shape {lab.shape}")
+            if len(lab) != n:
+                raise QuantcliError(f"{chunk.path}: {len(lab)} labels for {n} samples")
         return n
 
     # -- iteration ----------------------------------------------------------------------------------

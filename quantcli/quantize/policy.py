@@ -112,6 +112,13 @@ def is_excluded(node: onnx.NodeProto, patterns: tuple[str, ...]) -> bool:
     return False
 
 
+def unmatched_patterns(model: onnx.ModelProto, patterns) -> list[str]:
+    """The patterns (``--exclude``, node rules' ``match``) that match no node of ``model``: most likely typos."""
+    nodes = list(model.graph.node)
+    return [p for p in dict.fromkeys(patterns)
+            if not any(is_excluded(n, resolve_presets(model, (p,))) for n in nodes)]
+
+
 def plan(model: onnx.ModelProto, options: PlanOptions = PlanOptions()) -> QuantPlan:
     """Mark what gets Q/DQ: (1) eligible heavy ops, their weights and the activations they need; (2) a forward
     pass deciding which outputs are quantized (cheap ops, absorbed Relus, layout ops); (3) which tensors get

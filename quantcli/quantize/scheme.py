@@ -66,7 +66,13 @@ def dynamic(prep: Prepared, res: Resolved) -> SchemeResult:
 def int4(prep: Prepared, res: Resolved, progress: Progress = no_progress) -> SchemeResult:
     from .int4 import accuracy_level, candidates, quantize_int4
 
+    from ..errors import QuantcliError
+    from .blockwise import BLOCK_SIZES
+
     s = res.convert
+    if s.block_size not in BLOCK_SIZES:
+        raise QuantcliError(f"--block-size {s.block_size}: MatMulNBits takes a power of two: "
+                            f"{', '.join(map(str, BLOCK_SIZES))}")
     grams, how = None, "round to nearest"
     if s.algorithm == WeightAlgorithm.GPTQ:
         grams, samples = _input_grams(prep.model, candidates(prep.model, res), res, progress)

@@ -108,7 +108,12 @@ def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder
 
     t0 = time.perf_counter()
     s = build.res.convert
+    from ..metrics import degenerate_reference
+
     ev = Evaluator(model, *build.held(eval_data(build.res, "convert --max-drop"), None))
+    why = degenerate_reference(ev.ref_metric, ev.classes) if ev.labels is not None else None
+    if why:
+        raise QuantcliError(f"convert --max-drop: {why}")
     built = build()
     full = ev.score(built.model)
     search = SearchResult(ev.metric_name, s.max_drop, full.drop, full.drop)

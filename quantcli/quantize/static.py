@@ -166,7 +166,8 @@ class StaticBuilder:
         data = self.res.calibration_data
         note = None
         if Need.DATA in step.needs and (not data or not Path(data).exists()):
-            note = (f"empirical bias correction needs the calibration data ({data or 'not recorded'} is not "
+            recorded = data or (self.artifact.settings.get("data") if self.artifact is not None else None)
+            note = (f"empirical bias correction needs the calibration data ({recorded or 'not recorded'} is not "
                     "there): used analytic bias correction instead; pass --data to measure it")
             step = bias_correction(BiasCorrection.ANALYTIC.value)
         axes = {ws.node: ws.axis for ws in qplan.weights if ws.input_index == 1}
@@ -183,10 +184,11 @@ class StaticBuilder:
         data."""
         key = (str(data), labels, limit)
         if key not in self.shared["held"]:
-            from ..data.sources import Dataset, input_specs
+            from ..data.sources import Dataset, class_count, input_specs
             from ..sensitivity import held_batches
 
-            self.shared["held"][key] = held_batches(Dataset(data, input_specs(self.model), labels_path=labels), limit)
+            self.shared["held"][key] = held_batches(Dataset(data, input_specs(self.model), labels_path=labels,
+                                                            classes=class_count(self.model)), limit)
         return self.shared["held"][key]
 
     def _batches(self, data: str) -> list[dict]:

@@ -22,6 +22,19 @@ import onnxruntime as ort
 from ..errors import InternalError, QuantcliError
 
 PROVIDERS = ["CPUExecutionProvider"]
+QUIET = 4  # ONNX Runtime's own log: fatal only (its error lines are ANSI red; quantcli's errors say what is wrong)
+ort.set_default_logger_severity(QUIET)
+
+_active_runs: set = set()  # RunOptions of the runs in progress
+_terminating = False
+
+
+def terminate_runs() -> None:
+    """Ask the runs in progress to stop (called from the signal watcher thread; ORT checks between nodes)."""
+    global _terminating
+    _terminating = True
+    for ro in list(_active_runs):
+        ro.terminate = True
 # ONNX Runtime hands out its optimized graph only as a file: write that scratch file to memory where the
 # system has a tmpfs, so its disk writeback does not take a core from the runs that follow
 _SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
@@ -35,7 +48,7 @@ def session_options(threads: int = 0, *, level: str = "all", optimized_path: str
     so.enable_cpu_mem_arena = arena
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = QUIET
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -67,11 +80,20 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, threads: int = 0
 
 def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, what: str = "model",
         outputs: list[str] | None = None) -> list[np.ndarray]:
+    ro = ort.RunOptions()
+    ro.log_severity_level = QUIET
+    _active_runs.add(ro)
     try:
-        return session.run(outputs, feeds)
+        if _terminating:
+            raise KeyboardInterrupt
+        return session.run(outputs, feeds, ro)
     except Exception as exc:
+        if _terminating:
+            raise KeyboardInterrupt from None
         msg = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
         raise QuantcliError(f"{what}: ONNX Runtime failed to run it: {msg}") from None
+    finally:
+        _active_runs.discard(ro)
 
 
 def tap_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:

@@ -1,5 +1,8 @@
 """The post-write check of a converted model: ONNX checker, an ONNX Runtime session, one forward pass against the
-FP32 model on one sample (shape, NaN/Inf, cosine and SQNR per output), then the atomic write.
+FP32 model on one sample (shape, NaN/Inf, cosine and SQNR per output), then the atomic write.  A float output
+whose cosine with FP32 falls below :data:`COLLAPSED_COSINE` (where FP32's is not all zeros) fails the check: such
+a model has nothing to do with the original, whatever the reason.  Data given for the check sample must be
+usable: it is never silently replaced by synthetic input.
 
 A model that fails is never written: the failure is an :class:`~quantcli.errors.InternalError` (a bug), since
 convert produced it.
@@ -21,16 +24,14 @@ from ..results import OutputCheck
 from ..runtime.session import make_session
 from ..runtime.session import run as run_session
 
+COLLAPSED_COSINE = 0.5  # a check-sample output this far from FP32 is a broken model, not quantization noise
+
 
 def validation_feeds(model: onnx.ModelProto, data_path: str | None) -> dict[str, np.ndarray]:
     """One batch-1 input for the post-write check: the first data sample, else seeded synthetic data."""
     specs = input_specs(model)
-    if data_path and Path(data_path).exists():
-        try:
-            ds = Dataset(data_path, specs)
-            return next(ds.batches(1, limit=1))
-        except QuantcliError:
-            pass
+    if data_path:  # given (or recorded and still there): it must be usable
+        return next(Dataset(data_path, specs).batches(1, limit=1))
     rng = np.random.default_rng(SEED)
     feeds = {}
     for s in specs:
@@ -44,7 +45,7 @@ def validation_feeds(model: onnx.ModelProto, data_path: str | None) -> dict[str,
 
 
 def write_validated(new_model: onnx.ModelProto, reference: onnx.ModelProto, out: Path,
-                    feeds: dict[str, np.ndarray]) -> list[OutputCheck]:
+                    feeds: dict[str, np.ndarray], min_cosine: float = COLLAPSED_COSINE) -> list[OutputCheck]:
     """Checker, ONNX Runtime load and one forward pass against the FP32 model, then the atomic rename."""
     data = modelio.serialize_model(new_model)
     try:
@@ -66,6 +67,11 @@ def write_validated(new_model: onnx.ModelProto, reference: onnx.ModelProto, out:
         acc = FidelityAccumulator()
         if np.issubdtype(np.asarray(r).dtype, np.number):
             acc.update(r, q)
+        if np.issubdtype(np.asarray(r).dtype, np.floating) and acc.ref2 > 0 and acc.cosine < min_cosine:
+            raise InternalError(f"converted model output '{o.name}' collapsed on the check sample (cosine "
+                                f"{acc.cosine:.3f} vs FP32, SQNR {acc.sqnr_db:.1f} dB); nothing was written "
+                                "(try the default settings, or keep the worst layers float: quantcli analyze, "
+                                "--max-drop)")
         checks.append(OutputCheck(o.name, acc.cosine, acc.sqnr_db, acc.max_abs))
     modelio.write_bytes_atomic(out, data)
     return checks
