@@ -12,7 +12,7 @@ from ..calibration.artifact import recorded_data
 from ..recipe import Activations, Weights, check_limit, load_recipe, merge
 from ..report.render import render_analyze
 from . import options as o
-from .app import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, error_boundary, ui, write_reports
 
 
 @app.command(help="Per-node quantization sensitivity, worst first: each node quantized alone (drop of accuracy or "

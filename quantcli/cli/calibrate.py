@@ -11,7 +11,7 @@ from .. import pipeline
 from ..recipe import Activations, load_recipe, merge
 from ..report.render import render_calibration
 from . import options as o
-from .app import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, error_boundary, ui, write_reports
 
 
 @app.command(help="Run calibration data through the model and write a reusable calibration artifact (JSON).")

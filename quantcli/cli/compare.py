@@ -11,7 +11,7 @@ from ..errors import ExitCode
 from ..recipe import load_recipe, merge
 from ..report.render import render_compare
 from . import options as o
-from .app import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, error_boundary, ui, write_reports
 
 compare_app = typer.Typer(no_args_is_help=True, help="Compare a quantized model with its FP32 original.")
 app.add_typer(compare_app, name="compare")

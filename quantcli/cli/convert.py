@@ -14,7 +14,7 @@ from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange,
                       load_recipe, merge, parse_node_rule)
 from ..report.render import render_convert
 from . import options as o
-from .app import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, error_boundary, ui, write_reports
 
 
 @app.command(help="Quantize (static or dynamic INT8) or convert (FP16/BF16) a model, validate it, write it.")

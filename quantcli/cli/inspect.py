@@ -11,7 +11,7 @@ from ..errors import ExitCode
 from ..recipe import check_limit
 from ..report.render import render_inspect
 from . import options as o
-from .app import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, error_boundary, ui, write_reports
 
 
 @app.command(help="Show which nodes of a (quantized) model ONNX Runtime runs in integer kernels on this CPU, the "

@@ -11,7 +11,7 @@ from ..errors import ExitCode
 from ..recipe import load_recipe, merge
 from ..report.render import render_run
 from . import options as o
-from .app import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, error_boundary, ui, write_reports
 
 
 @app.command(help="Calibrate, convert and compare in one step from a recipe; exit 1 if an [accept] criterion "

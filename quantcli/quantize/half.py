@@ -365,14 +365,11 @@ def _bf16_bits(arr: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.where(np.isnan(a), 0x7FC0, out).astype(np.uint16), bool(overflow.any())
 
 
-def _bf16_weights(model: onnx.ModelProto, keep_ops: frozenset[str] | None, patterns: tuple[str, ...],
-                  keep_io: bool) -> HalfReport:
-    g, rep = model.graph, HalfReport("bf16")
-    if _opset(model) < 13:
-        rep.notes.append(f"bf16: nothing converted: Cast from bfloat16 needs opset 13 and the model has opset "
-                         f"{_opset(model)} (upgrade it with onnx.version_converter first)")
-        return rep
-    taken, node_names, init_names = _names(g), {n.name for n in g.node}, {t.name for t in g.initializer}
+def _bf16_uses(g: onnx.GraphProto, keep_ops: frozenset[str] | None, patterns: tuple[str, ...], rep: HalfReport
+               ) -> tuple[dict[str, list[tuple[int, int]]], set[str], set[int]]:
+    """Where each tensor is read (node index, input position), the tensors that must stay float32 (graph I/O,
+    names subgraphs read) and the weighted nodes the user kept in FP32 (recorded in ``rep``)."""
+    init_names = {t.name for t in g.initializer}
     pinned = {i.name for i in g.input if i.name not in init_names} | {o.name for o in g.output}  # I/O stay float32
     uses: dict[str, list[tuple[int, int]]] = {}
     kept: set[int] = set()
@@ -386,6 +383,18 @@ def _bf16_weights(model: onnx.ModelProto, keep_ops: frozenset[str] | None, patte
             if why:
                 kept.add(idx)
                 rep.kept_float.append((_node_name(node, idx), why))
+    return uses, pinned, kept
+
+
+def _bf16_weights(model: onnx.ModelProto, keep_ops: frozenset[str] | None, patterns: tuple[str, ...],
+                  keep_io: bool) -> HalfReport:
+    g, rep = model.graph, HalfReport("bf16")
+    if _opset(model) < 13:
+        rep.notes.append(f"bf16: nothing converted: Cast from bfloat16 needs opset 13 and the model has opset "
+                         f"{_opset(model)} (upgrade it with onnx.version_converter first)")
+        return rep
+    taken, node_names = _names(g), {n.name for n in g.node}
+    uses, pinned, kept = _bf16_uses(g, keep_ops, patterns, rep)
 
     def eligible(name: str, arr: np.ndarray) -> bool:  # used only at weight positions of converted nodes
         pos = [(BF16_WEIGHT_INPUTS.get(g.node[i].op_type, ()), i, k) for i, k in uses.get(name, [])]
