@@ -40,10 +40,27 @@ def test_calibrate_convert_compare(cnn):
 
 
 def test_convert_with_data_and_other_method_in_one_step(cnn):
+    """--method percentile in convert: the activation scales are the 99.9th-percentile ranges of the same
+    statistics (not minmax), and --weights per-tensor gives one scale per weight."""
+    from onnx import numpy_helper
+
+    from quantcli.calibration.artifact import load_artifact
+    from quantcli.quantize.params import activation_params
+
     r = invoke("convert", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "q.onnx",
                "--method", "percentile", "--percentile", "99.9", "--weights", "per-tensor")
     assert r.exit_code == 0, r.output
-    assert (cnn / "q.onnx").exists()
+    assert invoke("calibrate", cnn / "cnn.onnx", "--data", cnn / "calib.npz", "-o", cnn / "c.json").exit_code == 0
+    art = load_artifact(cnn / "c.json")
+    q = onnx.load(cnn / "q.onnx")
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    pct, mm = art.ranges("percentile", 99.9)["x"], art.ranges("minmax")["x"]
+    assert pct != mm
+    assert float(inits["x_scale"]) == pytest.approx(float(activation_params(*pct).scale), rel=1e-6)
+    weight_scales = [inits[n.input[1]] for n in q.graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized")
+                     and inits.get(n.input[0]) is not None and inits[n.input[0]].dtype == np.int8]
+    assert weight_scales and all(np.ndim(s) == 0 for s in weight_scales)
 
 
 def test_same_inputs_give_byte_identical_models(cnn):
