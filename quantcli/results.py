@@ -47,7 +47,7 @@ class ConvertResult:
     mode: str
     settings: dict
     quantized_nodes: dict[str, str]          # node -> op type
-    float_nodes: dict[str, str]              # node -> reason
+    float_nodes: dict                        # node -> quantize.reasons.Why (reason + detail)
     absorbed: list[str]
     quantized_tensors: int
     size_before: int
@@ -59,7 +59,7 @@ class ConvertResult:
     seconds: float
     transforms: list[str] = dataclasses.field(default_factory=list)  # per layer: CLE scales, bias shifts, skips
     manifest: dict = dataclasses.field(default_factory=dict)
-    search: dict | None = None   # convert --max-drop: the nodes kept float, the drop, each bisection step
+    search: object | None = None  # convert --max-drop: quantize.search.SearchResult (nodes kept float, drop, steps)
     warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. --exclude patterns that match no node
 
     def __str__(self) -> str:
