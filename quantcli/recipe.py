@@ -79,6 +79,7 @@ class ActMatmul(str, enum.Enum):
 class WeightAlgorithm(str, enum.Enum):
     RTN = "rtn"      # round to nearest, data-free
     GPTQ = "gptq"    # error feedback through each layer's input Hessian (needs calibration data)
+    AWQ = "awq"      # activation-aware row scales searched on calibration data (needs calibration data)
 
 
 class ReduceRange(str, enum.Enum):
@@ -136,7 +137,7 @@ class ConvertSettings:
     nodes: list[NodeRule] = dataclasses.field(default_factory=list)  # [[convert.nodes]] per-node overrides
     block_size: int = 32                # int4: weights per scale along K (16, 32, 64, 128 or 256)
     symmetric_weights: bool = False     # int4: zero point fixed at 8 (default: a zero point per block)
-    algorithm: WeightAlgorithm = WeightAlgorithm.RTN  # int4: rtn, or gptq (with --data)
+    algorithm: WeightAlgorithm = WeightAlgorithm.RTN  # int4: rtn, or gptq / awq (with --data)
 
 
 @dataclasses.dataclass

@@ -9,12 +9,28 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from models import small_mlp
+from models import _model, small_mlp
 from quantcli.cli.app import app
 from quantcli.quantize.blockwise import quantize_blockwise
 from quantcli.runtime.session import make_session
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+
+
+def _ffn(d: int = 256, seed: int = 0) -> onnx.ModelProto:
+    """MatMul+Add -> Relu -> MatMul+Add on [batch, seq, d]: d x d weights, large enough for INT4 to pay off."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1_bias"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["o"], name="fc2"),
+             helper.make_node("Add", ["o", "b2"], ["y"], name="fc2_bias")]
+    inits = [numpy_helper.from_array((rng.normal(size=(d, d)) / np.sqrt(d)).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.normal(size=d) * 0.1).astype(np.float32), "b1"),
+             numpy_helper.from_array((rng.normal(size=(d, d)) / np.sqrt(d)).astype(np.float32), "w2"),
+             numpy_helper.from_array((rng.normal(size=d) * 0.1).astype(np.float32), "b2")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", d])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", d])], inits)
 
 
 def _nbits_model(bq, k, n, symmetric, level=0):
@@ -58,7 +74,7 @@ def test_zero_is_exact_and_constant_blocks_do_not_divide_by_zero():
 
 
 def test_convert_int4_replaces_weighted_matmuls_and_stays_close(tmp_path):
-    onnx.save(small_mlp(), tmp_path / "mlp.onnx")
+    onnx.save(_ffn(), tmp_path / "mlp.onnx")
     r = CliRunner().invoke(app, ["convert", str(tmp_path / "mlp.onnx"), "--precision", "int4", "--block-size", "16",
                                  "-o", str(tmp_path / "q.onnx"), "--json", str(tmp_path / "r.json"), "-q"])
     assert r.exit_code == 0, r.output
@@ -67,8 +83,8 @@ def test_convert_int4_replaces_weighted_matmuls_and_stays_close(tmp_path):
     assert ops.count("MatMulNBits") == 2 and "MatMul" not in ops
     assert all(a.i == 16 for n in q.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
                if a.name == "block_size")
-    x = np.random.default_rng(3).normal(size=(2, 5, 32)).astype(np.float32)
-    ref = make_session(small_mlp()).run(None, {"x": x})[0]
+    x = np.random.default_rng(3).normal(size=(2, 5, 256)).astype(np.float32)
+    ref = make_session(_ffn()).run(None, {"x": x})[0]
     got = make_session(q).run(None, {"x": x})[0]
     sqnr = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2))
     assert sqnr > 15, sqnr
@@ -84,9 +100,11 @@ def test_int4_on_the_mlp_sample_gemms_with_bias_and_exclusion(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     q = onnx.load(tmp_path / "q.onnx")
     nbits = [n for n in q.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == len(report["quantized_nodes"]) >= 2
+    assert len(nbits) == len(report["quantized_nodes"]) == 1  # 768x768; 64x768 is too small to pay off
     assert all(len(n.input) == 6 and n.input[5] for n in nbits)  # the Gemm bias rides along
     (last,) = [n for n, why in report["float_nodes"].items() if why["reason"] == "excluded"]
+    (small,) = [n for n, why in report["float_nodes"].items() if "too small for INT4" in why["detail"]]
+    assert small != last
     assert any(n.name == last and n.op_type == "Gemm" for n in q.graph.node)
     assert (tmp_path / "q.onnx").stat().st_size < 0.35 * (SAMPLES / "digits_mlp.onnx").stat().st_size
     data = np.load(SAMPLES / "digits_mlp-eval.npz")
@@ -120,8 +138,9 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs():
 
 
 def test_convert_int4_gptq_uses_the_calibration_data(tmp_path):
-    onnx.save(small_mlp(), tmp_path / "mlp.onnx")
-    x = np.random.default_rng(4).normal(size=(64, 6, 32)).astype(np.float32)
+    onnx.save(_ffn(), tmp_path / "mlp.onnx")
+    x = (np.random.default_rng(4).normal(size=(64, 6, 16)) @ np.random.default_rng(5).normal(size=(16, 256))).astype(
+        np.float32)  # correlated input channels, as real activations have
     np.savez(tmp_path / "calib.npz", x=x)
     out = {}
     for algo in ("rtn", "gptq"):
@@ -132,9 +151,64 @@ def test_convert_int4_gptq_uses_the_calibration_data(tmp_path):
         out[algo] = make_session(onnx.load(tmp_path / f"{algo}.onnx")).run(None, {"x": x[:16]})[0]
     notes = " ".join(json.loads((tmp_path / "gptq.json").read_text())["notes"])
     assert "GPTQ on 64 calibration samples" in notes
-    ref = make_session(small_mlp()).run(None, {"x": x[:16]})[0]
+    ref = make_session(_ffn()).run(None, {"x": x[:16]})[0]
     err = {a: float(np.sum((ref - y) ** 2)) for a, y in out.items()}
     assert err["gptq"] < err["rtn"], err
     r = CliRunner().invoke(app, ["convert", str(tmp_path / "mlp.onnx"), "--precision", "int4", "--algorithm", "gptq",
                                  "-o", str(tmp_path / "no.onnx")])
     assert r.exit_code == 2 and "needs calibration data" in r.output and not (tmp_path / "no.onnx").exists()
+
+
+def test_awq_scales_help_where_input_channels_carry_outliers():
+    """AWQ's search includes alpha = 0 (round to nearest), so on the calibration data it is never worse; with a few
+    input channels 30x larger than the rest it is better on held-out inputs too."""
+    from quantcli.quantize.awq import awq_scales
+
+    rng = np.random.default_rng(1)
+    k, n = 128, 48
+    mag = np.ones(k)
+    mag[rng.choice(k, 6, replace=False)] = 30.0
+    x = rng.normal(size=(4096, k)) * mag
+    w = rng.normal(size=(k, n)).astype(np.float32)
+    fit, held = x[:2048], x[2048:]
+    s, alpha, err, rtn = awq_scales([w], fit.T @ fit, len(fit), 32)
+    assert alpha > 0 and err < rtn
+    ref = held @ w
+    rtn_q = quantize_blockwise(w, 32).dequantize()
+    awq_q = quantize_blockwise((w * s[:, None]).astype(np.float32), 32).dequantize() / s[:, None]
+    assert np.sum((ref - held @ awq_q) ** 2) < 0.9 * np.sum((ref - held @ rtn_q) ** 2)
+
+
+def test_convert_int4_awq_inserts_one_mul_per_scaled_input(tmp_path):
+    onnx.save(_ffn(), tmp_path / "mlp.onnx")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(64, 6, 256)).astype(np.float32)
+    x[..., :3] *= 25.0  # outlier input channels
+    np.savez(tmp_path / "calib.npz", x=x)
+    outs = {}
+    for algo in ("rtn", "awq"):
+        r = CliRunner().invoke(app, ["convert", str(tmp_path / "mlp.onnx"), "--precision", "int4", "--block-size", "16",
+                                     "--algorithm", algo, "--data", str(tmp_path / "calib.npz"),
+                                     "-o", str(tmp_path / f"{algo}.onnx"), "--json", str(tmp_path / f"{algo}.json")])
+        assert r.exit_code == 0, r.output
+        q = onnx.load(tmp_path / f"{algo}.onnx")
+        outs[algo] = (q, make_session(q).run(None, {"x": x[:16]})[0])
+    q = outs["awq"][0]
+    muls = [n for n in q.graph.node if n.op_type == "Mul" and n.name.endswith("_awq_Mul")]
+    assert muls and muls[0].input[0] == "x"
+    assert any(n.op_type == "MatMulNBits" and n.input[0] == muls[0].output[0] for n in q.graph.node)
+    ref = make_session(_ffn()).run(None, {"x": x[:16]})[0]
+    err = {a: float(np.sum((ref - y) ** 2)) for a, (_, y) in outs.items()}
+    assert err["awq"] < err["rtn"], err
+    assert "AWQ:" in " ".join(json.loads((tmp_path / "awq.json").read_text())["notes"])
+
+
+def test_small_weights_stay_float_with_the_reason(tmp_path):
+    onnx.save(small_mlp(), tmp_path / "mlp.onnx")  # 32x64 and 64x8 weights
+    r = CliRunner().invoke(app, ["convert", str(tmp_path / "mlp.onnx"), "--precision", "int4", "-o",
+                                 str(tmp_path / "q.onnx"), "--json", str(tmp_path / "r.json"), "-q"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert not report["quantized_nodes"]
+    assert all("too small for INT4" in report["float_nodes"][n]["detail"] for n in ("fc1", "fc2"))
+    assert not any(n.op_type == "MatMulNBits" for n in onnx.load(tmp_path / "q.onnx").graph.node)

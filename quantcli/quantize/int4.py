@@ -8,7 +8,10 @@ block and use its integer dot-product kernels (x86 with AVX2 or better, ARM with
 * MatMul: A a float activation, B a float32 constant of rank 2;
 * Gemm: transA = 0, alpha = 1, B a float32 2-D constant, C absent or a 1-D [N] constant with beta = 1 (it
   becomes MatMulNBits' bias);
-* K at least 16 (a smaller weight gains nothing from 4 bits).
+* at least MIN_WEIGHT_ELEMENTS weights: MatMulNBits reads 4-bit weights fast but has a fixed cost per call, so
+  it beats FP32 only where reading the weight dominates.  Measured with accuracy_level 4 on AVX512-VNNI (AMD
+  EPYC, onnxruntime 1.32, 1 thread, batch 1): 768x768 x0.35 of FP32, 2048x2048 x0.11, 256x256 x0.93, but
+  64x768 x1.09 and 64x64 (16 rows) x1.31; the transformer sample (64-wide) ran x1.6 slower all-INT4.
 Nodes excluded (``--exclude``, fp32/fp16 node rules) stay float with their reason.
 """
 
@@ -21,7 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..cpu import CpuInfo
-from ..recipe import NodePrecision
+from ..recipe import NodePrecision, WeightAlgorithm
 from ..settings import Resolved
 from ..transforms.graph import GraphIndex, attr, float_tensors, remove_unused_initializers
 from ..transforms.layout import layout
@@ -30,7 +33,7 @@ from .blockwise import quantize_blockwise
 from .policy import is_excluded, resolve_presets
 from .reasons import Reason, Why
 
-MIN_K = 16
+MIN_WEIGHT_ELEMENTS = 1 << 16  # K * N
 MS_DOMAIN = "com.microsoft"
 
 
@@ -54,66 +57,99 @@ def _why_not(node: onnx.NodeProto, idx: GraphIndex, floats: set[str]) -> str | N
             c = idx.const(node.input[2])
             if c is None or c.ndim != 1 or attr(node, "beta", 1.0) != 1.0:
                 return "Gemm bias is not a 1-D constant (with beta = 1)"
-    k = w.shape[1] if layout(node).out_axis == 0 else w.shape[0]
-    if k < MIN_K:
-        return f"K = {k} is below {MIN_K}"
+    if w.size < MIN_WEIGHT_ELEMENTS:
+        return (f"weight {w.shape[0]}x{w.shape[1]} is too small for INT4 to pay off (MatMulNBits runs slower than "
+                f"FP32 below {MIN_WEIGHT_ELEMENTS} weights)")
     return None
 
 
-def quantize_int4(model: onnx.ModelProto, res: Resolved, grams: dict | None = None
-                  ) -> tuple[onnx.ModelProto, dict[str, str], dict[str, Why]]:
-    """Returns (the model with MatMulNBits, quantized node -> op type, float node -> why).  ``grams`` (GPTQ):
-    input tensor -> (X^T X, rows) from calibration data; without it, round to nearest."""
-    s = res.convert
-    model = copy.deepcopy(model)
-    g = model.graph
-    idx = GraphIndex(g)
-    floats = float_tensors(model)
-    keep = resolve_presets(model, list(s.exclude) + [r.match for r in s.nodes if r.precision != NodePrecision.INT8])
-    level = accuracy_level(res.cpu)
-    quantized: dict[str, str] = {}
-    kept: dict[str, Why] = {}
-    new_nodes: list[onnx.NodeProto] = []
-    for node in g.node:
-        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
-            new_nodes.append(node)
-            continue
-        why = reasons.EXCLUDED if is_excluded(node, keep) else None
-        detail = None if why else _why_not(node, idx, floats)
-        if why or detail:
-            kept[node.name] = why or Why(Reason.NOT_QUANTIZABLE, detail)
-            new_nodes.append(node)
-            continue
-        gram = grams.get(node.input[0]) if grams else None
-        new_nodes.append(_matmul_nbits(node, idx, g, s.block_size, s.symmetric_weights, level, gram))
-        quantized[node.name] = node.op_type
-    del g.node[:]
-    g.node.extend(new_nodes)
-    remove_unused_initializers(g)
-    if quantized and not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return model, quantized, kept
-
-
-def candidates(model: onnx.ModelProto, res: Resolved) -> list[onnx.NodeProto]:
-    """The MatMul/Gemm nodes int4 will quantize (GPTQ asks the data pass for their inputs' Gram matrices)."""
-    return [n for n in model.graph.node if n.name in quantize_int4_plan(model, res)]
-
-
-def quantize_int4_plan(model: onnx.ModelProto, res: Resolved) -> set[str]:
+def plan_int4(model: onnx.ModelProto, res: Resolved) -> tuple[list[onnx.NodeProto], dict[str, Why]]:
+    """The MatMul/Gemm nodes int4 quantizes (in graph order) and the others with why they stay float."""
     s = res.convert
     idx = GraphIndex(model.graph)
     floats = float_tensors(model)
     keep = resolve_presets(model, list(s.exclude) + [r.match for r in s.nodes if r.precision != NodePrecision.INT8])
-    return {n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.domain in ("", "ai.onnx")
-            and not is_excluded(n, keep) and _why_not(n, idx, floats) is None}
+    chosen, kept = [], {}
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+            continue
+        detail = None if is_excluded(node, keep) else _why_not(node, idx, floats)
+        if is_excluded(node, keep) or detail:
+            kept[node.name] = reasons.EXCLUDED if detail is None else Why(Reason.NOT_QUANTIZABLE, detail)
+        else:
+            chosen.append(node)
+    return chosen, kept
+
+
+def quantize_int4(model: onnx.ModelProto, res: Resolved, grams: dict | None = None
+                  ) -> tuple[onnx.ModelProto, dict[str, str], dict[str, Why], list[str]]:
+    """Returns (the model with MatMulNBits, quantized node -> op type, float node -> why, notes).  ``grams``:
+    input tensor -> (X^T X, rows) from calibration data, used by GPTQ and AWQ; RTN needs none."""
+    s = res.convert
+    model = copy.deepcopy(model)
+    g = model.graph
+    idx = GraphIndex(g)
+    chosen, kept = plan_int4(model, res)
+    level = accuracy_level(res.cpu)
+    row_scales, muls, notes = ({}, {}, []) if s.algorithm != WeightAlgorithm.AWQ else _awq(chosen, idx, g, grams, s)
+    replaced = {}
+    for node in chosen:
+        gram = grams.get(node.input[0]) if grams and s.algorithm == WeightAlgorithm.GPTQ else None
+        replaced[node.name] = _matmul_nbits(node, idx, g, s.block_size, s.symmetric_weights, level, gram,
+                                            row_scales.get(node.input[0]))
+    new_nodes = []
+    for node in g.node:
+        new_nodes += ([muls[node.name]] if node.name in muls else []) + [replaced.get(node.name, node)]
+    del g.node[:]
+    g.node.extend(new_nodes)
+    remove_unused_initializers(g)
+    if chosen and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return model, {n.name: n.op_type for n in chosen}, kept, notes
+
+
+def _awq(chosen: list[onnx.NodeProto], idx: GraphIndex, g: onnx.GraphProto, grams: dict, s
+         ) -> tuple[dict[str, np.ndarray], dict[str, onnx.NodeProto], list[str]]:
+    """Per shared input: the AWQ row scales s (weights are quantized as s * W, keyed by the input tensor) and a
+    Mul by 1 / s in front of the first layer reading it (keyed by that layer's name); a note on what was chosen."""
+    from .awq import awq_scales
+
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node in chosen:
+        groups.setdefault(node.input[0], []).append(node)
+    scales: dict[str, np.ndarray] = {}
+    muls: dict[str, onnx.NodeProto] = {}
+    gains = []
+    for x, nodes in groups.items():
+        ws = [_weight_kn(n, idx) for n in nodes]
+        scale, alpha, err, rtn = awq_scales(ws, grams[x][0], grams[x][1], s.block_size, symmetric=s.symmetric_weights)
+        if alpha == 0.0:
+            continue
+        name = f"{x}_awq"
+        g.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{name}_inv_scale"))
+        muls[nodes[0].name] = helper.make_node("Mul", [x, f"{name}_inv_scale"], [name], name=f"{name}_Mul")
+        scales[name] = scale
+        for n in nodes:
+            n.input[0] = name
+        gains.append(10 * np.log10(rtn / err) if err > 0 else float("inf"))
+    note = (f"AWQ: {len(gains)} of {len(groups)} layer input(s) scaled (calibration output error "
+            f"{min(gains):.1f}-{max(gains):.1f} dB lower than round to nearest)" if gains
+            else f"AWQ: round to nearest was best for all {len(groups)} layer input(s)")
+    return scales, muls, [note]
+
+
+def _weight_kn(node: onnx.NodeProto, idx: GraphIndex) -> np.ndarray:
+    """The layer's weight as [K, N] (Gemm with transB stores [N, K])."""
+    w = idx.const(node.input[1])
+    return w.T if node.op_type == "Gemm" and layout(node).out_axis == 0 else w
 
 
 def _matmul_nbits(node: onnx.NodeProto, idx: GraphIndex, g: onnx.GraphProto, block_size: int, symmetric: bool,
-                  level: int, gram: tuple[np.ndarray, int] | None = None) -> onnx.NodeProto:
-    w = idx.const(node.input[1])
-    if node.op_type == "Gemm" and layout(node).out_axis == 0:
-        w = w.T  # Gemm transB=1 stores [N, K]
+                  level: int, gram: tuple[np.ndarray, int] | None = None,
+                  row_scale: np.ndarray | None = None) -> onnx.NodeProto:
+    w = _weight_kn(node, idx)
+    if row_scale is not None:  # AWQ: the input arrives divided by row_scale, so the weight rows carry it
+        w = (w.astype(np.float64) * row_scale[:, None]).astype(np.float32)
     k, n = w.shape
     if gram is not None:
         from .gptq import gptq_quantize

@@ -64,7 +64,7 @@ def dynamic(prep: Prepared, res: Resolved) -> SchemeResult:
 
 
 def int4(prep: Prepared, res: Resolved, progress: Progress = no_progress) -> SchemeResult:
-    from .int4 import accuracy_level, candidates, quantize_int4
+    from .int4 import accuracy_level, plan_int4, quantize_int4
 
     from ..errors import QuantcliError
     from .blockwise import BLOCK_SIZES
@@ -74,14 +74,14 @@ def int4(prep: Prepared, res: Resolved, progress: Progress = no_progress) -> Sch
         raise QuantcliError(f"--block-size {s.block_size}: MatMulNBits takes a power of two: "
                             f"{', '.join(map(str, BLOCK_SIZES))}")
     grams, how = None, "round to nearest"
-    if s.algorithm == WeightAlgorithm.GPTQ:
-        grams, samples = _input_grams(prep.model, candidates(prep.model, res), res, progress)
-        how = f"GPTQ on {samples} calibration samples"
-    model, quantized, kept = quantize_int4(prep.model, res, grams)
+    if s.algorithm != WeightAlgorithm.RTN:
+        grams, samples = _input_grams(prep.model, plan_int4(prep.model, res)[0], res, progress)
+        how = f"{s.algorithm.value.upper()} on {samples} calibration samples"
+    model, quantized, kept, notes = quantize_int4(prep.model, res, grams)
     note = (f"int4 weight-only: {len(quantized)} MatMul/Gemm weight(s) in {s.block_size}-value blocks "
             f"({'symmetric' if s.symmetric_weights else 'zero point per block'}), {how}; "
             f"MatMulNBits accuracy_level {accuracy_level(res.cpu)} on this CPU")
-    return SchemeResult(model, quantized, kept, notes=[note])
+    return SchemeResult(model, quantized, kept, notes=[note] + notes)
 
 
 def _input_grams(model: onnx.ModelProto, nodes: list, res: Resolved, progress: Progress) -> tuple[dict, int]:
@@ -93,7 +93,7 @@ def _input_grams(model: onnx.ModelProto, nodes: list, res: Resolved, progress: P
 
     data = res.calibration_data
     if not data:
-        raise QuantcliError("convert --algorithm gptq needs calibration data: pass --data PATH")
+        raise QuantcliError(f"convert --algorithm {res.convert.algorithm.value} needs calibration data: pass --data PATH")
     cal = res.calibrate
     ds = Dataset(data, input_specs(model))
     bs = ds.default_batch_size(cal.batch_size if cal else None)
