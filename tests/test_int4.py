@@ -38,21 +38,22 @@ def _nbits_model(bq, k, n, symmetric, level=0):
     inits = [numpy_helper.from_array(bq.packed, "B"), numpy_helper.from_array(bq.scales.reshape(-1), "s")]
     if not symmetric:
         inits.append(numpy_helper.from_array(bq.zero_points.reshape(-1), "zp"))
-    node = helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=k, N=n, bits=4,
+    node = helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=k, N=n, bits=bq.bits,
                             block_size=bq.block_size, accuracy_level=level)
     g = helper.make_graph([node], "nbits", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, k])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("k,block", [(96, 32), (40, 32), (64, 16), (256, 128)])
-def test_packing_is_what_onnxruntime_dequantizes(k, block, symmetric):
+def test_packing_is_what_onnxruntime_dequantizes(k, block, symmetric, bits):
     """At accuracy_level 0 MatMulNBits computes A @ dequant(B) in float: it must equal our own dequantization,
     including the zero padding of K to whole blocks and the odd block count's zero-point nibble."""
     rng = np.random.default_rng(k + block)
     w = (rng.normal(size=(k, 24)) * rng.uniform(0.1, 3, size=(1, 24))).astype(np.float32)
-    bq = quantize_blockwise(w, block, symmetric=symmetric)
+    bq = quantize_blockwise(w, block, symmetric=symmetric, bits=bits)
     a = rng.normal(size=(5, k)).astype(np.float32)
     got = make_session(_nbits_model(bq, k, 24, symmetric)).run(None, {"a": a})[0]
     want = a @ bq.dequantize()
@@ -212,3 +213,17 @@ def test_small_weights_stay_float_with_the_reason(tmp_path):
     assert not report["quantized_nodes"]
     assert all("too small for INT4" in report["float_nodes"][n]["detail"] for n in ("fc1", "fc2"))
     assert not any(n.op_type == "MatMulNBits" for n in onnx.load(tmp_path / "q.onnx").graph.node)
+
+
+def test_int8_node_rule_keeps_a_layer_at_8_bits(tmp_path):
+    """Mixed weight-only precision: an int8 node rule makes that layer an 8-bit MatMulNBits, closer to FP32."""
+    onnx.save(_ffn(), tmp_path / "m.onnx")
+    r = CliRunner().invoke(app, ["convert", str(tmp_path / "m.onnx"), "--precision", "int4", "--node",
+                                 "fc2:precision=int8", "-o", str(tmp_path / "q.onnx"), "-q"])
+    assert r.exit_code == 0, r.output
+    q = onnx.load(tmp_path / "q.onnx")
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in q.graph.node
+            if n.op_type == "MatMulNBits"}
+    assert bits == {"fc1": 4, "fc2": 8}
+    x = np.random.default_rng(2).normal(size=(2, 4, 256)).astype(np.float32)
+    assert np.all(np.isfinite(make_session(q).run(None, {"x": x})[0]))

@@ -24,7 +24,7 @@ def output_error(dw: np.ndarray, gram: np.ndarray) -> float:
 
 
 def awq_scales(weights: list[np.ndarray], gram: np.ndarray, count: int, block_size: int, *, symmetric: bool = False,
-               grid: int = GRID) -> tuple[np.ndarray, float, float, float]:
+               bits: int = 4, grid: int = GRID) -> tuple[np.ndarray, float, float, float]:
     """``weights``: the [K, N] weights of the layers sharing one input.  Returns (s [K], alpha, error with s,
     error of round to nearest)."""
     gram = np.asarray(gram, np.float64)
@@ -38,7 +38,7 @@ def awq_scales(weights: list[np.ndarray], gram: np.ndarray, count: int, block_si
         err = 0.0
         for w in weights:
             scaled = (w.astype(np.float64) * s[:, None]).astype(np.float32)
-            deq = quantize_blockwise(scaled, block_size, symmetric=symmetric).dequantize().astype(np.float64)
+            deq = quantize_blockwise(scaled, block_size, symmetric=symmetric, bits=bits).dequantize().astype(np.float64)
             err += output_error(w - deq / s[:, None], gram)
         if alpha == 0.0:
             rtn = err

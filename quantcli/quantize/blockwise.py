@@ -1,16 +1,17 @@
-"""Block-wise 4-bit weight quantization (round to nearest) in ONNX Runtime's ``MatMulNBits`` layout.
+"""Block-wise 4- or 8-bit weight quantization (round to nearest) in ONNX Runtime's ``MatMulNBits`` layout.
 
 For ``Y = A @ W`` with ``W`` of shape [K, N], each output column n is cut along K into blocks of
-``block_size`` values; each block gets a scale and (asymmetric) a zero point::
+``block_size`` values; each block gets a scale and (asymmetric) a zero point.  With ``L = 2**bits - 1`` levels
+(15 for 4 bits, 255 for 8) and ``m = 2**(bits - 1)`` (8, 128)::
 
-    asymmetric:  scale = (max - min) / 15,   zp = clip(round(-min / scale), 0, 15)   (0 lies on the grid)
-    symmetric:   scale = max|w| / 7,         zp = 8                                  (codes -7..7 around 8)
-    q = clip(round(w / scale) + zp, 0, 15),  w ~ (q - zp) * scale
+    asymmetric:  scale = (max - min) / L,     zp = clip(round(-min / scale), 0, L)    (0 lies on the grid)
+    symmetric:   scale = max|w| / (m - 1),    zp = m                                   (codes -(m-1)..m-1 around m)
+    q = clip(round(w / scale) + zp, 0, L),    w ~ (q - zp) * scale
 
-which is how ``MatMulNBits`` (domain com.microsoft) dequantizes: ``B`` is uint8 [N, k_blocks, block_size / 2]
-with two codes per byte, the lower K index in the low nibble; ``scales`` float [N * k_blocks]; ``zero_points``
-uint8 [N * ceil(k_blocks / 2)], two per byte, low nibble first (absent: 8).  K is padded with zeros to a
-whole number of blocks.
+which is how ``MatMulNBits`` (domain com.microsoft) dequantizes: ``B`` is uint8 [N, k_blocks, block_size * bits / 8]
+(4 bits: two codes per byte, the lower K index in the low nibble); ``scales`` float [N * k_blocks];
+``zero_points`` uint8, packed the same way per column (absent: m).  K is padded with zeros to a whole number of
+blocks.
 """
 
 from __future__ import annotations
@@ -19,20 +20,24 @@ import dataclasses
 
 import numpy as np
 
-BITS = 4
-LEVELS = (1 << BITS) - 1  # 15
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+BITS = (4, 8)
+
+
+def levels(bits: int) -> int:
+    return (1 << bits) - 1
 
 
 @dataclasses.dataclass
 class BlockQuant:
-    packed: np.ndarray           # uint8 [N, k_blocks, block_size // 2]
-    scales: np.ndarray           # float32 [N, k_blocks]
-    zero_points: np.ndarray | None  # uint8 [N, ceil(k_blocks / 2)] packed, None when symmetric (8)
-    codes: np.ndarray            # uint8 [N, k_blocks, block_size]: unpacked codes
-    zp: np.ndarray               # uint8 [N, k_blocks]: unpacked zero points
+    packed: np.ndarray              # uint8 [N, k_blocks, block_size * bits / 8]
+    scales: np.ndarray              # float32 [N, k_blocks]
+    zero_points: np.ndarray | None  # uint8 [N, k_blocks * bits / 8 (rounded up)] packed; None when symmetric
+    codes: np.ndarray               # uint8 [N, k_blocks, block_size]: unpacked codes
+    zp: np.ndarray                  # uint8 [N, k_blocks]: unpacked zero points
     k: int
     block_size: int
+    bits: int = 4
 
     def dequantize(self) -> np.ndarray:
         """W as MatMulNBits computes with it: [K, N] float32."""
@@ -40,45 +45,51 @@ class BlockQuant:
         return np.ascontiguousarray(w.reshape(w.shape[0], -1)[:, :self.k].T)
 
 
-def _pack_pairs(a: np.ndarray) -> np.ndarray:
-    """Two 4-bit values per byte along the last axis (padded to even), the first in the low nibble."""
+def _pack(a: np.ndarray, bits: int) -> np.ndarray:
+    """8 bits: as is; 4 bits: two values per byte along the last axis (padded to even), the first in the low nibble."""
+    if bits == 8:
+        return a.astype(np.uint8)
     if a.shape[-1] % 2:
         a = np.concatenate([a, np.zeros(a.shape[:-1] + (1,), a.dtype)], axis=-1)
     return (a[..., 0::2] | (a[..., 1::2] << 4)).astype(np.uint8)
 
 
-def block_params(blocks: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+def block_params(blocks: np.ndarray, symmetric: bool, bits: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Scale (float32) and zero point (as float) of each block along the last axis of ``blocks``."""
     blocks = np.asarray(blocks, np.float64)
+    top = levels(bits)
     if symmetric:
-        scale = np.abs(blocks).max(axis=-1) / 7.0
-        zp = np.full(scale.shape, 8.0)
+        mid = float(1 << (bits - 1))
+        scale = np.abs(blocks).max(axis=-1) / (mid - 1)
+        zp = np.full(scale.shape, mid)
     else:
         lo = np.minimum(blocks.min(axis=-1), 0.0)
         hi = np.maximum(blocks.max(axis=-1), 0.0)
-        scale = (hi - lo) / LEVELS
-        zp = np.clip(np.round(-lo / np.where(scale > 0, scale, 1.0)), 0, LEVELS)
+        scale = (hi - lo) / top
+        zp = np.clip(np.round(-lo / np.where(scale > 0, scale, 1.0)), 0, top)
     return np.where(scale > 0, scale, 1.0).astype(np.float32), zp
 
 
 def pack_codes(codes: np.ndarray, scales: np.ndarray, zps: np.ndarray, k: int, block_size: int,
-               symmetric: bool) -> BlockQuant:
+               symmetric: bool, bits: int = 4) -> BlockQuant:
     """Codes [N, k_blocks, block_size], scales and zero points [N, k_blocks] in MatMulNBits' layout."""
     zps = zps.astype(np.uint8)
-    return BlockQuant(_pack_pairs(codes), scales.astype(np.float32), None if symmetric else _pack_pairs(zps),
-                      codes, zps, k, block_size)
+    return BlockQuant(_pack(codes, bits), scales.astype(np.float32), None if symmetric else _pack(zps, bits),
+                      codes, zps, k, block_size, bits)
 
 
-def quantize_blockwise(w: np.ndarray, block_size: int = 32, *, symmetric: bool = False) -> BlockQuant:
-    """RTN 4-bit quantization of ``w`` [K, N] in blocks of ``block_size`` along K."""
+def quantize_blockwise(w: np.ndarray, block_size: int = 32, *, symmetric: bool = False, bits: int = 4) -> BlockQuant:
+    """Round-to-nearest ``bits``-bit quantization of ``w`` [K, N] in blocks of ``block_size`` along K."""
     if block_size not in BLOCK_SIZES:
         raise ValueError(f"block size must be one of {BLOCK_SIZES}, got {block_size}")
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}, got {bits}")
     w = np.asarray(w, np.float32)
     k, n = w.shape
     kb = -(-k // block_size)
     cols = np.zeros((n, kb * block_size), np.float32)
     cols[:, :k] = w.T
     blocks = cols.reshape(n, kb, block_size).astype(np.float64)
-    scale, zp = block_params(blocks, symmetric)
-    q = np.clip(np.round(blocks / scale[..., None].astype(np.float64)) + zp[..., None], 0, LEVELS).astype(np.uint8)
-    return pack_codes(q, scale, zp, k, block_size, symmetric)
+    scale, zp = block_params(blocks, symmetric, bits)
+    q = np.clip(np.round(blocks / scale[..., None].astype(np.float64)) + zp[..., None], 0, levels(bits))
+    return pack_codes(q.astype(np.uint8), scale, zp, k, block_size, symmetric, bits)

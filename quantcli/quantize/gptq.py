@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blockwise import BlockQuant, block_params, pack_codes
+from .blockwise import BlockQuant, block_params, levels, pack_codes
 
 DAMP = 0.01
 
 
 def gptq_quantize(w: np.ndarray, gram: np.ndarray, count: int, block_size: int = 32, *, symmetric: bool = False,
-                  damp: float = DAMP) -> BlockQuant:
+                  bits: int = 4, damp: float = DAMP) -> BlockQuant:
     """``w`` [K, N]; ``gram`` = X^T X over ``count`` input rows X [count, K]."""
     w = np.array(w, np.float64)
     k, n = w.shape
@@ -42,12 +42,12 @@ def gptq_quantize(w: np.ndarray, gram: np.ndarray, count: int, block_size: int =
         lo, hi = b * block_size, min((b + 1) * block_size, k)
         block = np.zeros((n, block_size))
         block[:, :hi - lo] = w[lo:hi].T
-        scale32, zp = block_params(block, symmetric)
+        scale32, zp = block_params(block, symmetric, bits)
         scales[:, b], zps[:, b] = scale32, zp
         scale = scale32.astype(np.float64)
         for r in range(lo, hi):
-            q = np.clip(np.round(w[r] / scale) + zp, 0, 15)
+            q = np.clip(np.round(w[r] / scale) + zp, 0, levels(bits))
             codes[:, b, r - lo] = q
             err = (w[r] - (q - zp) * scale) / hinv[r, r]
             w[r + 1:] -= np.outer(hinv[r, r + 1:], err)
-    return pack_codes(codes, scales, zps, k, block_size, symmetric)
+    return pack_codes(codes, scales, zps, k, block_size, symmetric, bits)

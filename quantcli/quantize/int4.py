@@ -1,4 +1,5 @@
-"""Weight-only INT4: MatMul (and Gemm) with a constant 2-D weight become ONNX Runtime's ``MatMulNBits``.
+"""Weight-only INT4: MatMul (and Gemm) with a constant 2-D weight become ONNX Runtime's ``MatMulNBits``
+(8-bit for the nodes an ``int8`` node rule matches, e.g. ``--node 'lm_head:precision=int8'``).
 
 Activations stay float; each weight is stored as 4-bit codes in blocks along K (:mod:`.blockwise`, round to
 nearest) and dequantized inside the kernel.  ``accuracy_level`` 4 lets ONNX Runtime quantize A to int8 per
@@ -91,12 +92,14 @@ def quantize_int4(model: onnx.ModelProto, res: Resolved, grams: dict | None = No
     idx = GraphIndex(g)
     chosen, kept = plan_int4(model, res)
     level = accuracy_level(res.cpu)
-    row_scales, muls, notes = ({}, {}, []) if s.algorithm != WeightAlgorithm.AWQ else _awq(chosen, idx, g, grams, s)
+    bits = {n.name: weight_bits(n, model, res) for n in chosen}
+    row_scales, muls, notes = ({}, {}, []) if s.algorithm != WeightAlgorithm.AWQ else _awq(chosen, idx, g, grams, s,
+                                                                                         bits)
     replaced = {}
     for node in chosen:
         gram = grams.get(node.input[0]) if grams and s.algorithm == WeightAlgorithm.GPTQ else None
         replaced[node.name] = _matmul_nbits(node, idx, g, s.block_size, s.symmetric_weights, level, gram,
-                                            row_scales.get(node.input[0]))
+                                            row_scales.get(node.input[0]), bits[node.name])
     new_nodes = []
     for node in g.node:
         new_nodes += ([muls[node.name]] if node.name in muls else []) + [replaced.get(node.name, node)]
@@ -108,7 +111,13 @@ def quantize_int4(model: onnx.ModelProto, res: Resolved, grams: dict | None = No
     return model, {n.name: n.op_type for n in chosen}, kept, notes
 
 
-def _awq(chosen: list[onnx.NodeProto], idx: GraphIndex, g: onnx.GraphProto, grams: dict, s
+def weight_bits(node: onnx.NodeProto, model: onnx.ModelProto, res: Resolved) -> int:
+    """8 for nodes an int8 node rule matches (e.g. an lm_head or attention out-projection kept at 8 bits), else 4."""
+    rules = tuple(r.match for r in res.convert.nodes if r.precision == NodePrecision.INT8)
+    return 8 if rules and is_excluded(node, resolve_presets(model, rules)) else 4
+
+
+def _awq(chosen: list[onnx.NodeProto], idx: GraphIndex, g: onnx.GraphProto, grams: dict, s, bits: dict[str, int]
          ) -> tuple[dict[str, np.ndarray], dict[str, onnx.NodeProto], list[str]]:
     """Per shared input: the AWQ row scales s (weights are quantized as s * W, keyed by the input tensor) and a
     Mul by 1 / s in front of the first layer reading it (keyed by that layer's name); a note on what was chosen."""
@@ -122,7 +131,8 @@ def _awq(chosen: list[onnx.NodeProto], idx: GraphIndex, g: onnx.GraphProto, gram
     gains = []
     for x, nodes in groups.items():
         ws = [_weight_kn(n, idx) for n in nodes]
-        scale, alpha, err, rtn = awq_scales(ws, grams[x][0], grams[x][1], s.block_size, symmetric=s.symmetric_weights)
+        scale, alpha, err, rtn = awq_scales(ws, grams[x][0], grams[x][1], s.block_size, symmetric=s.symmetric_weights,
+                                            bits=min(bits[n.name] for n in nodes))
         if alpha == 0.0:
             continue
         name = f"{x}_awq"
@@ -146,7 +156,7 @@ def _weight_kn(node: onnx.NodeProto, idx: GraphIndex) -> np.ndarray:
 
 def _matmul_nbits(node: onnx.NodeProto, idx: GraphIndex, g: onnx.GraphProto, block_size: int, symmetric: bool,
                   level: int, gram: tuple[np.ndarray, int] | None = None,
-                  row_scale: np.ndarray | None = None) -> onnx.NodeProto:
+                  row_scale: np.ndarray | None = None, bits: int = 4) -> onnx.NodeProto:
     w = _weight_kn(node, idx)
     if row_scale is not None:  # AWQ: the input arrives divided by row_scale, so the weight rows carry it
         w = (w.astype(np.float64) * row_scale[:, None]).astype(np.float32)
@@ -154,10 +164,10 @@ def _matmul_nbits(node: onnx.NodeProto, idx: GraphIndex, g: onnx.GraphProto, blo
     if gram is not None:
         from .gptq import gptq_quantize
 
-        bq = gptq_quantize(w, gram[0], gram[1], block_size, symmetric=symmetric)
+        bq = gptq_quantize(w, gram[0], gram[1], block_size, symmetric=symmetric, bits=bits)
     else:
-        bq = quantize_blockwise(w, block_size, symmetric=symmetric)
-    base = f"{node.name}_int4"
+        bq = quantize_blockwise(w, block_size, symmetric=symmetric, bits=bits)
+    base = f"{node.name}_int{bits}"
     g.initializer.append(numpy_helper.from_array(bq.packed, f"{base}_B"))
     g.initializer.append(numpy_helper.from_array(bq.scales.reshape(-1), f"{base}_scales"))
     inputs = [node.input[0], f"{base}_B", f"{base}_scales"]
@@ -167,4 +177,4 @@ def _matmul_nbits(node: onnx.NodeProto, idx: GraphIndex, g: onnx.GraphProto, blo
     if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
         inputs += [""] * (4 - len(inputs)) + ["", node.input[2]]  # zero_points, g_idx, bias
     return helper.make_node("MatMulNBits", inputs, [node.output[0]], name=node.name, domain=MS_DOMAIN,
-                            K=k, N=n, bits=4, block_size=block_size, accuracy_level=level)
+                            K=k, N=n, bits=bits, block_size=block_size, accuracy_level=level)
