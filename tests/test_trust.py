@@ -285,6 +285,8 @@ def test_no_color_disables_the_progress_bar(monkeypatch):
 
     from quantcli.cli.app import UI
 
+    for var in ("CI", "NO_COLOR"):  # CI itself runs with CI=true, which also stops the bar
+        monkeypatch.delenv(var, raising=False)
     ui = UI()
     ui.err = Console(stderr=True, force_terminal=True, file=open(os.devnull, "w"))
     advance = ui.progress("x", 3)
