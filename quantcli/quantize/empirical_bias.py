@@ -52,7 +52,7 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
         try:
             shift_bias(model, name, shift)
         except ValueError as exc:
-            report.append(Event(EventKind.SKIPPED, name, str(exc)))
+            report.append(Event(EventKind.SKIPPED, name, f"skipped ({exc})"))
             continue
         top = float(np.max(np.abs(shift)))
         report.append(Event(EventKind.BIAS_SHIFTED, name, f"{name}: bias shifted by up to {top:.3g} (mean |shift| "

@@ -151,7 +151,7 @@ def preparation_events(prep: Prepared) -> tuple[dict[str, Why], list[Event]]:
     unfolded = {n: Why(Reason.NOT_FOLDED, why) for n, why in prep.results["fold-batchnorm"].skipped}
     cle = prep.results.get(CLE)
     events = [] if cle is None else [e for e in cle.events if e.kind != EventKind.SKIPPED] + [
-        dataclasses.replace(e, detail=f"not equalized: {e.detail}") for e in cle.events if e.kind == EventKind.SKIPPED]
+        dataclasses.replace(e, detail=f"not equalized ({e.detail})") for e in cle.events if e.kind == EventKind.SKIPPED]
     return unfolded, events
 
 

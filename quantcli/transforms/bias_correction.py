@@ -126,7 +126,7 @@ def analytic_correction(model: onnx.ModelProto, layers: dict[str, int | None], b
         if relu:
             src = idx.producer.get(src.input[0])
         if src is None or src.name not in bn_stats:
-            report.append(Event(EventKind.SKIPPED, name, "its input has no BatchNorm statistics"))
+            report.append(Event(EventKind.SKIPPED, name, "skipped (its input has no BatchNorm statistics)"))
             continue
         beta, gamma = bn_stats[src.name]
         s = cle_scales.get(src.name, 1.0)
@@ -139,7 +139,7 @@ def analytic_correction(model: onnx.ModelProto, layers: dict[str, int | None], b
         try:
             shift_bias(model, name, shift)
         except ValueError as exc:
-            report.append(Event(EventKind.SKIPPED, name, str(exc)))
+            report.append(Event(EventKind.SKIPPED, name, f"skipped ({exc})"))
             continue
         idx = GraphIndex(g)
         top = float(np.max(np.abs(shift)))

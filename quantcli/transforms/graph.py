@@ -30,7 +30,7 @@ class Event:
     value: float | None = None
 
     def __str__(self) -> str:
-        return f"{self.node}: skipped ({self.detail})" if self.kind == EventKind.SKIPPED else self.detail
+        return f"{self.node}: {self.detail}" if self.kind == EventKind.SKIPPED else self.detail
 
 
 @dataclasses.dataclass
