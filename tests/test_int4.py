@@ -138,22 +138,29 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs():
         assert gptq.packed.shape == rtn.packed.shape and gptq.codes.max() <= 15
 
 
+def _convert_each(tmp_path, algorithms, x) -> dict:
+    """convert --precision int4 with each algorithm on calib.npz; -> algorithm -> (model, outputs on x[:16])."""
+    out = {}
+    for algo in algorithms:
+        r = CliRunner().invoke(app, ["convert", str(tmp_path / "mlp.onnx"), "--precision", "int4", "--block-size", "16",
+                                     "--algorithm", algo, "--data", str(tmp_path / "calib.npz"),
+                                     "-o", str(tmp_path / f"{algo}.onnx"), "--json", str(tmp_path / f"{algo}.json")])
+        assert r.exit_code == 0, r.output
+        q = onnx.load(tmp_path / f"{algo}.onnx")
+        out[algo] = (q, make_session(q).run(None, {"x": x[:16]})[0])
+    return out
+
+
 def test_convert_int4_gptq_uses_the_calibration_data(tmp_path):
     onnx.save(_ffn(), tmp_path / "mlp.onnx")
     x = (np.random.default_rng(4).normal(size=(64, 6, 16)) @ np.random.default_rng(5).normal(size=(16, 256))).astype(
         np.float32)  # correlated input channels, as real activations have
     np.savez(tmp_path / "calib.npz", x=x)
-    out = {}
-    for algo in ("rtn", "gptq"):
-        r = CliRunner().invoke(app, ["convert", str(tmp_path / "mlp.onnx"), "--precision", "int4", "--block-size", "16",
-                                     "--algorithm", algo, "--data", str(tmp_path / "calib.npz"),
-                                     "-o", str(tmp_path / f"{algo}.onnx"), "--json", str(tmp_path / f"{algo}.json")])
-        assert r.exit_code == 0, r.output
-        out[algo] = make_session(onnx.load(tmp_path / f"{algo}.onnx")).run(None, {"x": x[:16]})[0]
+    out = _convert_each(tmp_path, ("rtn", "gptq"), x)
     notes = " ".join(json.loads((tmp_path / "gptq.json").read_text())["notes"])
     assert "GPTQ on 64 calibration samples" in notes
     ref = make_session(_ffn()).run(None, {"x": x[:16]})[0]
-    err = {a: float(np.sum((ref - y) ** 2)) for a, y in out.items()}
+    err = {a: float(np.sum((ref - y) ** 2)) for a, (_, y) in out.items()}
     assert err["gptq"] < err["rtn"], err
     r = CliRunner().invoke(app, ["convert", str(tmp_path / "mlp.onnx"), "--precision", "int4", "--algorithm", "gptq",
                                  "-o", str(tmp_path / "no.onnx")])
@@ -186,14 +193,7 @@ def test_convert_int4_awq_inserts_one_mul_per_scaled_input(tmp_path):
     x = rng.normal(size=(64, 6, 256)).astype(np.float32)
     x[..., :3] *= 25.0  # outlier input channels
     np.savez(tmp_path / "calib.npz", x=x)
-    outs = {}
-    for algo in ("rtn", "awq"):
-        r = CliRunner().invoke(app, ["convert", str(tmp_path / "mlp.onnx"), "--precision", "int4", "--block-size", "16",
-                                     "--algorithm", algo, "--data", str(tmp_path / "calib.npz"),
-                                     "-o", str(tmp_path / f"{algo}.onnx"), "--json", str(tmp_path / f"{algo}.json")])
-        assert r.exit_code == 0, r.output
-        q = onnx.load(tmp_path / f"{algo}.onnx")
-        outs[algo] = (q, make_session(q).run(None, {"x": x[:16]})[0])
+    outs = _convert_each(tmp_path, ("rtn", "awq"), x)
     q = outs["awq"][0]
     muls = [n for n in q.graph.node if n.op_type == "Mul" and n.name.endswith("_awq_Mul")]
     assert muls and muls[0].input[0] == "x"
