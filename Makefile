@@ -31,6 +31,7 @@ bench: $(BIN)/quantcli
 	$(BIN)/python bench/compare_ort.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/mixed_precision.py
+	$(BIN)/python bench/int4.py
 
 ## samples: rebuild sample_models/ (needs torch==2.13.0 and scikit-learn; not a runtime dependency)
 samples: $(BIN)/quantcli
