@@ -33,6 +33,7 @@ def analyze(
     top: int = typer.Option(20, "--top", help="Rows to show (all are in --json)."),
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
+    report: o.OptPath = o.Report,
     quiet: bool = o.Quiet,
     no_color: bool = o.NoColor,
 ) -> None:
@@ -46,8 +47,8 @@ def analyze(
         check_io([("model", model), ("calibration", calibration), ("data", calib.data),
                   ("calibration data", None if calib.data else recorded_data(calibration)),
                   ("evaluation data", settings.eval_data), ("labels", labels), ("recipe", recipe)],
-                 [("--json", json_out)])
+                 [("--json", json_out), ("--report", report)])
         result = pipeline.analyze(model, settings, calibration=calibration, calib_settings=calib,
                                   labels=str(labels) if labels else None, progress=ui.progress)
         render_analyze(result, ui.out, top=top)
-        write_reports(result, json_path=json_out)
+        write_reports(result, json_path=json_out, html_path=report)

@@ -33,6 +33,7 @@ def calibrate(
     cle: Optional[bool] = o.Cle,
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
+    report: o.OptPath = o.Report,
     quiet: bool = o.Quiet,
     no_color: bool = o.NoColor,
 ) -> None:
@@ -43,7 +44,7 @@ def calibrate(
                          method=method, percentile=percentile)
         conv = merge(r.convert, activations=activations, act_matmul=act_matmul, cle=cle)
         check_io([("model", model), ("data", settings.data), ("recipe", recipe)],
-                 [("-o", output), ("--json", json_out)])
+                 [("-o", output), ("--json", json_out), ("--report", report)])
         result = pipeline.calibrate(model, output, settings, convert_settings=conv, progress=ui.progress)
         render_calibration(result, ui.out)
-        write_reports(result, json_path=json_out)
+        write_reports(result, json_path=json_out, html_path=report)

@@ -130,13 +130,17 @@ def check_io(inputs, outputs) -> None:
         ui.reserve_stdout()
 
 
-def write_reports(result, *, json_path=None, junit_path=None, markdown_path=None) -> None:
-    """Write the optional machine-readable reports of a result, each atomically."""
+def write_reports(result, *, json_path=None, junit_path=None, markdown_path=None, html_path=None) -> None:
+    """Write the optional reports of a result (JSON, JUnit, Markdown, HTML), each atomically."""
     from ..paths import write_text_atomic
     from ..report.render import to_json
 
     if json_path:
         write_text_atomic(json_path, to_json(result))
+    if html_path:
+        from ..report.html import to_html
+
+        write_text_atomic(html_path, to_html(result))
     if junit_path or markdown_path:
         from ..report.ci import to_junit, to_markdown
 

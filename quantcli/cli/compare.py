@@ -33,6 +33,7 @@ def accuracy(
                              show_default=False),
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
+    report: o.OptPath = o.Report,
     junit: o.OptPath = o.Junit,
     markdown: o.OptPath = o.Markdown,
     quiet: bool = o.Quiet,
@@ -45,11 +46,11 @@ def accuracy(
                          max_drop=max_drop, threads=threads, runs=runs)
         check_io([("FP32 model", fp32), ("quantized model", quant), ("data", settings.data),
                   ("labels", settings.labels), ("recipe", recipe)],
-                 [("--json", json_out), ("--junit", junit), ("--markdown", markdown)])
+                 [("--json", json_out), ("--report", report), ("--junit", junit), ("--markdown", markdown)])
         result = pipeline.compare(fp32, quant, settings, progress=ui.progress)
         render_compare(result, ui.out)
         if not result:
             ui.failed(f"FAIL: {result.metric} drop {result.drop:.2f} pts (max {result.max_drop:g})")
-        write_reports(result, json_path=json_out, junit_path=junit, markdown_path=markdown)
+        write_reports(result, json_path=json_out, html_path=report, junit_path=junit, markdown_path=markdown)
     if not result:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))

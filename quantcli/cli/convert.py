@@ -67,6 +67,7 @@ def convert(
                                                                     "recipe fragment (TOML).", show_default=False),
     min_int8_coverage: float = o.MinCoverage,
     json_out: o.OptPath = o.Json,
+    report: o.OptPath = o.Report,
     quiet: bool = o.Quiet,
     no_color: bool = o.NoColor,
 ) -> None:
@@ -85,7 +86,7 @@ def convert(
         check_io([("model", model), ("calibration", calibration), ("data", calib.data),
                   ("calibration data", None if calib.data else recorded_data(calibration)),
                   ("evaluation data", settings.eval_data), ("recipe", recipe)],
-                 [("-o", output), ("--json", json_out), ("--recipe-out", recipe_out)])
+                 [("-o", output), ("--json", json_out), ("--report", report), ("--recipe-out", recipe_out)])
         if calibration is None and not calib.data and settings.precision == Precision.INT8 \
                 and settings.mode == Mode.STATIC:
             calib = None
@@ -94,7 +95,7 @@ def convert(
         for w in result.warnings:
             ui.warn(w)
         render_convert(result, ui.out)
-        write_reports(result, json_path=json_out)
+        write_reports(result, json_path=json_out, html_path=report)
         if recipe_out:
             from ..paths import write_text_atomic
 

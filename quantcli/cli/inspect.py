@@ -22,17 +22,18 @@ def inspect(
                                                         "sample (default: symbolic dims = 1).", show_default=False),
     min_int8_coverage: float = o.MinCoverage,
     json_out: o.OptPath = o.Json,
+    report: o.OptPath = o.Report,
     quiet: bool = o.Quiet,
     no_color: bool = o.NoColor,
 ) -> None:
     ui.apply(quiet, no_color)
     with error_boundary():
         check_limit("min_int8_coverage", min_int8_coverage, "--min-int8-coverage")
-        check_io([("model", model), ("data", data)], [("--json", json_out)])
+        check_io([("model", model), ("data", data)], [("--json", json_out), ("--report", report)])
         result = pipeline.inspect(model, data=str(data) if data else None, min_coverage=min_int8_coverage)
         render_inspect(result, ui.out)
         if not result:
             ui.failed(f"FAIL: INT8 MAC coverage {100 * result.coverage.mac_share:.1f}% (min {min_int8_coverage:g}%)")
-        write_reports(result, json_path=json_out)
+        write_reports(result, json_path=json_out, html_path=report)
     if not result:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))

@@ -24,6 +24,9 @@ Junit = typer.Option(None, "--junit", help="Also write a JUnit XML report (one t
                      show_default=False)
 Markdown = typer.Option(None, "--markdown", help="Also write a Markdown summary (for a pull-request comment; - for stdout).",
                         show_default=False)
+Report = typer.Option(None, "--report", help="Also write a self-contained HTML report (verdict, tables, why nodes "
+                                          "stayed float, histograms with the chosen ranges; - for stdout).",
+                      show_default=False)
 Quiet = typer.Option(False, "--quiet", "-q", help="Only errors on stderr; no tables or progress.")
 NoColor = typer.Option(False, "--no-color", help="No colors (also when NO_COLOR or CI is set).")
 MinCoverage = typer.Option(None, "--min-int8-coverage", help="Exit 1 if less than PCT % of the multiply-accumulates "

@@ -24,6 +24,7 @@ def run(
     data: o.OptPath = typer.Option(None, "--data", help="Overrides [calibrate] data.", show_default=False),
     eval_data: o.OptPath = typer.Option(None, "--eval-data", help="Overrides [compare] data.", show_default=False),
     json_out: o.OptPath = o.Json,
+    report: o.OptPath = o.Report,
     junit: o.OptPath = o.Junit,
     markdown: o.OptPath = o.Markdown,
     quiet: bool = o.Quiet,
@@ -36,11 +37,11 @@ def run(
         r.calibrate = merge(r.calibrate, data=str(data) if data else None)
         r.compare = merge(r.compare, data=str(eval_data) if eval_data else None)
         inputs, outputs = pipeline.run_paths(r)
-        check_io(inputs, outputs + [("--json", json_out), ("--junit", junit), ("--markdown", markdown)])
+        check_io(inputs, outputs + [("--json", json_out), ("--report", report), ("--junit", junit), ("--markdown", markdown)])
         result = pipeline.run(r, progress=ui.progress)
         render_run(result, ui.out)
         if not result:
             ui.failed(f"FAIL: {result}")
-        write_reports(result, json_path=json_out, junit_path=junit, markdown_path=markdown)
+        write_reports(result, json_path=json_out, html_path=report, junit_path=junit, markdown_path=markdown)
     if not result:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
