@@ -1,8 +1,9 @@
 """Weight-only INT4 side by side, in one run: quantcli (RTN, GPTQ, AWQ) against onnxruntime's
 MatMulNBitsQuantizer (its default RTN, block 128 and block 32) on the same models and data.
 
-Models: the MLP sample (digits, labels: top-1 accuracy) and a generated two-layer 1024-wide FFN on correlated
-inputs (synthetic: output SQNR against FP32 is its metric).  Columns: metric, output SQNR vs FP32, latency
+Models: the MLP sample (digits, labels: top-1 accuracy), the character-level decoder sample (tiny_lm: next-token
+perplexity on held-out text) and a generated two-layer 1024-wide FFN on correlated inputs (synthetic: agreement
+and output SQNR against FP32).  Columns: metric, output SQNR vs FP32, latency
 ratio to FP32 at batch 1 (all variants measured in alternating blocks in one call, 1 thread), file size ratio,
 quantization time.  Needs the bench extra (onnx-ir, which onnxruntime's quantizer imports).
 
@@ -31,6 +32,7 @@ from rich.table import Table  # noqa: E402
 
 from quantcli import pipeline  # noqa: E402
 from quantcli.cpu import detect  # noqa: E402
+from quantcli.metrics import next_token_nll  # noqa: E402
 from quantcli.recipe import CalibrateSettings, ConvertSettings, Precision, WeightAlgorithm  # noqa: E402
 from quantcli.runtime.bench import measure_latencies  # noqa: E402
 from quantcli.runtime.session import make_session  # noqa: E402
@@ -74,6 +76,8 @@ def main() -> None:
     mlp = np.load(s / "digits_mlp-eval.npz")
     cases = [("digits_mlp", s / "digits_mlp.onnx", s / "digits_mlp-calib.npz",
               mlp[[k for k in mlp.files if k != "labels"][0]], mlp["labels"]),
+             ("tiny_lm (64-token windows)", s / "tiny_lm.onnx", s / "tiny_lm-calib.npz",
+              np.load(s / "tiny_lm-eval.npz")["input_ids"], None),
              ("ffn-1024 (synthetic)", *wide_ffn(work), None)]
     console = Console(width=140)
     console.print(f"CPU: {detect().summary()}; onnxruntime {__import__('onnxruntime').__version__}; 1 thread",
@@ -106,15 +110,20 @@ def _case(name: str, model: Path, calib: Path, x: np.ndarray, labels, work: Path
     outs = {k: s.run(None, {iname: x})[0] for k, s in sessions.items()}
     lat = dict(zip(sessions, measure_latencies(list(sessions.values()), {iname: x[:1]}, runs=runs)))
     ref = outs["FP32"]
+    lm = ref.ndim == 3
     t = Table(title=f"{name}: {len(x)} held-out samples", title_justify="left")
-    for col in ("variant", "top-1 %" if labels is not None else "agreement %", "SQNR dB", "latency x FP32",
-                "size x FP32", "quantize s"):
+    for col in ("variant", "top-1 %" if labels is not None else "perplexity" if lm else "agreement %", "SQNR dB",
+                "latency x FP32", "size x FP32", "quantize s"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for k, (path, seconds) in variants.items():
         y = outs[k]
-        metric = 100 * np.mean(y.argmax(1) == (labels if labels is not None else ref.argmax(1)))
+        if lm:
+            nll, count = next_token_nll(y, x)
+            metric = float(np.exp(nll / count))
+        else:
+            metric = 100 * np.mean(y.argmax(1) == (labels if labels is not None else ref.argmax(1)))
         sqnr = 10 * np.log10(np.sum(ref ** 2) / max(np.sum((ref - y) ** 2), 1e-30)) if k != "FP32" else float("inf")
-        t.add_row(k, f"{metric:.2f}", f"{sqnr:.1f}", f"{lat[k].ratio_to(lat['FP32']):.2f}",
+        t.add_row(k, f"{metric:.3f}" if lm else f"{metric:.2f}", f"{sqnr:.1f}", f"{lat[k].ratio_to(lat['FP32']):.2f}",
                   f"{path.stat().st_size / model.stat().st_size:.2f}", f"{seconds:.1f}")
     return t
 

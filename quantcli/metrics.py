@@ -5,6 +5,9 @@
 * cosine similarity of the flattened outputs;
 * SQNR (dB) = 10 log10( sum(ref^2) / sum((ref - test)^2) )  (inf when identical);
 * max abs error;
+* next-token perplexity of a language model (logits [batch, sequence, vocab] over integer token ids
+  [batch, sequence]): exp of the mean of -log p(ids[t + 1] | logits[t]) over every position but the last;
+  token agreement: share of positions whose argmax agrees;
 * a gate's reference is degenerate when FP32 top-1 accuracy is 0 or at most chance (100 / classes %): a drop
   measured from there says nothing, so a gate on it is an error, not a pass.
 """
@@ -29,6 +32,32 @@ def degenerate_reference(accuracy_pct: float, classes: int) -> str | None:
         return (f"FP32 top-1 accuracy is {accuracy_pct:.2f}%, at or below chance ({chance:.1f}% for {classes} "
                 "classes), so a drop from it means nothing; check that the labels belong to this data and model")
     return None
+
+
+def lm_token_ids(feeds: dict[str, np.ndarray], logits: np.ndarray) -> np.ndarray | None:
+    """The integer input that ``logits`` predicts the next entries of, when the model is a language model: an
+    integer feed of shape logits.shape[:2] whose values index the last axis; else None."""
+    if np.ndim(logits) != 3 or logits.shape[1] < 2:
+        return None
+    for v in feeds.values():
+        if v.dtype.kind in "iu" and v.shape == logits.shape[:2] and v.size and 0 <= v.min() and v.max() < logits.shape[2]:
+            return v
+    return None
+
+
+def next_token_nll(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
+    """Sum of -log softmax(logits[:, t])[ids[:, t + 1]] over t < sequence - 1 (float64), and how many terms."""
+    lg = np.asarray(logits[:, :-1], np.float64)
+    top = lg.max(axis=-1, keepdims=True)
+    log_z = top[..., 0] + np.log(np.exp(lg - top).sum(axis=-1))
+    target = np.take_along_axis(lg, np.asarray(ids[:, 1:], np.int64)[..., None], axis=-1)[..., 0]
+    return float((log_z - target).sum()), int(target.size)
+
+
+def token_agreement_count(ref: np.ndarray, test: np.ndarray) -> tuple[int, int]:
+    """Positions (all but the last axis) whose argmax agrees, and how many positions there are."""
+    a, b = np.argmax(ref, axis=-1), np.argmax(test, axis=-1)
+    return int(np.count_nonzero(a == b)), int(a.size)
 
 
 def agreement_count(ref: np.ndarray, test: np.ndarray) -> int:

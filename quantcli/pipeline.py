@@ -28,7 +28,8 @@ from .quantize.static import StaticBuilder
 from .settings import Resolved, resolve
 from .validate.output import COLLAPSED_COSINE, validation_feeds, write_validated
 from .manifest import build_manifest
-from .metrics import FidelityAccumulator, agreement_count, degenerate_reference, topk_correct
+from .metrics import (FidelityAccumulator, agreement_count, degenerate_reference, lm_token_ids, next_token_nll,
+                      token_agreement_count, topk_correct)
 from .quantize.policy import PlanOptions, plan, unmatched_patterns
 from .recipe import (_INT4_ONLY, AcceptSettings, Activations, CalibrateSettings, to_plain, CompareSettings,
                      ConvertSettings, Mode, Precision, Recipe, unused_options)
@@ -244,8 +245,8 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
     out_names = [o.name for o in sa.get_outputs()]
     if [o.name for o in sb.get_outputs()] != out_names:
         raise QuantcliError(f"{quant_path}: outputs differ from the FP32 model's ({', '.join(out_names)})")
-    outputs, top1, top5, seen, first, classes = _evaluate(ds, sa, sb, out_names, str(fp32_path), str(quant_path),
-                                                           progress)
+    outputs, top1, top5, seen, first, classes, lm_metrics = _evaluate(ds, sa, sb, out_names, str(fp32_path),
+                                                                      str(quant_path), progress)
     why = degenerate_reference(top1[0], classes or 1) if top1 else None
     if why and (settings.max_drop is not None or gate is not None):
         raise QuantcliError(f"{settings.labels or settings.data}: the --max-drop gate cannot be judged: {why}")
@@ -260,7 +261,7 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
                          (modelio.model_size_bytes(fp32_path), modelio.model_size_bytes(quant_path)),
                          settings.max_drop,
                          build_manifest(fp32_path, modelio.file_sha256(fp32_path), {"compare": _plain(settings)}),
-                         notes, ratio)
+                         notes, ratio, *(lm_metrics or (None, None)))
 
 
 def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: str, progress: Progress):
@@ -273,6 +274,7 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
     agree = [0 for _ in out_names]
     argmaxable = [True for _ in out_names]
     correct = {1: [0, 0], 5: [0, 0]}
+    lm = [0.0, 0.0, 0, 0, 0]  # language model: NLL sums (FP32, quantized), terms, agreeing positions, positions
     classes = None
     seen = 0
     first = None
@@ -288,6 +290,11 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
                 agree[i] += agreement_count(a, b)
             else:
                 argmaxable[i] = False
+        ids = lm_token_ids(feeds, ra[0]) if ds.labels is None and (seen == 0 or lm[2]) else None
+        if ids is not None:
+            (na, count), (nb, _) = next_token_nll(ra[0], ids), next_token_nll(rb[0], ids)
+            same, positions = token_agreement_count(ra[0], rb[0])
+            lm = [lm[0] + na, lm[1] + nb, lm[2] + count, lm[3] + same, lm[4] + positions]
         if ds.labels is not None:
             labels = ds.labels[seen:seen + n]
             logits_a, logits_b = ra[0].reshape(n, -1), rb[0].reshape(n, -1)
@@ -307,7 +314,8 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
         top1 = (100.0 * correct[1][0] / seen, 100.0 * correct[1][1] / seen)
         if classes and classes > 5:
             top5 = (100.0 * correct[5][0] / seen, 100.0 * correct[5][1] / seen)
-    return outputs, top1, top5, seen, first, classes
+    lm_metrics = ((float(np.exp(lm[0] / lm[2])), float(np.exp(lm[1] / lm[2]))), lm[3] / lm[4]) if lm[2] else None
+    return outputs, top1, top5, seen, first, classes, lm_metrics
 
 
 # -- run: the whole job from one recipe ------------------------------------------------------------------
@@ -390,7 +398,8 @@ def acceptance(accept: AcceptSettings, conv: ConvertResult, cmp: CompareResult) 
     out = []
     max_drop = accept.max_drop if accept.max_drop is not None else cmp.max_drop
     if max_drop is not None:
-        out.append(Criterion(f"max {cmp.metric} drop", max_drop, cmp.drop, cmp.drop <= max_drop + 1e-9, " pts"))
+        out.append(Criterion(f"max {cmp.metric} {'increase' if cmp.perplexity else 'drop'}", max_drop, cmp.drop,
+                             cmp.drop <= max_drop + 1e-9, cmp.unit))
     if accept.min_int8_coverage is not None:
         share = 100.0 * conv.coverage.mac_share if conv.coverage else 0.0
         out.append(Criterion("min INT8 MAC coverage", accept.min_int8_coverage, share,

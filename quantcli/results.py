@@ -95,14 +95,28 @@ class CompareResult:
     # quantized / FP32 latency: the median of per-round ratios of block medians (runtime.bench.Latency.ratio_to),
     # steadier on a shared machine than the ratio of the two medians above
     latency_ratio: float = math.nan
+    perplexity: tuple[float, float] | None = None  # (fp32, quantized) next-token perplexity (language models)
+    token_agreement: float | None = None           # share of positions whose next-token argmax agrees
 
     @property
     def metric(self) -> str:
-        return "top-1 accuracy" if self.top1 else "top-1 agreement"
+        return "perplexity" if self.perplexity else "top-1 accuracy" if self.top1 else "top-1 agreement"
+
+    @property
+    def unit(self) -> str:
+        return "%" if self.perplexity else " pts"
+
+    @property
+    def drop_text(self) -> str:
+        what = "increase" if self.perplexity else "drop"
+        return f"{self.metric} {what} {self.drop:.2f}{self.unit}"
 
     @property
     def drop(self) -> float:
-        """Accuracy drop in points (labels), else 100 - agreement of the first output, in points."""
+        """Perplexity increase in % (language models), else accuracy drop in points (labels), else
+        100 - agreement of the first output, in points."""
+        if self.perplexity:
+            return 100.0 * (self.perplexity[1] / self.perplexity[0] - 1.0)
         if self.top1:
             return self.top1[0] - self.top1[1]
         first = self.outputs[0]
@@ -115,7 +129,7 @@ class CompareResult:
 
     def __str__(self) -> str:
         verdict = "" if self.max_drop is None else (" PASS" if self else " FAIL")
-        return (f"{self.metric} drop {self.drop:.2f} pts (max {self.max_drop}), latency x{self.latency_ratio:.2f}, "
+        return (f"{self.drop_text} (max {self.max_drop}), latency x{self.latency_ratio:.2f}, "
                 f"size x{self.size[1] / max(self.size[0], 1):.2f}{verdict}")
 
 

@@ -1,6 +1,6 @@
 """Rebuild the sample models and their data from scikit-learn's bundled digits data set (offline).
 
-    python sample_models/build.py [cnn] [transformer] [mobile] [outlier] [mlp]   # default: all; needs
+    python sample_models/build.py [cnn] [transformer] [mobile] [outlier] [mlp] [lm]   # default: all; needs
                                                     # torch==2.13.0, scikit-learn, onnx, onnxruntime, numpy
 
 Both models are trained with PyTorch (CPU, seeded, deterministic algorithms, one thread) and then written
@@ -14,6 +14,8 @@ Files written next to this script:
   mobile_digits.onnx, mobile_digits-calib.npz (input), mobile_digits-eval.npz (input, labels)
   outlier_cnn.onnx (digits_cnn with an activation outlier; uses the digits_cnn data files)
   digits_mlp.onnx, digits_mlp-calib.npz (input), digits_mlp-eval.npz (input, labels)
+  tiny_lm.onnx, tiny_lm-calib.npz (input_ids), tiny_lm-eval.npz (input_ids), tiny_lm-vocab.json (the characters):
+    a character-level decoder trained on CPython's own pydoc topics text (ships with Python)
 """
 
 from __future__ import annotations
@@ -201,22 +203,35 @@ D, HEADS, FFN, LAYERS, VOCAB, SEQ = 64, 4, 256, 2, 17, 64
 
 
 class Layer(nn.Module):
-    def __init__(self) -> None:
+    """Post-LN transformer layer; ``causal``: each position attends to itself and earlier ones only."""
+
+    def __init__(self, d: int = D, heads: int = HEADS, ffn: int = FFN, causal: bool = False) -> None:
         super().__init__()
-        self.q, self.k, self.v, self.o = (nn.Linear(D, D) for _ in range(4))
-        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
-        self.ff1, self.ff2 = nn.Linear(D, FFN), nn.Linear(FFN, D)
+        self.d, self.heads, self.causal = d, heads, causal
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ff1, self.ff2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
 
     def forward(self, x):
         b, s, _ = x.shape
-        hd = D // HEADS
-        q = self.q(x).view(b, s, HEADS, hd).transpose(1, 2)
-        k = self.k(x).view(b, s, HEADS, hd).permute(0, 2, 3, 1)
-        v = self.v(x).view(b, s, HEADS, hd).transpose(1, 2)
-        att = torch.softmax((q @ k) * (1.0 / math.sqrt(hd)), dim=-1)
-        ctx = (att @ v).transpose(1, 2).reshape(b, s, D)
+        hd = self.d // self.heads
+        q = self.q(x).view(b, s, self.heads, hd).transpose(1, 2)
+        k = self.k(x).view(b, s, self.heads, hd).permute(0, 2, 3, 1)
+        v = self.v(x).view(b, s, self.heads, hd).transpose(1, 2)
+        scores = (q @ k) * (1.0 / math.sqrt(hd))
+        if self.causal:
+            scores = scores + causal_mask(s)
+        att = torch.softmax(scores, dim=-1)
+        ctx = (att @ v).transpose(1, 2).reshape(b, s, self.d)
         x = self.ln1(x + self.o(ctx))
         return self.ln2(x + self.ff2(F.gelu(self.ff1(x))))
+
+
+MASKED = -1e9  # additive mask value for future positions (finite: exp underflows to exactly 0)
+
+
+def causal_mask(s: int) -> torch.Tensor:
+    return torch.triu(torch.full((s, s), MASKED), diagonal=1)
 
 
 class TinyTransformer(nn.Module):
@@ -236,24 +251,52 @@ class TinyTransformer(nn.Module):
 
 def transformer_graph(m: TinyTransformer) -> onnx.GraphProto:
     nodes, inits = [], []
+    x = transformer_body(m, nodes, inits)
+    pooled = _node(nodes, "ReduceMean", [x], "head/pooled", "head/mean", axes=[1], keepdims=0)
+    w = _const(inits, "head.cls.weight", t2n(m.cls.weight).T.copy())
+    b = _const(inits, "head.cls.bias", t2n(m.cls.bias))
+    h = _node(nodes, "MatMul", [pooled, w], "head/cls_matmul_out", "head/cls_matmul")
+    _node(nodes, "Add", [h, b], "logits", "head/cls_bias_add")
+    return helper.make_graph(
+        nodes, "tiny_transformer",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+
+
+def _const(inits: list, name: str, arr) -> str:
+    inits.append(numpy_helper.from_array(np.asarray(arr), name))
+    return name
+
+
+def _node(nodes: list, op: str, ins: list, out: str, name: str, **kw) -> str:
+    nodes.append(helper.make_node(op, ins, [out], name=name, **kw))
+    return out
+
+
+def _linear(nodes: list, inits: list, prefix: str, lin: nn.Linear, x: str) -> str:
+    w = _const(inits, f"{prefix}.weight", t2n(lin.weight).T.copy())
+    b = _const(inits, f"{prefix}.bias", t2n(lin.bias))
+    h = _node(nodes, "MatMul", [x, w], f"{prefix}/matmul_out", f"{prefix}/matmul")
+    return _node(nodes, "Add", [h, b], f"{prefix}/out", f"{prefix}/bias_add")
+
+
+def transformer_body(m: nn.Module, nodes: list, inits: list) -> str:
+    """Embeddings and the layers of ``m`` (a TinyTransformer or TinyLM) as ONNX nodes; returns the last hidden state."""
 
     def const(name, arr):
-        inits.append(numpy_helper.from_array(np.asarray(arr), name))
-        return name
+        return _const(inits, name, arr)
 
     def node(op, ins, out, name, **kw):
-        nodes.append(helper.make_node(op, ins, [out], name=name, **kw))
-        return out
+        return _node(nodes, op, ins, out, name, **kw)
 
     def linear(prefix, lin: nn.Linear, x):
-        w = const(f"{prefix}.weight", t2n(lin.weight).T.copy())
-        b = const(f"{prefix}.bias", t2n(lin.bias))
-        h = node("MatMul", [x, w], f"{prefix}/matmul_out", f"{prefix}/matmul")
-        return node("Add", [h, b], f"{prefix}/out", f"{prefix}/bias_add")
+        return _linear(nodes, inits, prefix, lin, x)
 
-    hd = D // HEADS
-    const("heads_shape", np.array([0, 0, HEADS, hd], np.int64))
-    const("model_shape", np.array([0, 0, D], np.int64))
+    d, heads = m.layers[0].d, m.layers[0].heads
+    hd = d // heads
+    causal = m.layers[0].causal
+    const("heads_shape", np.array([0, 0, heads, hd], np.int64))
+    const("model_shape", np.array([0, 0, d], np.int64))
     const("zero", np.array([0], np.int64))
     const("axis0", np.array([0], np.int64))
     const("attn_scale", np.array(1.0 / math.sqrt(hd), np.float32))
@@ -266,6 +309,12 @@ def transformer_graph(m: TinyTransformer) -> onnx.GraphProto:
     seq = node("Shape", ["input_ids"], "embed/seq_len", "embed/shape", start=1, end=2)
     pos = node("Slice", ["embed.pos", "zero", seq, "axis0"], "embed/pos_out", "embed/pos_slice")
     x = node("Add", [tok, pos], "embed/out", "embed/add")
+    if causal:  # the [SEQ, SEQ] additive mask sliced to the input's length on both axes
+        const("attn.mask", t2n(causal_mask(m.pos.shape[0])))
+        const("axes01", np.array([0, 1], np.int64))
+        const("zeros2", np.array([0, 0], np.int64))
+        both = node("Concat", [seq, seq], "attn/mask_end", "attn/mask_end", axis=0)
+        mask = node("Slice", ["attn.mask", "zeros2", both, "axes01"], "attn/mask_out", "attn/mask_slice")
     for i, layer in enumerate(m.layers):
         p = f"layer{i}"
         q = linear(f"{p}/attn/q", layer.q, x)
@@ -279,6 +328,8 @@ def transformer_graph(m: TinyTransformer) -> onnx.GraphProto:
                  f"{p}/attn/v_t", f"{p}/attn/v_transpose", perm=[0, 2, 1, 3])
         s = node("MatMul", [q, k], f"{p}/attn/scores", f"{p}/attn/qk_matmul")
         s = node("Mul", [s, "attn_scale"], f"{p}/attn/scaled", f"{p}/attn/scale")
+        if causal:
+            s = node("Add", [s, mask], f"{p}/attn/masked", f"{p}/attn/mask_add")
         a = node("Softmax", [s], f"{p}/attn/probs", f"{p}/attn/softmax", axis=-1)
         c = node("MatMul", [a, v], f"{p}/attn/ctx", f"{p}/attn/av_matmul")
         c = node("Transpose", [c], f"{p}/attn/ctx_t", f"{p}/attn/ctx_transpose", perm=[0, 2, 1, 3])
@@ -299,15 +350,7 @@ def transformer_graph(m: TinyTransformer) -> onnx.GraphProto:
         x = node("LayerNormalization", [r, const(f"{p}.ln2.scale", t2n(layer.ln2.weight)),
                                         const(f"{p}.ln2.bias", t2n(layer.ln2.bias))], f"{p}/ln2_out", f"{p}/ln2",
                  axis=-1, epsilon=layer.ln2.eps)
-    pooled = node("ReduceMean", [x], "head/pooled", "head/mean", axes=[1], keepdims=0)
-    w = const("head.cls.weight", t2n(m.cls.weight).T.copy())
-    b = const("head.cls.bias", t2n(m.cls.bias))
-    h = node("MatMul", [pooled, w], "head/cls_matmul_out", "head/cls_matmul")
-    node("Add", [h, b], "logits", "head/cls_bias_add")
-    return helper.make_graph(
-        nodes, "tiny_transformer",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    return x
 
 
 def build_transformer(data, labels, train_idx, eval_idx) -> None:
@@ -330,6 +373,86 @@ def build_transformer(data, labels, train_idx, eval_idx) -> None:
     acc = float((got.argmax(1) == labels[eval_idx]).mean() * 100)
     print(f"tiny_transformer: eval accuracy {acc:.2f}% (ONNX Runtime), max |ORT - torch| "
           f"{np.abs(got - ref).max():.2e}; runs with batch 1, sequence 32")
+
+
+# -- the decoder LM -------------------------------------------------------------------------------------------
+LM_D, LM_HEADS, LM_FFN, LM_LAYERS, LM_SEQ = 128, 4, 512, 2, 64
+
+
+class TinyLM(nn.Module):
+    """Character-level decoder: causal post-LN layers and a next-character head at every position."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, LM_D)
+        self.pos = nn.Parameter(torch.randn(LM_SEQ, LM_D) * 0.1)
+        self.layers = nn.ModuleList(Layer(LM_D, LM_HEADS, LM_FFN, causal=True) for _ in range(LM_LAYERS))
+        self.head = nn.Linear(LM_D, vocab)
+
+    def forward(self, ids):
+        x = self.tok(ids) + self.pos[: ids.shape[1]]
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def lm_text() -> tuple[str, list[str]]:
+    """English prose that ships with CPython (the pydoc topics), and its characters as the vocabulary."""
+    from pydoc_data.topics import topics
+
+    text = "".join(topics[k] for k in sorted(topics))
+    return text, sorted(set(text))
+
+
+def lm_graph(m: TinyLM, vocab: int) -> onnx.GraphProto:
+    nodes, inits = [], []
+    x = transformer_body(m, nodes, inits)
+    w = _const(inits, "head.lm.weight", t2n(m.head.weight).T.copy())
+    b = _const(inits, "head.lm.bias", t2n(m.head.bias))
+    h = _node(nodes, "MatMul", [x, w], "head/lm_matmul_out", "head/lm_matmul")
+    _node(nodes, "Add", [h, b], "logits", "head/lm_bias_add")
+    return helper.make_graph(
+        nodes, "tiny_lm", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", vocab])], inits)
+
+
+def build_lm(steps: int = 1500, batch: int = 32) -> None:
+    setup()
+    text, chars = lm_text()
+    ids = np.array([chars.index(c) for c in text], np.int64)
+    cut = int(len(ids) * 0.9)
+    train_ids, held = ids[:cut], ids[cut:]
+    model = TinyLM(len(chars))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    rng = np.random.default_rng(SEED)
+    model.train()
+    for _ in range(steps):
+        starts = rng.integers(0, len(train_ids) - LM_SEQ - 1, batch)
+        xb = torch.from_numpy(np.stack([train_ids[s:s + LM_SEQ + 1] for s in starts]))
+        loss = F.cross_entropy(model(xb[:, :-1]).reshape(-1, len(chars)), xb[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    path = HERE / "tiny_lm.onnx"
+    save_model(lm_graph(model, len(chars)), path,
+               f"Character-level decoder LM trained on CPython's pydoc topics (vocab {len(chars)} characters): "
+               f"d_model {LM_D}, {LM_HEADS} heads, FFN {LM_FFN} with erf GELU, {LM_LAYERS} causal layers, "
+               f"context {LM_SEQ}; logits for the next character at every position.")
+    calib_starts = rng.integers(0, len(train_ids) - LM_SEQ, 128)
+    np.savez(HERE / "tiny_lm-calib.npz", input_ids=np.stack([train_ids[s:s + LM_SEQ] for s in calib_starts]))
+    windows = np.stack([held[i:i + LM_SEQ] for i in range(0, len(held) - LM_SEQ, LM_SEQ)][:256])
+    np.savez(HERE / "tiny_lm-eval.npz", input_ids=windows)
+    (HERE / "tiny_lm-vocab.json").write_text(__import__("json").dumps(chars) + "\n")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(windows)).numpy()
+    got = ort_logits(path, {"input_ids": windows})
+    nll = -np.take_along_axis(got[:, :-1] - np.log(np.exp(got[:, :-1]).sum(-1, keepdims=True)),
+                              windows[:, 1:, None], -1).mean()
+    print(f"tiny_lm: held-out perplexity {np.exp(nll):.2f} per character (ONNX Runtime), max |ORT - torch| "
+          f"{np.abs(got - ref).max():.2e}")
 
 
 # -- the MobileNet-style CNN -----------------------------------------------------------------------------------
@@ -489,7 +612,7 @@ def build_mlp(data, labels, train_idx, eval_idx) -> None:
 
 def main() -> None:
     data, labels, train_idx, eval_idx = split()
-    which = set(sys.argv[1:]) or {"cnn", "transformer", "mobile", "outlier", "mlp"}
+    which = set(sys.argv[1:]) or {"cnn", "transformer", "mobile", "outlier", "mlp", "lm"}
     if "cnn" in which:
         build_cnn(data, labels, train_idx, eval_idx)
     if "transformer" in which:
@@ -500,6 +623,8 @@ def main() -> None:
         build_outlier()
     if "mlp" in which:
         build_mlp(data, labels, train_idx, eval_idx)
+    if "lm" in which:
+        build_lm()
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def accuracy(
         result = pipeline.compare(fp32, quant, settings, progress=ui.progress)
         render_compare(result, ui.out)
         if not result:
-            ui.failed(f"FAIL: {result.metric} drop {result.drop:.2f} pts (max {result.max_drop:g})")
+            ui.failed(f"FAIL: {result.drop_text} (max {result.max_drop:g}{result.unit})")
         write_reports(result, json_path=json_out, html_path=report, junit_path=junit, markdown_path=markdown)
     if not result:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))

@@ -15,7 +15,8 @@ def _parts(result: RunResult | CompareResult) -> tuple[CompareResult, list[Crite
         return result.compare, result.criteria, result
     crit = []
     if result.max_drop is not None:
-        crit.append(Criterion(f"max {result.metric} drop", result.max_drop, result.drop, bool(result), " pts"))
+        crit.append(Criterion(f"max {result.metric} {'increase' if result.perplexity else 'drop'}", result.max_drop,
+                              result.drop, bool(result), result.unit))
     return result, crit, None
 
 

@@ -137,7 +137,7 @@ def render_compare(r: CompareResult, console: Console) -> None:
         console.print(f"note: {note}", highlight=False, markup=False)
     if r.max_drop is not None:
         verdict = "PASS" if r else "FAIL"
-        console.print(f"{verdict}: {r.metric} drop {r.drop:.2f} pts (max {r.max_drop:g})", highlight=False)
+        console.print(f"{verdict}: {r.drop_text} (max {r.max_drop:g}{r.unit})", highlight=False)
 
 
 def render_run(r: RunResult, console: Console) -> None:

@@ -64,6 +64,10 @@ def compare_table(r: CompareResult, coverage: float | None = None) -> Table:
               ["metric", "FP32", "quantized", "change"], right=(1, 2, 3))
     if r.top1:
         t.add("top-1 accuracy", f"{r.top1[0]:.2f}%", f"{r.top1[1]:.2f}%", f"{r.top1[1] - r.top1[0]:+.2f} pts")
+    if r.perplexity:
+        t.add("next-token perplexity", f"{r.perplexity[0]:.3f}", f"{r.perplexity[1]:.3f}", f"{r.drop:+.2f}%")
+    if r.token_agreement is not None:
+        t.add("next-token agreement", "", f"{100 * r.token_agreement:.2f}%", "")
     if r.top5:
         t.add("top-5 accuracy", f"{r.top5[0]:.2f}%", f"{r.top5[1]:.2f}%", f"{r.top5[1] - r.top5[0]:+.2f} pts")
     for o in r.outputs:
