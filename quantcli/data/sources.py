@@ -37,7 +37,7 @@ DEFAULT_BATCH = 16  # samples per run: peak memory is proportional to it, and fl
 class InputSpec:
     name: str
     dtype: np.dtype
-    shape: tuple[int | str | None, ...]  # int = fixed dim, str = symbolic name, None = unknown
+    shape: tuple[int | str | None, ...]  # int = fixed dim (>= 1), str = symbolic name, None = unknown
     vocab: int | None = None  # integer ids indexing an embedding of this many rows
     max_len: tuple[tuple[int, int], ...] = ()  # (axis, longest length): a position table sliced to this axis
 
@@ -131,9 +131,11 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
         dims: list[int | str | None] = []
         for d in tt.shape.dim:
-            if d.HasField("dim_value"):
+            # exporters spell a dynamic dim as dim_param (any name), an empty dim, or dim_value -1 or 0
+            # (Paddle2ONNX writes -1): only a positive dim_value is fixed
+            if d.HasField("dim_value") and d.dim_value > 0:
                 dims.append(int(d.dim_value))
-            elif d.HasField("dim_param"):
+            elif d.HasField("dim_param") and d.dim_param:
                 dims.append(d.dim_param)
             else:
                 dims.append(None)
@@ -253,7 +255,13 @@ class Dataset:
 
     # -- iteration ----------------------------------------------------------------------------------
     def default_batch_size(self, requested: int | None = None) -> int:
+        """The model's fixed batch, else ``requested``, else DEFAULT_BATCH; always >= 1."""
+        if requested is not None and requested < 1:
+            raise QuantcliError(f"batch size must be at least 1, got {requested}")
         fixed = {s.batch_dim for s in self.specs if s.shape} - {None}
+        if len(fixed) > 1:
+            raise QuantcliError(f"{self.path}: the model's inputs fix different first-axis sizes "
+                                f"{sorted(fixed)}; cannot tell the batch axis")
         if fixed:
             return int(fixed.pop())
         return requested or DEFAULT_BATCH
@@ -273,6 +281,8 @@ class Dataset:
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield model feeds of ``batch_size`` samples (the last one may be smaller unless the model's batch is fixed)."""
+        if batch_size < 1:  # a batch of 0 would never fill: endless empty runs
+            raise QuantcliError(f"batch size must be at least 1, got {batch_size}")
         fixed = any(s.batch_dim is not None for s in self.specs)
         buf: dict[str, list[np.ndarray]] = {s.name: [] for s in self.specs}
         have = 0
