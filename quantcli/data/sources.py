@@ -40,6 +40,7 @@ class InputSpec:
     shape: tuple[int | str | None, ...]  # int = fixed dim (>= 1), str = symbolic name, None = unknown
     vocab: int | None = None  # integer ids indexing an embedding of this many rows
     max_len: tuple[tuple[int, int], ...] = ()  # (axis, longest length): a position table sliced to this axis
+    scalar: bool = False  # declared rank 0 (e.g. silero-vad's `sr`): one value per sample, fed as a 0-d array
 
     @property
     def batch_dim(self) -> int | None:
@@ -140,7 +141,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             else:
                 dims.append(None)
         specs.append(InputSpec(vi.name, dtype, tuple(dims), vocab.get(vi.name),
-                               tuple(sorted(lengths.get(vi.name, {}).items()))))
+                               tuple(sorted(lengths.get(vi.name, {}).items())),
+                               scalar=tt.HasField("shape") and not dims))
     return specs
 
 
@@ -296,11 +298,22 @@ class Dataset:
                 have += take
                 start += take
                 if have == batch_size:
-                    yield {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+                    yield self._feeds(buf)
                     buf = {s.name: [] for s in self.specs}
                     have = 0
         if have and not fixed:
-            yield {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+            yield self._feeds(buf)
+
+    def _feeds(self, buf: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+        feeds = {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+        for s in self.specs:
+            if s.scalar:  # a rank-0 input takes one value per run: the batch's samples must agree on it
+                v = feeds[s.name]
+                if (v != v[0]).any():
+                    raise QuantcliError(f"{self.path}: scalar input '{s.name}' differs within a batch of {len(v)} "
+                                        "samples; use --batch-size 1 or group equal values")
+                feeds[s.name] = np.asarray(v[0])
+        return feeds
 
     def count_used(self, batch_size: int, limit: int | None = None) -> int:
         n = self.num_samples if limit is None else min(limit, self.num_samples)
