@@ -471,7 +471,7 @@ def _yolox_f1(path, ref, outs, labels) -> float:
     return _f1([_yolox(r[0]) for r in ref], [_yolox(o[0]) for o in outs])
 
 
-# ddddocr's captcha recogniser (CNN + LSTM, argmax inside the graph): decoded sequence equal to FP32's
+# ddddocr's captcha recogniser (CNN + LSTM, CTC logits [T, 1, 8210]): greedy-decoded sequence equal to FP32's
 def _captcha_data(path, n, seed):
     from PIL import Image, ImageDraw
 
@@ -491,7 +491,7 @@ def _captcha_data(path, n, seed):
 
 def _seq_agreement(path, ref, outs, labels) -> float:
     def dec(a):
-        ids = a.reshape(-1).astype(np.int64)
+        ids = a.argmax(-1).reshape(-1)
         return tuple(int(i) for k, i in enumerate(ids) if i != 0 and (k == 0 or ids[k - 1] != i))
     return 100.0 * float(np.mean([dec(r[0]) == dec(o[0]) for r, o in zip(ref, outs)]))
 
