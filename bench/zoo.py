@@ -818,9 +818,15 @@ def evaluate(z: Zoo, paths: dict[str, Path], feeds: dict[str, np.ndarray], label
     from quantcli.runtime.session import make_session
 
     n = len(next(iter(feeds.values())))
-    sessions = {k: make_session(str(p), threads=2, spinning=False) for k, p in paths.items()}
-    outs = {k: [s.run(None, {name: v[i:i + 1] for name, v in feeds.items()}) for i in range(n)]
-            for k, s in sessions.items()}
+    sessions, outs, failed = {}, {}, {}
+    for k, p in paths.items():  # a quantizer's output that ONNX Runtime cannot load or run is that row's failure
+        try:
+            sessions[k] = make_session(str(p), threads=2, spinning=False)
+            outs[k] = [sessions[k].run(None, {name: v[i:i + 1] for name, v in feeds.items()}) for i in range(n)]
+        except Exception as exc:
+            sessions.pop(k, None)
+            msg = str(exc).splitlines()[0].split(" failed:")[-1].strip()  # drop the scratch path
+            failed[k] = {"error": f"output does not run: {msg[:100]}"}
     b1 = {name: v[:1] for name, v in feeds.items()}
     t0 = time.perf_counter()
     for _ in range(3):
@@ -831,8 +837,10 @@ def evaluate(z: Zoo, paths: dict[str, Path], feeds: dict[str, np.ndarray], label
     names = list(sessions)
     lat = dict(zip(names, measure_latencies([sessions[k] for k in names], b1, runs=runs, warmup=runs // 10,
                                             blocks=10)))
-    rows = {}
+    rows = dict(failed)
     for k, p in paths.items():
+        if k in failed:
+            continue
         try:
             metric = z.metric(paths["fp32"], outs["fp32"], outs[k], labels)
         except Exception as exc:
@@ -928,7 +936,8 @@ def main() -> None:
             r = rows.get(v)
             results["models"][z.name]["rows"][v] = {**(r or {}), **st}
             first = v == "fp32"
-            if r is None:
+            if r is None or "error" in r:
+                st = r or st
                 table.add_row(z.name if first else "", z.exporter if first else "", v, "", "", "", "", "", "",
                               "FAILED: " + st.get("error", "not evaluated"))
                 continue
