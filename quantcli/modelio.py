@@ -51,6 +51,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise QuantcliError(f"{p}: not a valid ONNX model (no graph or no nodes)")
     _load_external(model, p)
+    _name_dynamic_dims(model)
     opset = model_opset(model)
     if opset < SUPPORTED_OPSET_MIN:
         raise QuantcliError(
@@ -71,6 +72,16 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         except Exception as exc:
             raise QuantcliError(f"{p}: fails the ONNX checker: {_first_line(exc)}") from None
     return model
+
+
+def _name_dynamic_dims(model: onnx.ModelProto) -> None:
+    """Exporters spell a dynamic input/output dim as dim_value -1 or 0 (Paddle2ONNX: -1); ONNX Runtime takes
+    0 as a fixed size of 0, so the whole model would refuse every batch.  Name such dims (dim_param) instead."""
+    for vi in list(model.graph.input) + list(model.graph.output):
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.Clear()
+                d.dim_param = f"{vi.name}_dim{i}"
 
 
 def _load_external(model: onnx.ModelProto, path: Path) -> None:

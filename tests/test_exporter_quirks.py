@@ -1,6 +1,8 @@
 """What real exporters produce: old opsets, Constant weights, 2-D biases, unnamed nodes, fixed batch 1,
 one output concatenating box coordinates with class scores."""
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -250,3 +252,56 @@ def test_3d_matmul_with_bias_add_stays_a_matmul():
 
     assert not matmul_add_to_gemm(_matmul_head(rank3=True)).changed  # MatMulIntegerToFloat takes its bias
     assert not matmul_add_to_gemm(_matmul_head(bias_shape=(1, 1, 10))).changed  # would broadcast to rank 3
+
+
+def _spell_batch(model, spelling):
+    d = model.graph.input[0].type.tensor_type.shape.dim[0]
+    d.Clear()
+    if spelling == "param":
+        d.dim_param = "DynamicDimension.0"
+    elif spelling != "empty":
+        d.dim_value = spelling
+    return model
+
+
+@pytest.mark.parametrize("spelling", [-1, 0, "empty", "param"])
+def test_dynamic_batch_spellings(tmp_path, spelling):
+    """Paddle2ONNX writes a dynamic batch as dim_value -1 (PP-OCR cls: calibrate --samples 4 once fed endless
+    empty batches and grew to 21 GB); 0, an empty dim and any dim_param are dynamic too."""
+    from quantcli.data.sources import Dataset, input_specs
+
+    m = _spell_batch(small_cnn(), spelling)
+    spec = input_specs(m)[0]
+    assert spec.batch_dim is None and spec.shape[1:] == (3, 16, 16)
+    np.savez(tmp_path / "c.npz", x=cnn_data(5))
+    ds = Dataset(tmp_path / "c.npz", [spec])
+    assert ds.default_batch_size(None) == 16 and ds.default_batch_size(2) == 2
+    assert [len(b["x"]) for b in ds.batches(2)] == [2, 2, 1]
+    r = _convert(tmp_path, m, n=5)
+    assert r.coverage.mac_share == 1.0 and r.checks[0].cosine > 0.999
+
+
+def test_batch_size_below_one_is_an_error(tmp_path):
+    from quantcli.data.sources import Dataset, input_specs
+    from quantcli.errors import QuantcliError
+
+    np.savez(tmp_path / "c.npz", x=cnn_data(3))
+    ds = Dataset(tmp_path / "c.npz", input_specs(small_cnn()))
+    with pytest.raises(QuantcliError, match="at least 1"):
+        ds.default_batch_size(0)
+    with pytest.raises(QuantcliError, match="at least 1"):
+        next(ds.batches(0))
+
+
+def test_default_batch_shrinks_for_large_inputs(tmp_path):
+    """16 samples of a 480x480 image are 11M values; every tapped activation of such a batch is held at once."""
+    from quantcli.data.sources import BATCH_VALUES, Dataset, input_specs
+
+    np.savez(tmp_path / "c.npz", x=cnn_data(3))
+    specs = input_specs(small_cnn())
+    assert Dataset(tmp_path / "c.npz", specs).default_batch_size(None) == 16
+    big = np.zeros((2, 3, 300, 300), np.float32)
+    np.savez(tmp_path / "big.npz", x=big)
+    big_spec = [dataclasses.replace(specs[0], shape=(None, 3, 300, 300))]
+    assert Dataset(tmp_path / "big.npz", big_spec).default_batch_size(None) == BATCH_VALUES // big[0].size
+    assert Dataset(tmp_path / "big.npz", big_spec).default_batch_size(5) == 5

@@ -21,7 +21,7 @@ def calibrate(
                                 show_default=False),
     data: o.OptPath = o.Data,
     samples: int = typer.Option(None, "--samples", help="Use at most N samples (default: all).", show_default=False),
-    batch_size: int = typer.Option(None, "--batch-size", help="Samples per run (default 16, or the model's fixed batch).",
+    batch_size: int = typer.Option(None, "--batch-size", help="Samples per run (default 16, fewer where 16 would exceed 1M input values, or the model's fixed batch).",
                                    show_default=False),
     method: o.OptMethod = o.MethodOpt,
     percentile: float = o.Percentile,

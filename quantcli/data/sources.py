@@ -31,15 +31,19 @@ from ..errors import QuantcliError
 
 LABELS_KEY = "labels"
 DEFAULT_BATCH = 16  # samples per run: peak memory is proportional to it, and flat in the number of samples
+# ...and fewer where 16 samples would exceed 1M input values: a tapped run holds every activation of the batch
+# (PP-OCRv4's text detector at 480x480: calibrate --samples 32 peaked at 2.3 GB with batch 16, 0.39 GB with 1)
+BATCH_VALUES = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
     name: str
     dtype: np.dtype
-    shape: tuple[int | str | None, ...]  # int = fixed dim, str = symbolic name, None = unknown
+    shape: tuple[int | str | None, ...]  # int = fixed dim (>= 1), str = symbolic name, None = unknown
     vocab: int | None = None  # integer ids indexing an embedding of this many rows
     max_len: tuple[tuple[int, int], ...] = ()  # (axis, longest length): a position table sliced to this axis
+    scalar: bool = False  # declared rank 0 (e.g. silero-vad's `sr`): one value per sample, fed as a 0-d array
 
     @property
     def batch_dim(self) -> int | None:
@@ -131,14 +135,17 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
         dims: list[int | str | None] = []
         for d in tt.shape.dim:
-            if d.HasField("dim_value"):
+            # exporters spell a dynamic dim as dim_param (any name), an empty dim, or dim_value -1 or 0
+            # (Paddle2ONNX writes -1): only a positive dim_value is fixed
+            if d.HasField("dim_value") and d.dim_value > 0:
                 dims.append(int(d.dim_value))
-            elif d.HasField("dim_param"):
+            elif d.HasField("dim_param") and d.dim_param:
                 dims.append(d.dim_param)
             else:
                 dims.append(None)
         specs.append(InputSpec(vi.name, dtype, tuple(dims), vocab.get(vi.name),
-                               tuple(sorted(lengths.get(vi.name, {}).items()))))
+                               tuple(sorted(lengths.get(vi.name, {}).items())),
+                               scalar=tt.HasField("shape") and not dims))
     return specs
 
 
@@ -152,11 +159,14 @@ class Dataset:
         self.specs = list(specs)
         self._chunks = _discover_chunks(self.path, self.specs)
         self.num_samples = 0
+        self.sample_values = 0  # input values in one sample (of the first chunk)
         labels: list[np.ndarray] = []
         has_labels: list[bool] = []
         for chunk in self._chunks:
             arrays = chunk.load()
             n = self._check_chunk(chunk, arrays)
+            if n and not self.sample_values:
+                self.sample_values = sum(int(np.size(arrays[sp.name])) // n for sp in self.specs)
             self.num_samples += n
             has_labels.append(LABELS_KEY in arrays)
             if LABELS_KEY in arrays:
@@ -253,10 +263,16 @@ class Dataset:
 
     # -- iteration ----------------------------------------------------------------------------------
     def default_batch_size(self, requested: int | None = None) -> int:
+        """The model's fixed batch, else ``requested``, else DEFAULT_BATCH; always >= 1."""
+        if requested is not None and requested < 1:
+            raise QuantcliError(f"batch size must be at least 1, got {requested}")
         fixed = {s.batch_dim for s in self.specs if s.shape} - {None}
+        if len(fixed) > 1:
+            raise QuantcliError(f"{self.path}: the model's inputs fix different first-axis sizes "
+                                f"{sorted(fixed)}; cannot tell the batch axis")
         if fixed:
             return int(fixed.pop())
-        return requested or DEFAULT_BATCH
+        return requested or max(1, min(DEFAULT_BATCH, BATCH_VALUES // max(1, self.sample_values)))
 
     def samples(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield chunks of samples ({input: array[n, ...]}) with at most ``limit`` samples in all."""
@@ -273,6 +289,8 @@ class Dataset:
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield model feeds of ``batch_size`` samples (the last one may be smaller unless the model's batch is fixed)."""
+        if batch_size < 1:  # a batch of 0 would never fill: endless empty runs
+            raise QuantcliError(f"batch size must be at least 1, got {batch_size}")
         fixed = any(s.batch_dim is not None for s in self.specs)
         buf: dict[str, list[np.ndarray]] = {s.name: [] for s in self.specs}
         have = 0
@@ -286,11 +304,22 @@ class Dataset:
                 have += take
                 start += take
                 if have == batch_size:
-                    yield {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+                    yield self._feeds(buf)
                     buf = {s.name: [] for s in self.specs}
                     have = 0
         if have and not fixed:
-            yield {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+            yield self._feeds(buf)
+
+    def _feeds(self, buf: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+        feeds = {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+        for s in self.specs:
+            if s.scalar:  # a rank-0 input takes one value per run: the batch's samples must agree on it
+                v = feeds[s.name]
+                if (v != v[0]).any():
+                    raise QuantcliError(f"{self.path}: scalar input '{s.name}' differs within a batch of {len(v)} "
+                                        "samples; use --batch-size 1 or group equal values")
+                feeds[s.name] = np.asarray(v[0])
+        return feeds
 
     def count_used(self, batch_size: int, limit: int | None = None) -> int:
         n = self.num_samples if limit is None else min(limit, self.num_samples)

@@ -6,7 +6,10 @@
    that layer's (pre-quantization) output, and subtract ``E[y_q] - E[y]`` from the layer's bias
    (:func:`quantcli.transforms.bias_correction.shift_bias`).  Later layers thus see earlier corrections.
 
-Cost: one pass of the float model plus one pass per corrected layer over the (small) calibration set.
+Cost: one pass of the float model plus one pass per corrected layer over the (small) calibration set.  Each
+pass runs only the part of the graph its tapped outputs need (the layers before it), and the passes use a
+budget of samples (:func:`sample_budget`): on real models (PP-OCRv4's text detector, 63 layers at 480x480,
+8 samples) the unpruned passes over every sample took 231 s of one convert.
 """
 
 from __future__ import annotations
@@ -19,16 +22,62 @@ import onnx
 
 from ..calibration.collect import collect_statistics
 from ..calibration.requests import Stat, StatRequest
+from ..runtime.session import tap_model
 from ..transforms.bias_correction import shift_bias
 from ..transforms.graph import Event, EventKind
 from .policy import QuantPlan
 from .qdq import QDQOptions, insert_qdq
 
 
+MIN_SAMPLES = 8             # a per-channel mean over at least this many samples...
+BUDGET_VALUES = 2_000_000   # ...and, past that, until the passes have seen this many input values
+MAX_SAMPLES = 256
+
+
+def sample_budget(batches: list[dict]) -> list[dict]:
+    """The leading batches the passes measure on: at least MIN_SAMPLES samples, then until BUDGET_VALUES input
+    values or MAX_SAMPLES samples.  A channel mean of a 480x480 image's conv output averages ~10^4 positions a
+    sample: 8 samples estimate it as well as a digit classifier's 256 (those keep all 256)."""
+    kept, samples, values = [], 0, 0
+    for feeds in batches:
+        if samples >= MAX_SAMPLES or (samples >= MIN_SAMPLES and values >= BUDGET_VALUES):
+            break
+        kept.append(feeds)
+        first = next(iter(feeds.values()))
+        samples += len(first) if np.ndim(first) else 1
+        values += sum(int(np.size(v)) for v in feeds.values())
+    return kept
+
+
+def prefix_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """``tap_model`` cut to the nodes ``tensors`` depend on (a subgraph's outer-scope reads count)."""
+    tapped = tap_model(model, tensors)
+    needed = set(tensors)
+    keep = []
+    for node in reversed(tapped.graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_reads(node))
+    del tapped.graph.node[:]
+    tapped.graph.node.extend(reversed(keep))
+    return tapped
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in g.node:
+                names.update(n.input)
+                names.update(_subgraph_reads(n))
+    return names
+
+
 def _means(model: onnx.ModelProto, tensors: list[str], ops: list[str], batches: list[dict]) -> list[np.ndarray]:
     """E[y] per channel (axis 1 for Conv, the last otherwise) of each tensor, from one statistics pass."""
     requests = [StatRequest(t, Stat.CHANNEL_MEAN, 1 if op == "Conv" else -1) for t, op in zip(tensors, ops)]
-    got = collect_statistics(model, requests, batches)
+    got = collect_statistics(prefix_model(model, tensors), requests, batches)
     return [got.channels[r].result() for r in requests]
 
 
@@ -42,6 +91,7 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
     if not layers:
         return model, []
     ops = [nodes[name].op_type for name in layers]
+    batches = sample_budget(batches)
     ref = _means(model, [nodes[name].output[0] for name in layers], ops, batches)
     report = []
     for name, op, mean_fp in zip(layers, ops, ref):
