@@ -83,6 +83,20 @@ def main() -> None:
         sys.exit(130)
     try:
         run_app()
+    except KeyboardInterrupt:  # a signal between two handlers (e.g. right before run_app's own)
+        sys.stderr.write("quantcli: interrupted\n")
+        sys.exit(130)
     finally:  # the command is over (outputs complete or removed): a signal now must not kill the exit itself
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
+        if _signalled:  # interrupted and cleaned up: leave now with 130, not through the interpreter's shutdown,
+            _exit_now(130)  # where a rare late KeyboardInterrupt made CPython exit via SIGINT (-2) under load
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
