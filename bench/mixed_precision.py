@@ -65,7 +65,8 @@ def main() -> None:
     console = Console(width=150)
     console.print(table)
     if mixed.search:
-        console.print(f"search: {mixed.search.evaluations} evaluations in {mixed.search.seconds:.1f}s; "
+        console.print(f"search: {mixed.search.rank_evaluations} ranking + {mixed.search.evaluations} full "
+                      f"evaluations in {mixed.search.seconds:.1f}s; "
                       f"bisection steps: " + ", ".join(f"{st['float_nodes']} float -> {st['drop']:.2f} pts"
                                                        for st in mixed.search.steps), highlight=False)
 

@@ -57,6 +57,19 @@ class Evaluator:
         self.ref_metric = self._accuracy(self.ref) if self.labels is not None else 100.0
         self.evaluations = 0
 
+    def subset(self, max_samples: int) -> "Evaluator":
+        """An evaluator on the first batches holding at most ``max_samples`` samples (at least one batch), sharing
+        this one's cached FP32 outputs (no FP32 pass again)."""
+        k, n = 0, 0
+        while k < len(self.batches) and (k == 0 or n + len(self.ref[k]) <= max_samples):
+            n += len(self.ref[k])
+            k += 1
+        sub = object.__new__(Evaluator)
+        sub.batches, sub.ref, sub.classes, sub.evaluations = self.batches[:k], self.ref[:k], self.classes, 0
+        sub.labels = self.labels[:n] if self.labels is not None else None
+        sub.ref_metric = sub._accuracy(sub.ref) if sub.labels is not None else 100.0
+        return sub
+
     def _outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
         s = make_session(model, what="candidate model")
         return [run(s, b, what="candidate model")[0] for b in self.batches]

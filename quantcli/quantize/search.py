@@ -6,7 +6,9 @@
   per-channel weights; MatMul/Gemm go per-tensor when the metric is not lower and the output SQNR is within
   :data:`AUTO_SQNR_MARGIN_DB` of the per-channel model.  Node rules that set ``weights`` still win.
 * :func:`mixed_precision` -- ``--max-drop``: keep the fewest most sensitive nodes in float so that the drop is
-  within budget (ranked by each node quantized alone, then bisection: :func:`quantcli.sensitivity.search_exclusions`).
+  within budget: nodes ranked by each quantized alone on the first RANK_SAMPLES evaluation samples (the ranking
+  only needs their order, and costs one model per node), then bisection over the ranking on the whole set
+  (:func:`quantcli.sensitivity.search_exclusions`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .static import Built, Progress, StaticBuilder, no_progress
 MATMUL_OPS = ("MatMul", "Gemm")
 AUTO_SQNR_MARGIN_DB = 3.0  # half a bit of output SQNR
 AUTO_EVAL_SAMPLES = 256    # measured on at most this many samples (as empirical bias correction): bounded memory
+RANK_SAMPLES = 64          # --max-drop ranks nodes (each quantized alone) on this many samples, bisects on all
 
 
 @dataclasses.dataclass
@@ -38,7 +41,8 @@ class SearchResult:
     drop: float
     float_nodes: list[str] = dataclasses.field(default_factory=list)
     steps: list[dict] = dataclasses.field(default_factory=list)
-    evaluations: int = 0
+    evaluations: int = 0            # on the whole evaluation set
+    rank_evaluations: int = 0       # nodes quantized alone, on the first RANK_SAMPLES samples
     seconds: float = 0.0
     recipe_fragment: str = ""
 
@@ -119,8 +123,10 @@ def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder
     search = SearchResult(ev.metric_name, s.max_drop, full.drop, full.drop)
     if full.drop > s.max_drop + 1e-9:
         shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
-        ranking = [r.node for r in rank(sensitivities_alone(prep, built, build, ev, shapes, no_progress))]
+        ranker = ev.subset(RANK_SAMPLES)
+        ranking = [r.node for r in rank(sensitivities_alone(prep, built, build, ranker, shapes, no_progress))]
         excluded, score, _, steps = search_exclusions(ranking, lambda ex: build(ex).model, ev, s.max_drop)
+        search.rank_evaluations = ranker.evaluations
         built = build(excluded)
         search.float_nodes, search.drop, search.steps = list(excluded), score.drop, steps
         search.recipe_fragment = "[convert]\nexclude = [" + ", ".join(

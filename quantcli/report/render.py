@@ -74,7 +74,8 @@ def render_convert(r: ConvertResult, console: Console) -> None:
         st.add_row("all-INT8 drop", f"{r.search.all_int8_drop:.2f} pts")
         st.add_row("kept in float", escape(", ".join(r.search.float_nodes)))
         st.add_row("drop now", f"{r.search.drop:.2f} pts")
-        st.add_row("search", f"{r.search.evaluations} evaluations in {r.search.seconds:.1f}s")
+        st.add_row("search", f"{r.search.rank_evaluations} ranking evaluations on a subset, "
+                             f"{r.search.evaluations} on all samples, {r.search.seconds:.1f}s")
         st.add_row("recipe fragment", escape(r.search.recipe_fragment.strip()))
         console.print(st)
     if r.transforms:
