@@ -124,3 +124,28 @@ def test_node_rules_from_recipe_and_flag(tmp_path):
     p.write_text('[[convert.nodes]]\nprecision = "fp16"\n')
     with pytest.raises(QuantcliError, match="'match' is required"):
         load_recipe(p)
+
+
+def test_agreement_on_sequences_counts_positions_not_whole_samples():
+    """A sequence output (CTC recogniser, LM) where one step of each sample flips scores by position: 19 of 20
+    positions agree (95%), not 0% as requiring every step of a sample to agree would say."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantcli.sensitivity import Evaluator
+
+    def model(bump: float):
+        delta = np.zeros((1, 20, 4), np.float32)
+        delta[0, 7, 3] = bump  # position 7: class 3 wins by `bump`
+        g = helper.make_graph([helper.make_node("Add", ["x", "d"], ["y"])], "seq",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 20, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 20, 4])],
+                              [numpy_helper.from_array(delta, "d")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    x = np.zeros((6, 20, 4), np.float32)
+    x[..., 0] = 1.0  # class 0 everywhere
+    ev = Evaluator(model(0.0), [{"x": x[:3]}, {"x": x[3:]}])
+    score = ev.score(model(5.0))
+    assert abs(score.metric - 95.0) < 1e-9 and abs(score.drop - 5.0) < 1e-9
+    assert len(ev.subset(3).batches) == 1 and ev.subset(3).score(model(5.0)).metric == score.metric
