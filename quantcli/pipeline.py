@@ -130,8 +130,8 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     out = modelio.check_output_path(out_path, model_path, calibration)
     res = resolve(settings, calib_settings)
     prep = artifact = None
-    if res.scheme != "half":
-        prep = prepare(model, cle=settings.cle)
+    if res.scheme != "half":  # CLE evens per-channel ranges for INT8; 4-bit blocks have their own scales
+        prep = prepare(model, cle=settings.cle and res.scheme != "int4")
         res = res.for_opset(modelio.model_opset(prep.model))
     if res.scheme == "static":
         artifact = _artifact_for(model, model_path, prep, res, calibration, progress)

@@ -245,7 +245,7 @@ def unused_options(settings: "ConvertSettings", calibration=None) -> list[str]:
     bias correction, --max-drop search, node rules) is a usage error with dynamic INT8, FP16 and BF16; one that
     only INT8 reads (weights, reduce_range, cle) is a usage error with FP16/BF16; one that only INT4 reads
     (block_size, symmetric_weights, algorithm) is a usage error with every other precision.  INT4 reads node
-    rules (fp32/fp16 rules keep nodes float) and --cle (preparation), nothing else of static INT8."""
+    rules (fp32/fp16 rules keep nodes float), nothing else of static INT8."""
     default = ConvertSettings()
     int4 = settings.precision == Precision.INT4
     others = [] if int4 else [n for n in _INT4_ONLY if getattr(settings, n) != getattr(default, n)]
@@ -253,7 +253,7 @@ def unused_options(settings: "ConvertSettings", calibration=None) -> list[str]:
     if static:
         return others
     names = [n for n in _STATIC_ONLY if not (int4 and n == "nodes")] + (
-        [n for n in _INT8_ONLY if not (int4 and n == "cle")] if settings.precision != Precision.INT8 else [])
+        list(_INT8_ONLY) if settings.precision != Precision.INT8 else [])
     names += others
     unused = [n for n in names if getattr(settings, n) != getattr(default, n)]
     if settings.precision != Precision.INT8 and settings.mode != default.mode:

@@ -47,10 +47,12 @@ def held_batches(dataset: Dataset, limit: int | None = None) -> tuple[list[dict]
 class Evaluator:
     """Scores candidate models against cached FP32 outputs on one evaluation set (held batches, labels)."""
 
-    def __init__(self, fp32: onnx.ModelProto, batches: list[dict], labels: np.ndarray | None = None) -> None:
+    def __init__(self, fp32: onnx.ModelProto | None, batches: list[dict], labels: np.ndarray | None = None, *,
+                 ref: list[np.ndarray] | None = None) -> None:
+        """``ref``: FP32's outputs on ``batches`` when already known (then ``fp32`` is not run)."""
         self.batches = batches
         self.labels = labels
-        self.ref = self._outputs(fp32)
+        self.ref = ref if ref is not None else self._outputs(fp32)
         self.classes = int(np.prod(self.ref[0].shape[1:])) if self.ref[0].ndim > 1 else 1
         lab = self.labels
         if lab is not None and len(lab) and (lab.min() < 0 or lab.max() >= self.classes):
@@ -66,11 +68,8 @@ class Evaluator:
         while k < len(self.batches) and (k == 0 or n + len(self.ref[k]) <= max_samples):
             n += len(self.ref[k])
             k += 1
-        sub = object.__new__(Evaluator)
-        sub.batches, sub.ref, sub.classes, sub.evaluations = self.batches[:k], self.ref[:k], self.classes, 0
-        sub.labels = self.labels[:n] if self.labels is not None else None
-        sub.ref_metric = sub._accuracy(sub.ref) if sub.labels is not None else 100.0
-        return sub
+        return Evaluator(None, self.batches[:k], self.labels[:n] if self.labels is not None else None,
+                         ref=self.ref[:k])
 
     def _outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
         s = make_session(model, what="candidate model")

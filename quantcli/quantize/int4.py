@@ -74,23 +74,27 @@ def plan_int4(model: onnx.ModelProto, res: Resolved) -> tuple[list[onnx.NodeProt
     for node in model.graph.node:
         if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
             continue
-        detail = None if is_excluded(node, keep) else _why_not(node, idx, floats)
-        if is_excluded(node, keep) or detail:
-            kept[node.name] = reasons.EXCLUDED if detail is None else Why(Reason.NOT_QUANTIZABLE, detail)
+        excluded = is_excluded(node, keep)
+        detail = None if excluded else _why_not(node, idx, floats)
+        if excluded or detail:
+            kept[node.name] = reasons.EXCLUDED if excluded else Why(Reason.NOT_QUANTIZABLE, detail)
         else:
             chosen.append(node)
     return chosen, kept
 
 
-def quantize_int4(model: onnx.ModelProto, res: Resolved, grams: dict | None = None
+def quantize_int4(model: onnx.ModelProto, res: Resolved, grams: dict | None = None, planned=None
                   ) -> tuple[onnx.ModelProto, dict[str, str], dict[str, Why], list[str]]:
     """Returns (the model with MatMulNBits, quantized node -> op type, float node -> why, notes).  ``grams``:
-    input tensor -> (X^T X, rows) from calibration data, used by GPTQ and AWQ; RTN needs none."""
+    input tensor -> (X^T X, rows) from calibration data, used by GPTQ and AWQ; RTN needs none.  ``planned``:
+    :func:`plan_int4`'s result on ``model``, when the caller already has it."""
     s = res.convert
     model = copy.deepcopy(model)
     g = model.graph
     idx = GraphIndex(g)
-    chosen, kept = plan_int4(model, res)
+    names, kept = planned if planned is not None else plan_int4(model, res)
+    names = {n.name for n in names}
+    chosen = [n for n in g.node if n.name in names]  # the copy's nodes: they are edited below
     level = accuracy_level(res.cpu)
     bits = {n.name: weight_bits(n, model, res) for n in chosen}
     row_scales, muls, notes = ({}, {}, []) if s.algorithm != WeightAlgorithm.AWQ else _awq(chosen, idx, g, grams, s,

@@ -74,10 +74,11 @@ def int4(prep: Prepared, res: Resolved, progress: Progress = no_progress) -> Sch
         raise QuantcliError(f"--block-size {s.block_size}: MatMulNBits takes a power of two: "
                             f"{', '.join(map(str, BLOCK_SIZES))}")
     grams, how = None, "round to nearest"
+    planned = plan_int4(prep.model, res)
     if s.algorithm != WeightAlgorithm.RTN:
-        grams, samples = _input_grams(prep.model, plan_int4(prep.model, res)[0], res, progress)
+        grams, samples = _input_grams(prep.model, planned[0], res, progress)
         how = f"{s.algorithm.value.upper()} on {samples} calibration samples"
-    model, quantized, kept, notes = quantize_int4(prep.model, res, grams)
+    model, quantized, kept, notes = quantize_int4(prep.model, res, grams, planned)
     note = (f"int4 weight-only: {len(quantized)} MatMul/Gemm weight(s) in {s.block_size}-value blocks "
             f"({'symmetric' if s.symmetric_weights else 'zero point per block'}), {how}; "
             f"MatMulNBits accuracy_level {accuracy_level(res.cpu)} on this CPU")

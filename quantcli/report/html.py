@@ -118,7 +118,7 @@ def _convert(r: ConvertResult) -> str:
     if r.float_nodes:
         t = Table("Nodes kept float, and why", ["node", "reason", "detail"])
         for n, why in sorted(r.float_nodes.items()):
-            t.add(n, getattr(getattr(why, "reason", ""), "value", ""), str(why))
+            t.add(n, why.reason.value, str(why))
         parts.append("<h2>Kept float</h2>" + table_html(t))
     if r.transforms:
         parts.append("<h2>Transforms per layer</h2><ul>" + "".join(f"<li>{esc(x)}</li>" for x in r.transforms) + "</ul>")
