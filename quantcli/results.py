@@ -17,6 +17,8 @@ class CalibrationResult:
     ranges: dict[str, tuple[float, float]]
     pass_seconds: float = 0.0   # the data pass alone (inference with taps + statistics)
     manifest: dict = dataclasses.field(default_factory=dict)
+    classes: dict[str, int] | None = None  # samples used per class (class folders or labels), in class order
+    sample_by: str = "first"               # how --samples picked them: first, random or class
 
     def __str__(self) -> str:
         return (f"calibrated {self.tensors} tensors on {self.samples} samples ({self.method}) "
