@@ -24,7 +24,7 @@ from .data.config import DataSettings, SampleBy
 from .data.sources import Dataset, class_count, data_sha256, input_specs
 from .errors import QuantcliError
 from .quantize.scheme import apply_scheme
-from .quantize.search import eval_data, sensitivities_alone
+from .quantize.search import eval_data, ranked_dicts, sensitivities_alone
 from .quantize.static import StaticBuilder
 from .settings import Resolved, resolve
 from .validate.output import COLLAPSED_COSINE, validation_feeds, write_validated
@@ -126,8 +126,10 @@ def _sampling_record(dataset: Dataset, settings: CalibrateSettings, data: DataSe
     """What the artifact records about the samples beyond .npz's (whose artifacts stay as they were): how a
     decoded source was decoded, how a subset was drawn, the class histogram of the samples used."""
     out: dict = {}
-    if dataset.decoded is not None:
+    if dataset.decoded is not None:  # by absolute paths, as the data: convert reopens it from any folder
         out["data_config"] = to_plain(data or DataSettings())
+        if out["data_config"]["text"]["tokenizer"]:
+            out["data_config"]["text"]["tokenizer"] = str(Path(out["data_config"]["text"]["tokenizer"]).resolve())
     if dataset.selection is not None:
         out.update(sample_by=dataset.sample_by.value, seed=settings.seed)
     hist = dataset.class_histogram(used)
@@ -460,7 +462,7 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
             progress: Progress = _no_progress, data: DataSettings | None = None):
     """Per-node sensitivity: (a) each node quantized alone, (b) each node's SQNR inside the all-INT8 model."""
     from .results import AnalyzeResult
-    from .sensitivity import Evaluator, node_output_sqnr, rank
+    from .sensitivity import Evaluator, node_output_sqnr
 
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
@@ -478,5 +480,5 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
     for r in rows:
         r.full_sqnr_db = inside.get(r.node)
     return AnalyzeResult(str(model_path), ev.metric_name, ev.ref_metric, full.drop, full.sqnr_db,
-                         [dataclasses.asdict(r) for r in rank(rows)], ev.evaluations, time.perf_counter() - t0,
+                         ranked_dicts(rows), ev.evaluations, time.perf_counter() - t0,
                          build_manifest(model_path, modelio.file_sha256(model_path), {"analyze": _plain(settings)}))

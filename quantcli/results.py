@@ -196,7 +196,8 @@ class AnalyzeResult:
     fp32_metric: float
     all_int8_drop: float
     all_int8_sqnr_db: float
-    nodes: list[dict]          # NodeSensitivity as dicts: node, op, mac_share, alone_drop, alone_sqnr_db, full_sqnr_db
+    nodes: list[dict]          # NodeSensitivity as dicts: node, op, mac_share, alone_drop, alone_sqnr_db, full_sqnr_db,
+                               # graph_index (place in graph order)
     evaluations: int
     seconds: float
     manifest: dict = dataclasses.field(default_factory=dict)

@@ -89,7 +89,9 @@ def data_sha256(path: str | Path, config: DataSettings | None = None) -> str:
         from .images import is_image
 
         config = config or DataSettings()
-        settings = {"images": config.image, "text": config.text, "audio": config.audio}[kind]
+        # the tokenizer by its contents (hashed below), not by how its path was spelled
+        settings = {"images": config.image, "text": dataclasses.replace(config.text, tokenizer=""),
+                    "audio": config.audio}[kind]
         extra = [Path(config.text.tokenizer)] if kind == "text" and config.text.tokenizer else []
         files = [p] if p.is_file() else class_layout(p, is_image if kind == "images" else is_wav)[0]
         return sha256_of(p, files + extra, settings)

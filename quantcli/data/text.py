@@ -45,7 +45,11 @@ class TextFile(Decoded):
         self.labels = None if labels is None else np.asarray(labels, np.int64)
 
     def load(self, items: list) -> dict[str, np.ndarray]:
-        encs = self.tokenizer.encode_batch(items, add_special_tokens=self.settings.add_special_tokens)
+        try:
+            encs = self.tokenizer.encode_batch(items, add_special_tokens=self.settings.add_special_tokens)
+        except Exception as exc:  # the Rust core's errors (e.g. a WordLevel vocabulary without its unk token)
+            raise QuantcliError(f"{self.path}: the tokenizer {self.settings.tokenizer} cannot encode this text "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         fields = {"ids": [e.ids for e in encs], "attention_mask": [e.attention_mask for e in encs],
                   "token_type_ids": [e.type_ids for e in encs]}
         lengths = {len(x) for x in fields["ids"]}
