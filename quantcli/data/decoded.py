@@ -29,7 +29,7 @@ def require(module: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        package, extra = EXTRAS[module]
+        package, extra = EXTRAS[module.split(".")[0]]
         raise QuantcliError(f"{what} needs {package}, which is not installed: pip install 'quantcli[{extra}]'"
                             ) from None
 
