@@ -131,6 +131,8 @@ def test_npz_first_samples_stay_as_before_and_labels_can_stratify(tmp_path):
                      str(tmp_path / "c.json"), "--json", str(tmp_path / "c.res.json"), "-q"])
     assert r.exit_code == 0, r.output
     assert list(json.loads((tmp_path / "c.res.json").read_text())["classes"].values()) == [4] * 10
+    assert "is .npz/.npy data, already model inputs" in _cli_error(  # a preset means nothing there
+        ["calibrate", str(DIGITS), "--data", str(ev), "--data-preset", "imagenet", "-o", str(tmp_path / "d.json")])
 
 
 def _image(path: Path, w: int, h: int) -> Path:

@@ -9,10 +9,10 @@ import typer
 
 from .. import pipeline
 from ..calibration.artifact import recorded_data
-from ..recipe import Activations, Weights, check_limit, load_recipe, merge, recipe_data
+from ..recipe import Activations, Weights, check_limit, load_recipe, merge
 from ..report.render import render_analyze
 from . import options as o
-from .common import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, data_settings, error_boundary, ui, write_reports
 
 
 @app.command(help="Per-node quantization sensitivity, worst first: each node quantized alone (drop of accuracy or "
@@ -51,6 +51,6 @@ def analyze(
                  [("--json", json_out), ("--report", report)])
         result = pipeline.analyze(model, settings, calibration=calibration, calib_settings=calib,
                                   labels=str(labels) if labels else None, progress=ui.progress,
-                                  data=recipe_data(r, data_preset))
+                                  data=data_settings(r, data_preset, calib.data, settings.eval_data))
         render_analyze(result, ui.out, top=top)
         write_reports(result, json_path=json_out, html_path=report)

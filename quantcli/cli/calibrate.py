@@ -9,10 +9,10 @@ import typer
 
 from .. import pipeline
 from ..data.config import SampleBy
-from ..recipe import Activations, load_recipe, merge, recipe_data
+from ..recipe import Activations, load_recipe, merge
 from ..report.render import render_calibration
 from . import options as o
-from .common import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, data_settings, error_boundary, ui, write_reports
 
 
 @app.command(help="Run calibration data through the model and write a reusable calibration artifact (JSON).")
@@ -49,11 +49,11 @@ def calibrate(
         r = load_recipe(recipe)
         settings = merge(r.calibrate, data=str(data) if data else None, samples=samples, batch_size=batch_size,
                          method=method, percentile=percentile, sample_by=sample_by, seed=seed)
-        data_settings = recipe_data(r, data_preset)
         conv = merge(r.convert, activations=activations, act_matmul=act_matmul, cle=cle)
         check_io([("model", model), ("data", settings.data), ("recipe", recipe)],
                  [("-o", output), ("--json", json_out), ("--report", report)])
-        result = pipeline.calibrate(model, output, settings, convert_settings=conv, data=data_settings,
+        result = pipeline.calibrate(model, output, settings, convert_settings=conv,
+                                    data=data_settings(r, data_preset, settings.data),
                                     progress=ui.progress)
         render_calibration(result, ui.out)
         write_reports(result, json_path=json_out, html_path=report)

@@ -11,10 +11,10 @@ from .. import pipeline
 from ..calibration.artifact import recorded_data
 from ..errors import ExitCode
 from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange, WeightAlgorithm, Weights, check_limit,
-                      load_recipe, merge, parse_node_rule, recipe_data)
+                      load_recipe, merge, parse_node_rule)
 from ..report.render import render_convert
 from . import options as o
-from .common import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, data_settings, error_boundary, ui, write_reports
 
 
 @app.command(help="Quantize (static or dynamic INT8) or convert (FP16/BF16) a model, validate it, write it.")
@@ -92,7 +92,8 @@ def convert(
                 and settings.mode == Mode.STATIC:
             calib = None
         result = pipeline.convert(model, output, settings, calibration=calibration, calib_settings=calib,
-                                  progress=ui.progress, data=recipe_data(r, data_preset))
+                                  progress=ui.progress, 
+                                  data=data_settings(r, data_preset, calib.data if calib else None, settings.eval_data))
         for w in result.warnings:
             ui.warn(w)
         render_convert(result, ui.out)

@@ -8,10 +8,10 @@ import typer
 
 from .. import pipeline
 from ..errors import ExitCode
-from ..recipe import load_recipe, merge, recipe_data
+from ..recipe import load_recipe, merge
 from ..report.render import render_run
 from . import options as o
-from .common import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, data_settings, error_boundary, ui, write_reports
 
 
 @app.command(help="Calibrate, convert and compare in one step from a recipe; exit 1 if an [accept] criterion "
@@ -37,7 +37,7 @@ def run(
         r.run = merge(r.run, model=str(model) if model else None, output=str(output) if output else None)
         r.calibrate = merge(r.calibrate, data=str(data) if data else None)
         r.compare = merge(r.compare, data=str(eval_data) if eval_data else None)
-        r.data = recipe_data(r, data_preset)
+        r.data = data_settings(r, data_preset, r.calibrate.data, r.compare.data)
         inputs, outputs = pipeline.run_paths(r)
         check_io(inputs, outputs + [("--json", json_out), ("--report", report), ("--junit", junit), ("--markdown", markdown)])
         result = pipeline.run(r, progress=ui.progress)

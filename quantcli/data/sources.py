@@ -401,7 +401,8 @@ def _discover_chunks(path: Path, specs: Sequence[InputSpec]) -> list[_Chunk]:
                 raise QuantcliError(f"{path}: a single .npy file can only feed a single-input model; "
                                     "use a .npz keyed by input name")
             return [_Chunk(path, "npy-single", (path,), specs[0].name)]
-        raise QuantcliError(f"{path}: unsupported data file; expected .npz, .npy or a folder of them")
+        raise QuantcliError(f"{path}: unsupported data file; expected .npz, .npy, .txt, .jsonl, .wav, or a folder "
+                            "of .npz/.npy files, images or .wav files")
     npz = sorted(path.glob("*.npz"))
     npy = sorted(path.glob("*.npy"))
     if npz and npy:
@@ -417,7 +418,7 @@ def _discover_chunks(path: Path, specs: Sequence[InputSpec]) -> list[_Chunk]:
             return [_Chunk(p, "npy-single", (p,), specs[0].name) for p in npy if p.stem != LABELS_KEY]
         raise QuantcliError(f"{path}: .npy files must be named after the model inputs "
                             f"({', '.join(sorted(names))}.npy)")
-    raise QuantcliError(f"{path}: the folder has no .npz or .npy files")
+    raise QuantcliError(f"{path}: the folder has no .npz, .npy, image or .wav files")
 
 
 def _load_labels(path: Path) -> np.ndarray:
