@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from quantcli import pipeline
 from quantcli.cli.app import app
-from quantcli.data.config import (AudioSettings, Color, DataSettings, DType, ImageSettings, Layout, SampleBy,
-                                  TextSettings)
+from quantcli.data.config import (AudioSettings, Color, DataSettings, DType, ImageSettings, Layout, Padding,
+                                  SampleBy, TextSettings)
 from quantcli.data.images import preprocess
 from quantcli.data.sampling import choose, quotas
 from quantcli.data.sources import Dataset, input_specs
@@ -243,6 +243,10 @@ def test_text_lines_make_ids_mask_and_type_ids_as_the_model_asks(tmp_path):
     assert batch["input_ids"][0].tolist() == [chars.index(c) for c in "abc"] + [0] * 5
     assert batch["attention_mask"].tolist() == [[1] * 3 + [0] * 5, [1] * 8]
     assert batch["token_type_ids"].sum() == 0 and batch["input_ids"].shape == (2, 8)
+    unpadded = Dataset(tmp_path / "t.txt", specs, config=DataSettings(text=TextSettings(
+        tokenizer=str(SAMPLES / "tiny_lm-tokenizer.json"), max_length=8, padding=Padding.NONE)))
+    assert unpadded.default_batch_size() == 1
+    assert [b["attention_mask"].tolist() for b in unpadded.batches(1)] == [[[1] * 3], [[1] * 8]]
     (tmp_path / "t.jsonl").write_text('{"text": "ab", "label": 1}\n{"text": "cd"}\n')
     with pytest.raises(QuantcliError, match=r"t.jsonl:2: some lines have 'label'"):
         Dataset(tmp_path / "t.jsonl", specs, config=cfg)
@@ -287,3 +291,29 @@ def test_wav_folders_are_resampled_windowed_and_calibrated(tmp_path):
     (tmp_path / "wav" / "tone" / "c.wav").write_bytes(b"RIFF....WAVEjunk")
     with pytest.raises(QuantcliError, match=r"c.wav: not a PCM WAV file"):
         Dataset(tmp_path / "wav", input_specs(audio_classifier(400)), config=cfg)
+
+
+def test_samples_of_their_own_size_go_one_per_run(tmp_path):
+    """No resize: images keep their sizes, so a model with dynamic H/W gets them one at a time (the default
+    batch); forcing a larger batch is a one-line error."""
+    from models import small_cnn
+
+    (tmp_path / "imgs").mkdir()
+    for i, (w, h) in enumerate(((16, 16), (20, 12), (24, 16))):
+        _image(tmp_path / "imgs" / f"{i}.png", w, h)
+    onnx.save(small_cnn(), tmp_path / "cnn.onnx")
+    model = onnx.load(tmp_path / "cnn.onnx")
+    for d in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.dim_param = "hw"
+    onnx.save(model, tmp_path / "dyn.onnx")
+    ds = Dataset(tmp_path / "imgs", input_specs(model))
+    assert ds.default_batch_size() == 1
+    assert [b["x"].shape for b in ds.batches(1)] == [(1, 3, 16, 16), (1, 3, 12, 20), (1, 3, 16, 24)]
+    with pytest.raises(QuantcliError, match=r"samples of different shapes .* use --batch-size 1"):
+        list(ds.batches(2))
+    cal = pipeline.calibrate(tmp_path / "dyn.onnx", tmp_path / "c.json",
+                             pipeline.CalibrateSettings(data=str(tmp_path / "imgs")))
+    assert cal.samples == 3
+    raw = data_settings({"image": {"dtype": "uint8"}}, "r.toml: [data]")
+    with pytest.raises(QuantcliError, match=r"is uint8: it takes raw pixels; set \[data.image\] scale = 1.0"):
+        Dataset(tmp_path / "imgs", input_specs(model), config=raw)

@@ -47,6 +47,7 @@ class Decoded:
         self.labels: np.ndarray | None = None
         self.class_names: list[str] = []
         self.files: list[Path] = []  # every file the samples come from (hashed in this order)
+        self.equal_shapes = True     # every sample gets one shape (else decoded and batched one at a time)
 
     def load(self, items: list) -> dict[str, np.ndarray]:  # pragma: no cover - every subclass has one
         raise NotImplementedError
@@ -54,7 +55,8 @@ class Decoded:
     def groups(self, indices: Sequence[int]) -> list[list[int]]:
         """Chunks of item indices decoded together (in order)."""
         idx = list(indices)
-        return [idx[i:i + CHUNK] for i in range(0, len(idx), CHUNK)]
+        size = CHUNK if self.equal_shapes else 1
+        return [idx[i:i + size] for i in range(0, len(idx), size)]
 
 
 

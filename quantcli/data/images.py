@@ -38,7 +38,12 @@ class ImageFolder(Decoded):
         self.spec = find_spec(specs, path, "image folders", kinds="fiu")
         self.files, self.labels, self.class_names = class_layout(path, is_image)
         self.items = list(self.files)
+        self.equal_shapes = output_hw(settings) is not None
         self._check_shape()
+        dtype = self.spec.dtype if settings.dtype == DType.AUTO else np.dtype(settings.dtype.value)
+        if dtype.kind in "iu" and (settings.scale != 1.0 or set(settings.mean) != {0.0} or set(settings.std) != {1.0}):
+            raise QuantcliError(f"{path}: the model's input '{self.spec.name}' is {dtype}: it takes raw pixels; set "
+                                "[data.image] scale = 1.0, mean = [0.0], std = [1.0]")
 
     def _check_shape(self) -> None:
         """The per-sample shape the settings produce, against the model input's fixed dims (before decoding)."""

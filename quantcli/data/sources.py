@@ -293,6 +293,8 @@ class Dataset:
                                 f"{sorted(fixed)}; cannot tell the batch axis")
         if fixed:
             return int(fixed.pop())
+        if self.decoded is not None and not self.decoded.equal_shapes:  # samples of their own sizes: one a run
+            return requested or 1
         return requested or max(1, min(DEFAULT_BATCH, BATCH_VALUES // max(1, self.sample_values)))
 
     def samples(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -352,7 +354,13 @@ class Dataset:
             yield self._feeds(buf)
 
     def _feeds(self, buf: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
-        feeds = {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+        try:
+            feeds = {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+        except ValueError:  # samples of different shapes (images without a fixed size, unpadded text)
+            shapes = sorted({tuple(a.shape[1:]) for v in buf.values() for a in v})
+            raise QuantcliError(f"{self.path}: samples of different shapes {shapes[0]} and {shapes[-1]} in one batch; "
+                                "use --batch-size 1, or give them one size ([data.image] resize/crop, "
+                                "[data.text] padding = \"max_length\")") from None
         for s in self.specs:
             if s.scalar:  # a rank-0 input takes one value per run: the batch's samples must agree on it
                 v = feeds[s.name]

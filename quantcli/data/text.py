@@ -40,6 +40,7 @@ class TextFile(Decoded):
             raise QuantcliError(f"[data.text] max_length: must be at least 1, got {settings.max_length}")
         self.tokenizer = _load_tokenizer(Path(settings.tokenizer), settings)
         self.roles = _roles(specs, path)
+        self.equal_shapes = settings.padding == Padding.MAX_LENGTH
         self.files = [path]
         self.items, labels = _read(path, settings)
         self.labels = None if labels is None else np.asarray(labels, np.int64)
