@@ -46,7 +46,7 @@ class Decoded:
         self.items: list = []
         self.labels: np.ndarray | None = None
         self.class_names: list[str] = []
-        self.files: list[Path] = []  # every file the samples come from (hashed in this order)
+        self.files: list[Path] = []  # every file the samples come from
         self.equal_shapes = True     # every sample gets one shape (else decoded and batched one at a time)
 
     def load(self, items: list) -> dict[str, np.ndarray]:  # pragma: no cover - every subclass has one
@@ -57,7 +57,6 @@ class Decoded:
         idx = list(indices)
         size = CHUNK if self.equal_shapes else 1
         return [idx[i:i + size] for i in range(0, len(idx), size)]
-
 
 
 def sha256_of(root: Path, files: list[Path], settings) -> str:

@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import QuantcliError
 from . import sampling
 from .config import DataSettings, SampleBy
-from .decoded import Decoded, class_layout
+from .decoded import Decoded, class_layout, sha256_of
 from .specs import InputSpec, class_count, fmt_shape, input_specs, max_lengths, vocab_sizes  # noqa: F401
 
 LABELS_KEY = "labels"
@@ -84,7 +84,6 @@ def data_sha256(path: str | Path, config: DataSettings | None = None) -> str:
     p = Path(path)
     kind = source_kind(p)
     if kind != "npz":
-        from .decoded import sha256_of
         from .audio import is_wav
         from .images import is_image
 
