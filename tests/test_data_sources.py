@@ -317,3 +317,23 @@ def test_samples_of_their_own_size_go_one_per_run(tmp_path):
     raw = data_settings({"image": {"dtype": "uint8"}}, "r.toml: [data]")
     with pytest.raises(QuantcliError, match=r"is uint8: it takes raw pixels; set \[data.image\] scale = 1.0"):
         Dataset(tmp_path / "imgs", input_specs(model), config=raw)
+
+
+def test_presets_merge_under_the_recipe_and_the_flag_chooses_them(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[data]\npreset = "imagenet"\n[data.image]\ncrop = [200, 200]\n')
+    r = load_recipe(recipe)
+    assert r.data.preset == "imagenet" and r.data.image.crop == [200, 200] and r.data.image.size == [256]
+    fragment = tmp_path / "mine.toml"
+    fragment.write_text('[data.image]\ncolor = "bgr"\nresize = "exact"\nsize = [64]\n')
+    from quantcli.recipe import recipe_data
+
+    mine = recipe_data(r, str(fragment))  # --data-preset FILE replaces the recipe's preset; its own keys stay
+    assert mine.image.color.value == "bgr" and mine.image.size == [64] and mine.image.crop == [200, 200]
+    assert mine.image.mean == [0.0]  # nothing of the imagenet preset is left
+    fragment.write_text('[convert]\nprecision = "fp16"\n')
+    with pytest.raises(QuantcliError, match="a data preset holds one \\[data\\] table"):
+        recipe_data(r, str(fragment))
+    recipe.write_text('[data.image]\nresize = "squash"\n')
+    with pytest.raises(QuantcliError, match=r"r.toml: \[data.image\] resize: 'squash' is not one of"):
+        load_recipe(recipe)
