@@ -146,3 +146,22 @@ def test_report_renders_in_headless_chromium_without_console_errors(reports, tmp
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (CI installs Debian's chromium)")
 def test_run_recipe_report_renders_in_headless_chromium(run_report, tmp_path):
     _shoot(run_report, tmp_path)
+
+
+def test_max_drop_report_shows_the_search_its_ranking_and_sqnr_along_the_graph(tmp_path):
+    samples = ROOT / "sample_models"
+    r = CliRunner().invoke(app, ["convert", str(samples / "outlier_cnn.onnx"), "--data",
+                                 str(samples / "digits_cnn-calib.npz"), "--eval-data", str(samples / "digits_cnn-eval.npz"),
+                                 "--max-drop", "1", "-o", str(tmp_path / "q.onnx"), "--report", str(tmp_path / "md.html"),
+                                 "--json", str(tmp_path / "md.json"), "-q"])
+    assert r.exit_code == 0, r.output
+    search = json.loads((tmp_path / "md.json").read_text())["search"]
+    page = _page(tmp_path / "md.html")
+    body = " ".join(page.text)
+    assert "Mixed precision search" in body and "Bisection over the ranking" in body
+    assert [n["node"] for n in search["ranking"]][:len(search["float_nodes"])] == search["float_nodes"]
+    label = next(a["aria-label"] for t, a in zip(page.tags, page.attrs)
+                 if t == "svg" and a.get("aria-label", "").startswith("Per-layer output SQNR along the graph"))
+    along = [n["node"] for n in sorted(search["ranking"], key=lambda n: n["graph_index"])]
+    assert along[0] == "stem/conv" and along[-1] == "head/fc"
+    assert [label.index(f" {n} ") for n in along] == sorted(label.index(f" {n} ") for n in along)
