@@ -354,11 +354,12 @@ def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
     evaluation = Dataset(recipe.compare.data, input_specs(fp32), labels_path=recipe.compare.labels,
                          classes=class_count(fp32), config=recipe.data)
     _require_a_batch(evaluation)
+    evaluation.verify_files()
     if evaluation.labels is not None and (recipe.accept.max_drop is not None or recipe.compare.max_drop is not None):
         _check_gate_reference(fp32, evaluation, recipe.compare.labels or recipe.compare.data)
     cal = None
     if _static(recipe.convert):
-        Dataset(recipe.calibrate.data, input_specs(fp32), config=recipe.data)
+        Dataset(recipe.calibrate.data, input_specs(fp32), config=recipe.data).verify_files()
         cal = calibrate(model, dict(outputs)["calibration"], recipe.calibrate, convert_settings=recipe.convert,
                         data=recipe.data, progress=progress)
     conv = convert(model, output, recipe.convert, calibration=cal.output if cal else None,

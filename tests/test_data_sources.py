@@ -337,3 +337,14 @@ def test_presets_merge_under_the_recipe_and_the_flag_chooses_them(tmp_path):
     recipe.write_text('[data.image]\nresize = "squash"\n')
     with pytest.raises(QuantcliError, match=r"r.toml: \[data.image\] resize: 'squash' is not one of"):
         load_recipe(recipe)
+
+
+def test_run_checks_every_image_before_it_writes_anything(digits, tmp_path):
+    import shutil
+
+    shutil.copytree(digits / "eval", tmp_path / "eval")
+    (tmp_path / "eval" / "digit9" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    line = _cli_error(["run", str(DIGITS_RECIPE), "--model", str(DIGITS), "-o", str(tmp_path / "q.onnx"), "--data",
+                       str(digits / "calib"), "--eval-data", str(tmp_path / "eval"), "-q"])
+    assert "zz_broken.png: cannot decode the image" in line
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q.onnx.calib.json").exists()

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import QuantcliError
 from .specs import InputSpec
 
-CHUNK = 32  # items decoded together: bounded memory, and the unit of the up-front check (the first chunk)
+CHUNK = 32  # items decoded together: bounded memory; each chunk is checked against the model as it is decoded
 
 EXTRAS = {"PIL": ("Pillow", "images"), "tokenizers": ("tokenizers", "text")}
 
@@ -51,6 +51,9 @@ class Decoded:
 
     def load(self, items: list) -> dict[str, np.ndarray]:  # pragma: no cover - every subclass has one
         raise NotImplementedError
+
+    def verify(self) -> None:
+        """Open every file far enough to know it is readable (default: nothing beyond what opening read)."""
 
     def groups(self, indices: Sequence[int]) -> list[list[int]]:
         """Chunks of item indices decoded together (in order)."""

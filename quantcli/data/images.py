@@ -62,6 +62,15 @@ class ImageFolder(Decoded):
                                     f"({s.layout.value}), the model's input '{spec.name}' expects "
                                     f"{fmt_shape(spec.shape)} (axis {axis}: {got} != {want})")
 
+    def verify(self) -> None:
+        """Every image's header (Pillow reads the header on open, the pixels only on load)."""
+        for path in self.files:
+            try:
+                with self.pil.open(path):
+                    pass
+            except Exception as exc:  # PIL raises many kinds (UnidentifiedImageError, OSError, DecompressionBomb...)
+                raise _unreadable(path, exc) from None
+
     def load(self, items: list) -> dict[str, np.ndarray]:
         arrays = [self._one(p) for p in items]
         first = arrays[0].shape
@@ -79,8 +88,12 @@ class ImageFolder(Decoded):
         except QuantcliError:
             raise
         except Exception as exc:  # PIL raises many kinds (UnidentifiedImageError, OSError, DecompressionBomb...)
-            raise QuantcliError(f"{path}: cannot decode the image ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+            raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> QuantcliError:
+    return QuantcliError(f"{path}: cannot decode the image ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})")
 
 
 def _hw(v: list[int], what: str) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 The kind comes from the path (:func:`open_decoded`): ``.npz``/``.npy`` files or folders of them (below); image
 folders (:mod:`.images`), ``.txt``/``.jsonl`` text with a tokenizer (:mod:`.text`), ``.wav`` files or folders
 (:mod:`.audio`), decoded as the recipe's ``[data]`` section (:mod:`.config`) declares.  Decoded sources list
-their samples up front, decode them chunk by chunk once per pass, and check the first chunk before any work.
+their samples up front, decode them chunk by chunk once per pass (each chunk checked like an .npz file), and
+decode and check the first sample when opened, before any work.
 
 Layout rules (the first axis of every array is the sample axis):
 
@@ -159,11 +160,12 @@ class Dataset:
         return np.concatenate(labels) if labels and all(has_labels) else None
 
     def _scan_decoded(self) -> np.ndarray | None:
-        """Decoded sources: the items listed; the first chunk decoded, checked and kept for the first pass."""
+        """Decoded sources: the items listed; the first sample decoded, checked against the model and kept (every
+        pass reuses it, so opening the data again costs one decode, not a chunk)."""
         src = self.decoded
         self.num_samples = len(src.items)
         if self.num_samples:
-            first = src.groups(range(self.num_samples))[0]
+            first = [0]
             arrays = self._decode(first)
             self._first = (tuple(first), arrays)
             self.sample_values = sum(int(np.size(arrays[sp.name])) // len(first) for sp in self.specs)
@@ -187,6 +189,12 @@ class Dataset:
         at = {i: r for r, i in enumerate(missing)}
         return {k: np.stack([kept[k][row[i]] if i in row else fresh[k][at[i]] for i in indices]) for k in
                 (kept or fresh)}
+
+    def verify_files(self) -> None:
+        """Check that every file of a decoded source opens as its kind says (image headers; text and WAV headers
+        are read when the data is opened), without decoding: ``run`` does this before it writes anything."""
+        if self.decoded is not None:
+            self.decoded.verify()
 
     @property
     def class_names(self) -> list[str]:
