@@ -140,7 +140,7 @@ def check_io(inputs: Mapping[str, object] | Iterable[tuple[str, object]],
 
 def check_output_path(out, *inputs) -> Path:
     """Validate one output path against some inputs (the Python API's check; commands use :func:`check_io`)."""
-    check_io([(f"input {k + 1}", i) for k, i in enumerate(inputs) if i is not None and Path(i).exists()],
+    check_io([(f"input {k + 1}", i) for k, i in enumerate(inputs) if i is not None and Path(i).exists() and not Path(i).is_dir()],
              [("output", out)])
     return Path(out)
 

@@ -20,10 +20,11 @@ from . import modelio, paths
 from .calibration.artifact import CalibrationArtifact, load_artifact
 from .calibration.collect import collect_statistics
 from .cpu import detect as detect_cpu
+from .data.config import DataSettings, SampleBy
 from .data.sources import Dataset, class_count, data_sha256, input_specs
 from .errors import QuantcliError
 from .quantize.scheme import apply_scheme
-from .quantize.search import eval_data, sensitivities_alone
+from .quantize.search import eval_data, ranked_dicts, sensitivities_alone
 from .quantize.static import StaticBuilder
 from .settings import Resolved, resolve
 from .validate.output import COLLAPSED_COSINE, validation_feeds, write_validated
@@ -72,25 +73,29 @@ def _open_dataset(path: str | None, model: onnx.ModelProto, what: str, **kw) -> 
 
 # -- calibrate ------------------------------------------------------------------------------------------
 def calibrate(model_path: str | Path, out_path: str | Path, settings: CalibrateSettings, *,
-              convert_settings: ConvertSettings | None = None,
+              convert_settings: ConvertSettings | None = None, data: DataSettings | None = None,
               progress: Progress = _no_progress) -> CalibrationResult:
-    """Observe the tensors that convert, with ``convert_settings`` (activation scheme, CLE), will quantize."""
+    """Observe the tensors that convert, with ``convert_settings`` (activation scheme, CLE), will quantize;
+    ``data``: how a decoded source (images, text, audio) becomes inputs (the recipe's [data])."""
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, settings.data)
     artifact, pass_seconds = _calibrate_model(model, str(model_path), settings, progress,
-                                              convert_settings or ConvertSettings())
+                                              convert_settings or ConvertSettings(), data=data)
     modelio.write_text_atomic(out, artifact.to_json())
     ranges = artifact.ranges()
     return CalibrationResult(str(out), artifact.model_sha256, artifact.samples, len(artifact.observers),
                              settings.method.value, time.perf_counter() - t0, ranges, pass_seconds,
-                             artifact.manifest)
+                             artifact.manifest, artifact.settings.get("classes"),
+                             artifact.settings.get("sample_by", SampleBy.FIRST.value))
 
 
 def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: CalibrateSettings, progress: Progress,
                      conv: ConvertSettings, tensors: list[str] | None = None,
-                     prepared: onnx.ModelProto | None = None) -> tuple[CalibrationArtifact, float]:
-    dataset = _open_dataset(settings.data, model, "calibrate")
+                     prepared: onnx.ModelProto | None = None,
+                     data: DataSettings | None = None) -> tuple[CalibrationArtifact, float]:
+    dataset = _open_dataset(settings.data, model, "calibrate", config=data)
+    dataset.select(settings.samples, settings.sample_by, settings.seed)
     prepared = prepared if prepared is not None else prepare(model, cle=conv.cle).model
     act_matmul = resolve(conv).act_matmul
     tensors = tensors if tensors is not None else calibration_tensors(prepared, conv.activations, act_matmul)
@@ -107,8 +112,9 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
     # the data by absolute path and hash: convert finds it from any folder and notices if it changed
     cal_settings = {"method": settings.method.value, "percentile": settings.percentile, "bins": settings.bins,
                     "batch_size": bs, "data": str(Path(settings.data).resolve()),
-                    "data_sha256": data_sha256(settings.data), "samples": settings.samples,
-                    "activations": conv.activations.value, "cle": conv.cle, "act_matmul": act_matmul}
+                    "data_sha256": data_sha256(settings.data, data), "samples": settings.samples,
+                    "activations": conv.activations.value, "cle": conv.cle, "act_matmul": act_matmul,
+                    **_sampling_record(dataset, settings, data, used)}
     sha = modelio.file_sha256(model_path)
     artifact = CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
                                    build_manifest(model_path, sha, {"calibrate": cal_settings}),
@@ -116,10 +122,27 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
     return artifact, pass_seconds
 
 
+def _sampling_record(dataset: Dataset, settings: CalibrateSettings, data: DataSettings | None, used: int) -> dict:
+    """What the artifact records about the samples beyond .npz's (whose artifacts stay as they were): how a
+    decoded source was decoded, how a subset was drawn, the class histogram of the samples used."""
+    out: dict = {}
+    if dataset.decoded is not None:  # by absolute paths, as the data: convert reopens it from any folder
+        out["data_config"] = to_plain(data or DataSettings())
+        if out["data_config"]["text"]["tokenizer"]:
+            out["data_config"]["text"]["tokenizer"] = str(Path(out["data_config"]["text"]["tokenizer"]).resolve())
+    if dataset.selection is not None:
+        out.update(sample_by=dataset.sample_by.value, seed=settings.seed)
+    hist = dataset.class_histogram(used)
+    if hist is not None:
+        out["classes"] = hist
+    return out
+
+
 # -- convert --------------------------------------------------------------------------------------------
 def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSettings, *,
             calibration: str | Path | None = None, calib_settings: CalibrateSettings | None = None,
-            progress: Progress = _no_progress, min_cosine: float | None = COLLAPSED_COSINE) -> ConvertResult:
+            progress: Progress = _no_progress, min_cosine: float | None = COLLAPSED_COSINE,
+            data: DataSettings | None = None) -> ConvertResult:
     """Load -> resolve settings -> prepare -> ranges -> quantize (one scheme) -> stamp -> validate and write.
 
     ``min_cosine``: the check sample's cosine with FP32 below which the model is refused, not written (None
@@ -128,17 +151,17 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     check_convert_options(settings, calibration)
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, calibration)
-    res = resolve(settings, calib_settings)
+    res = resolve(settings, calib_settings, data=data)
     prep = artifact = None
     if res.scheme != "half":  # CLE evens per-channel ranges for INT8; 4-bit blocks have their own scales
         prep = prepare(model, cle=settings.cle and res.scheme != "int4")
         res = res.for_opset(modelio.model_opset(prep.model))
     if res.scheme == "static":
         artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
-        res = res.with_artifact_data(artifact.data_path())
+        res = res.with_artifact_data(artifact.data_path(), artifact.data_settings())
     scheme = apply_scheme(model, prep, res, artifact, calibration=calibration, progress=progress)
     manifest = _stamp(scheme.model, model_path, settings, calibration, calib_settings)
-    feeds = validation_feeds(model, res.calibration_data)
+    feeds = validation_feeds(model, res.calibration_data, res.data)
     warnings = [f"{'--exclude' if p in settings.exclude else 'node rule match'} '{p}' matches no node of "
                 f"{model_path} (patterns: node name, op type, glob, re:REGEX, @first, @last)"
                 for p in unmatched_patterns(prep.model if prep else model,
@@ -206,7 +229,7 @@ def _artifact_for(model, model_path, prep: Prepared, res: Resolved, calibration,
         return artifact
     if res.calibrate is not None and res.calibrate.data:
         artifact, _ = _calibrate_model(model, str(model_path), res.calibrate, progress, res.convert,
-                                       prepared=prep.model)
+                                       prepared=prep.model, data=res.data)
         return artifact
     raise QuantcliError("convert: static INT8 needs ranges: give --calibration CALIB.json or --data PATH "
                         "(or use --mode dynamic, or --precision fp16)")
@@ -229,7 +252,7 @@ def _check_passes(calibration, calibrated: list[str], converting: list[str]) -> 
 
 # -- compare --------------------------------------------------------------------------------------------
 def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSettings, *, gate: float | None = None,
-            progress: Progress = _no_progress) -> CompareResult:
+            progress: Progress = _no_progress, data: DataSettings | None = None) -> CompareResult:
     """``gate``: a --max-drop applied by the caller (run's [accept]); like ``settings.max_drop`` it needs a
     meaningful reference: with labels, FP32 accuracy above chance."""
     fp32 = modelio.load_model(fp32_path)
@@ -238,7 +261,8 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
     names_b = [s.name for s in input_specs(quant)]
     if sorted(names_a) != sorted(names_b):
         raise QuantcliError(f"{quant_path}: inputs {names_b} do not match the FP32 model's {names_a}")
-    ds = _open_dataset(settings.data, fp32, "compare", labels_path=settings.labels, classes=class_count(fp32))
+    ds = _open_dataset(settings.data, fp32, "compare", labels_path=settings.labels, classes=class_count(fp32),
+                       config=data)
     _require_a_batch(ds)
     sa = make_session(fp32, threads=settings.threads, what=str(fp32_path), spinning=False)
     sb = make_session(quant, threads=settings.threads, what=str(quant_path), spinning=False)
@@ -328,18 +352,19 @@ def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
     # every input validated before any work: a bad data set must not leave a model behind
     fp32 = modelio.load_model(model)
     evaluation = Dataset(recipe.compare.data, input_specs(fp32), labels_path=recipe.compare.labels,
-                         classes=class_count(fp32))
+                         classes=class_count(fp32), config=recipe.data)
     _require_a_batch(evaluation)
+    evaluation.verify_files()
     if evaluation.labels is not None and (recipe.accept.max_drop is not None or recipe.compare.max_drop is not None):
         _check_gate_reference(fp32, evaluation, recipe.compare.labels or recipe.compare.data)
     cal = None
     if _static(recipe.convert):
-        Dataset(recipe.calibrate.data, input_specs(fp32))
+        Dataset(recipe.calibrate.data, input_specs(fp32), config=recipe.data).verify_files()
         cal = calibrate(model, dict(outputs)["calibration"], recipe.calibrate, convert_settings=recipe.convert,
-                        progress=progress)
+                        data=recipe.data, progress=progress)
     conv = convert(model, output, recipe.convert, calibration=cal.output if cal else None,
-                   calib_settings=recipe.calibrate, progress=progress)
-    cmp = compare(model, output, recipe.compare, gate=recipe.accept.max_drop, progress=progress)
+                   calib_settings=recipe.calibrate, progress=progress, data=recipe.data)
+    cmp = compare(model, output, recipe.compare, gate=recipe.accept.max_drop, progress=progress, data=recipe.data)
     criteria = acceptance(recipe.accept, conv, cmp)
     return RunResult(recipe.to_dict(), cal, conv, cmp, criteria,
                      build_manifest(model, modelio.file_sha256(model), recipe.to_dict()))
@@ -421,10 +446,11 @@ def _coverage(model: onnx.ModelProto, feeds: dict[str, np.ndarray], reference: o
     return CoverageSummary(cov.integer_nodes, cov.float_heavy, cov.dq_left, cov.mac_share, cov.macs_total)
 
 
-def inspect(model_path: str | Path, *, data: str | None = None, min_coverage: float | None = None) -> InspectResult:
+def inspect(model_path: str | Path, *, data: str | None = None, min_coverage: float | None = None,
+            data_settings: DataSettings | None = None) -> InspectResult:
     """Let ONNX Runtime optimize ``model_path`` for the CPU and report what runs in integer kernels."""
     model = modelio.load_model(model_path)
-    feeds = validation_feeds(model, data)
+    feeds = validation_feeds(model, data, data_settings)
     cpu = detect_cpu()
     return InspectResult(str(model_path), {k: list(v.shape) for k, v in feeds.items()}, _coverage(model, feeds),
                          cpu.summary(), cpu.int8_path, min_coverage,
@@ -434,17 +460,17 @@ def inspect(model_path: str | Path, *, data: str | None = None, min_coverage: fl
 # -- analyze ----------------------------------------------------------------------------------------------
 def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: str | Path | None = None,
             calib_settings: CalibrateSettings | None = None, labels: str | None = None,
-            progress: Progress = _no_progress):
+            progress: Progress = _no_progress, data: DataSettings | None = None):
     """Per-node sensitivity: (a) each node quantized alone, (b) each node's SQNR inside the all-INT8 model."""
     from .results import AnalyzeResult
-    from .sensitivity import Evaluator, node_output_sqnr, rank
+    from .sensitivity import Evaluator, node_output_sqnr
 
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
     prep = prepare(model, cle=settings.cle)
-    res = resolve(settings, calib_settings).for_opset(modelio.model_opset(prep.model))
+    res = resolve(settings, calib_settings, data=data).for_opset(modelio.model_opset(prep.model))
     artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
-    res = res.with_artifact_data(artifact.data_path())
+    res = res.with_artifact_data(artifact.data_path(), artifact.data_settings())
     build = StaticBuilder(model, prep, res, artifact, calibration=calibration, progress=progress)
     ev = Evaluator(model, *build.held(eval_data(res, "analyze"), None, labels))
     built = build()
@@ -455,5 +481,5 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
     for r in rows:
         r.full_sqnr_db = inside.get(r.node)
     return AnalyzeResult(str(model_path), ev.metric_name, ev.ref_metric, full.drop, full.sqnr_db,
-                         [dataclasses.asdict(r) for r in rank(rows)], ev.evaluations, time.perf_counter() - t0,
+                         ranked_dicts(rows), ev.evaluations, time.perf_counter() - t0,
                          build_manifest(model_path, modelio.file_sha256(model_path), {"analyze": _plain(settings)}))

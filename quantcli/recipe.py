@@ -4,13 +4,16 @@ Schema (every key optional; flags given on the command line override the recipe)
 
     description = "..."
     [run]         model, output, calibration          (quantcli run)
-    [calibrate]   data, samples, batch_size, method, percentile, bins
+    [calibrate]   data, samples, sample_by (auto|first|random|class), seed, batch_size, method, percentile, bins
     [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range, act_matmul, cle,
                   bias_correction, max_drop, eval_data, block_size, symmetric_weights, algorithm (int4), and
                   [[convert.nodes]] tables of
                   match, precision (int8|fp16|fp32), weights, method, percentile
     [compare]     data, labels, max_drop, threads, runs, warmup
     [accept]      max_drop, min_int8_coverage, max_latency_ratio, max_size_mb   (quantcli run)
+    [data]        preset (a packaged preset name or a TOML fragment with a [data] table), and the sub-tables
+                  [data.image], [data.text], [data.audio] (:mod:`quantcli.data.config`); keys here override the
+                  preset's, ``--data-preset`` chooses the preset from the command line
 
 Unknown keys and bad values are errors naming the file, the section and the key.  Numbers must be finite and
 within :data:`LIMITS` (one table for recipe keys and command-line flags alike, applied by field name).
@@ -25,6 +28,7 @@ import sys
 import typing
 from pathlib import Path
 
+from .data.config import AudioSettings, DataSettings, ImageSettings, SampleBy, TextSettings
 from .errors import QuantcliError
 
 if sys.version_info >= (3, 11):
@@ -92,6 +96,8 @@ class ReduceRange(str, enum.Enum):
 class CalibrateSettings:
     data: str | None = None
     samples: int | None = None
+    sample_by: SampleBy = SampleBy.AUTO
+    seed: int = 0
     batch_size: int | None = None
     method: Method = Method.MINMAX
     percentile: float = 99.99
@@ -177,7 +183,9 @@ class Recipe:
     convert: ConvertSettings = dataclasses.field(default_factory=ConvertSettings)
     compare: CompareSettings = dataclasses.field(default_factory=CompareSettings)
     accept: AcceptSettings = dataclasses.field(default_factory=AcceptSettings)
+    data: DataSettings = dataclasses.field(default_factory=DataSettings)
     source: str | None = None
+    data_table: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # [data] as written
 
     def to_dict(self) -> dict:
         return to_plain(self)
@@ -188,7 +196,7 @@ def to_plain(v):
     if isinstance(v, enum.Enum):
         return v.value
     if dataclasses.is_dataclass(v):
-        return {f.name: to_plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        return {f.name: to_plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.name != "data_table"}
     if isinstance(v, list):
         return [to_plain(x) for x in v]
     return v
@@ -229,6 +237,10 @@ LIMITS: dict[str, Limit] = {
     "max_size_mb": Limit(0, lo_open=True),
     "top": Limit(1),                    # analyze --top
     "block_size": Limit(16, 256),       # int4; also a power of two (MatMulNBits): checked by the int4 scheme
+    "max_length": Limit(1, 1 << 20),    # [data.text]
+    "sample_rate": Limit(1, 1 << 22),   # [data.audio]
+    "window": Limit(1, 1 << 28),
+    "scale": Limit(0, lo_open=True),    # [data.image]
 }
 
 
@@ -295,13 +307,80 @@ def load_recipe(path: str | Path | None) -> Recipe:
             if not isinstance(value, str):
                 raise QuantcliError(f"{p}: 'description' must be a string")
             recipe.description = value
+        elif key == "data":
+            if not isinstance(value, dict):
+                raise QuantcliError(f"{p}: 'data' must be a table ([data])")
+            recipe.data_table = value
+            recipe.data = data_settings(value, f"{p}: [data]")
         elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise QuantcliError(f"{p}: '{key}' must be a table ([{key}])")
             setattr(recipe, key, _build(_SECTIONS[key], value, f"{p}: [{key}]"))
         else:
-            raise QuantcliError(f"{p}: unknown key '{key}' (expected: description, {', '.join(_SECTIONS)})")
+            raise QuantcliError(f"{p}: unknown key '{key}' (expected: description, {', '.join(_SECTIONS)}, data)")
     return recipe
+
+
+PRESETS = Path(__file__).resolve().parent / "data" / "presets"
+_DATA_TABLES = {"image": ImageSettings, "text": TextSettings, "audio": AudioSettings}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.toml"))
+
+
+def _preset_table(preset: str, where: str) -> dict:
+    """A preset's [data] table: a packaged preset by name, or a TOML fragment file with a [data] table."""
+    path = PRESETS / f"{preset}.toml" if "/" not in preset and not preset.endswith(".toml") else Path(preset)
+    if not path.is_file():
+        raise QuantcliError(f"{where}: no data preset '{preset}' (packaged: {', '.join(preset_names())}; or a "
+                            "path to a .toml fragment with a [data] table)")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise QuantcliError(f"{path}: not a valid TOML preset: {str(exc).splitlines()[0]}") from None
+    table = doc.get("data")
+    if not isinstance(table, dict) or set(doc) - {"data", "description"} or "preset" in table:
+        raise QuantcliError(f"{path}: a data preset holds one [data] table (with [data.image], [data.text] or "
+                            "[data.audio]) and no preset of its own")
+    return table
+
+
+def data_settings(table: dict, where: str, preset: str | None = None) -> DataSettings:
+    """[data] -> DataSettings: the preset's sub-tables first (``preset`` overrides the table's own choice), then
+    this table's keys over them."""
+    unknown = sorted(set(table) - {"preset", *_DATA_TABLES})
+    if unknown:
+        raise QuantcliError(f"{where} unknown key '{unknown[0]}' (expected one of: preset, {', '.join(_DATA_TABLES)})")
+    name = preset if preset is not None else coerce(table.get("preset", ""), str, f"{where} preset")
+    base = _preset_table(name, f"{where} preset") if name else {}
+    out = DataSettings(preset=name)
+    for key, cls in _DATA_TABLES.items():
+        merged = {}
+        for src, what in ((base, f"preset {name}"), (table, where)):
+            sub = src.get(key, {})
+            if not isinstance(sub, dict):
+                raise QuantcliError(f"{what}: '{key}' must be a table ([data.{key}])")
+            merged.update(sub)
+        sub_where = where.replace("[data]", f"[data.{key}]") if "[data]" in where else f"{where} [data.{key}]"
+        setattr(out, key, _build(cls, merged, sub_where))
+    return out
+
+
+def recipe_data(recipe: Recipe, preset: str | None = None) -> DataSettings:
+    """The recipe's data settings, with ``--data-preset`` (when given) as the preset."""
+    if preset is None:
+        return recipe.data
+    return data_settings(recipe.data_table, f"{recipe.source}: [data]" if recipe.source else "--data-preset",
+                         preset)
+
+
+def data_from_plain(plain: dict | None) -> DataSettings:
+    """Resolved data settings as recorded (e.g. in a calibration artifact) -> DataSettings (no preset lookup)."""
+    if not plain:
+        return DataSettings()
+    table = {k: v for k, v in plain.items() if k in _DATA_TABLES}
+    return dataclasses.replace(data_settings(table, "calibration artifact: [data]"), preset=plain.get("preset", ""))
 
 
 def _build(cls, table: dict, where: str):
@@ -362,6 +441,10 @@ def coerce(value, hint, where: str):
                                     "'per-channel' or 'per-tensor'")
             rules.append(rule)
         return rules
+    if typing.get_origin(hint) is list and typing.get_args(hint)[0] in (int, float):
+        if not isinstance(value, list):
+            raise QuantcliError(f"{where}: expected a list of numbers, got {value!r}")
+        return [coerce(v, typing.get_args(hint)[0], where) for v in value]
     if typing.get_origin(hint) is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise QuantcliError(f"{where}: expected a list of strings, got {value!r}")

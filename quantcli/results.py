@@ -17,6 +17,8 @@ class CalibrationResult:
     ranges: dict[str, tuple[float, float]]
     pass_seconds: float = 0.0   # the data pass alone (inference with taps + statistics)
     manifest: dict = dataclasses.field(default_factory=dict)
+    classes: dict[str, int] | None = None  # samples used per class (class folders or labels), in class order
+    sample_by: str = "first"               # how --samples picked them: first, random or class
 
     def __str__(self) -> str:
         return (f"calibrated {self.tensors} tensors on {self.samples} samples ({self.method}) "
@@ -194,7 +196,8 @@ class AnalyzeResult:
     fp32_metric: float
     all_int8_drop: float
     all_int8_sqnr_db: float
-    nodes: list[dict]          # NodeSensitivity as dicts: node, op, mac_share, alone_drop, alone_sqnr_db, full_sqnr_db
+    nodes: list[dict]          # NodeSensitivity as dicts: node, op, mac_share, alone_drop, alone_sqnr_db, full_sqnr_db,
+                               # graph_index (place in graph order)
     evaluations: int
     seconds: float
     manifest: dict = dataclasses.field(default_factory=dict)

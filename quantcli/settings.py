@@ -15,6 +15,7 @@ import dataclasses
 
 from .cpu import CpuInfo
 from .cpu import detect as detect_cpu
+from .data.config import DataSettings
 from .recipe import ActMatmul, Activations, CalibrateSettings, ConvertSettings, Mode, Precision, ReduceRange, Weights
 
 
@@ -28,6 +29,7 @@ class Resolved:
     per_channel: bool = True    # per-channel weights (needs opset 13; set by :meth:`for_opset`)
     calibration_data: str | None = None
     notes: tuple[str, ...] = ()  # what resolving decided that the report should say
+    data: DataSettings = dataclasses.field(default_factory=DataSettings)  # how raw data files become inputs
 
     @property
     def symmetric(self) -> bool:
@@ -54,9 +56,12 @@ class Resolved:
                 "per-channel weights need opset 13: using per-tensor weights",))
         return dataclasses.replace(self, per_channel=per_channel)
 
-    def with_artifact_data(self, recorded: str | None) -> Resolved:
-        """The calibration data: the given one, else what the calibration artifact recorded."""
-        return dataclasses.replace(self, calibration_data=self.calibration_data or recorded)
+    def with_artifact_data(self, recorded: str | None, recorded_data: DataSettings | None = None) -> Resolved:
+        """The calibration data: the given one, else what the calibration artifact recorded (and, for a decoded
+        source, how it was decoded)."""
+        if self.calibration_data or recorded is None:
+            return self
+        return dataclasses.replace(self, calibration_data=recorded, data=recorded_data or self.data)
 
     def with_convert(self, convert: ConvertSettings) -> Resolved:
         """The same decisions with other convert settings (per-node rules of a candidate build)."""
@@ -73,7 +78,7 @@ def quantize_act_matmul(settings: ConvertSettings, cpu: CpuInfo) -> bool:
 
 
 def resolve(convert: ConvertSettings, calibrate: CalibrateSettings | None = None,
-            cpu: CpuInfo | None = None) -> Resolved:
+            cpu: CpuInfo | None = None, data: DataSettings | None = None) -> Resolved:
     cpu = cpu or detect_cpu()
     reduce_range = convert.reduce_range == ReduceRange.ON or (
         convert.reduce_range == ReduceRange.AUTO and cpu.u8s8_saturates)
@@ -84,6 +89,7 @@ def resolve(convert: ConvertSettings, calibrate: CalibrateSettings | None = None
                          f"{'7-bit (reduce range)' if reduce_range else 'full 8-bit'}")
         if cpu.int8_speed_note:
             notes.append(f"speed: {cpu.int8_speed_note}")
+    data_settings = data
     data = calibrate.data if calibrate is not None and calibrate.data else None
     return Resolved(convert, calibrate, cpu, reduce_range, quantize_act_matmul(convert, cpu),
-                    calibration_data=data, notes=tuple(notes))
+                    calibration_data=data, notes=tuple(notes), data=data_settings or DataSettings())

@@ -130,3 +130,20 @@ def predicted_labels(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return np.argmax(s.run(None, {s.get_inputs()[0].name: x})[0].reshape(len(x), -1), axis=1).astype(np.int64)
+
+
+def audio_classifier(window: int = 400, seed: int = 0) -> onnx.ModelProto:
+    """Conv1d (1 -> 8, kernel 16, stride 8) -> Relu -> GlobalAveragePool -> Flatten -> Gemm (8 -> 3) on
+    [batch, 1, window] audio windows."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["audio", "w1", "b1"], ["c"], name="conv", strides=[8]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], name="fc", transB=1),
+    ]
+    inits = [_init("w1", rng.normal(size=(8, 1, 16)) * 0.3), _init("b1", rng.normal(size=8) * 0.05),
+             _init("wg", rng.normal(size=(3, 8))), _init("bg", np.zeros(3))]
+    return _model(nodes, [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 1, window])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], inits)

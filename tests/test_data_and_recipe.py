@@ -62,7 +62,7 @@ def test_missing_and_unreadable_data(tmp_path):
     with pytest.raises(QuantcliError, match="cannot read data"):
         Dataset(tmp_path / "bad.npz", _specs())
     (tmp_path / "empty").mkdir()
-    with pytest.raises(QuantcliError, match="no .npz or .npy"):
+    with pytest.raises(QuantcliError, match="no .npz, .npy, image or .wav files"):
         Dataset(tmp_path / "empty", _specs())
 
 

@@ -67,13 +67,19 @@ class CalibrationArtifact:
         if want and not self._data_checked:
             from ..data.sources import data_sha256
 
-            got = data_sha256(data)
+            got = data_sha256(data, self.data_settings())
             if got != want:
                 raise QuantcliError(f"{self.source or 'calibration'}: its calibration data {data} changed since "
                                     f"calibrate (sha256 {got[:12]}..., recorded {want[:12]}...); re-run quantcli "
                                     "calibrate, or pass --data")
             self._data_checked.append(True)
         return data
+
+    def data_settings(self):
+        """How the recorded calibration data was decoded (DataSettings; the defaults for .npz/.npy data)."""
+        from ..recipe import data_from_plain
+
+        return data_from_plain(self.settings.get("data_config"))
 
     def ranges(self, method: str | None = None, percentile: float | None = None,
                symmetric: bool = False) -> dict[str, tuple[float, float]]:

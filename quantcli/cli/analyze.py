@@ -12,7 +12,7 @@ from ..calibration.artifact import recorded_data
 from ..recipe import Activations, Weights, check_limit, load_recipe, merge
 from ..report.render import render_analyze
 from . import options as o
-from .common import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, data_settings, error_boundary, ui, write_reports
 
 
 @app.command(help="Per-node quantization sensitivity, worst first: each node quantized alone (drop of accuracy or "
@@ -31,6 +31,7 @@ def analyze(
                                                       "symmetric.", show_default=False),
     cle: Optional[bool] = o.Cle,
     top: int = typer.Option(20, "--top", help="Rows to show (all are in --json)."),
+    data_preset: o.OptStr = o.DataPreset,
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
     report: o.OptPath = o.Report,
@@ -49,6 +50,7 @@ def analyze(
                   ("evaluation data", settings.eval_data), ("labels", labels), ("recipe", recipe)],
                  [("--json", json_out), ("--report", report)])
         result = pipeline.analyze(model, settings, calibration=calibration, calib_settings=calib,
-                                  labels=str(labels) if labels else None, progress=ui.progress)
+                                  labels=str(labels) if labels else None, progress=ui.progress,
+                                  data=data_settings(r, data_preset, calib.data, settings.eval_data))
         render_analyze(result, ui.out, top=top)
         write_reports(result, json_path=json_out, html_path=report)

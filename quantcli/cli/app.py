@@ -35,10 +35,13 @@ _register()
 
 
 def _click_exception() -> type:
+    """The ClickException class Typer raises: its vendored click's where it has one (recent Typer), else click's.
+    The vendored one first: a separately installed click (e.g. pulled in by huggingface_hub with
+    ``quantcli[text]``) is not what Typer raises, and usage errors would end as tracebacks."""
     try:
-        from click.exceptions import ClickException
-    except ImportError:  # recent Typer vendors click
         from typer._click.exceptions import ClickException
+    except ImportError:  # older Typer uses click itself
+        from click.exceptions import ClickException
     return ClickException
 
 

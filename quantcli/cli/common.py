@@ -130,6 +130,21 @@ def check_io(inputs, outputs) -> None:
         ui.reserve_stdout()
 
 
+def data_settings(recipe, preset: str | None, *data_paths):
+    """The recipe's [data] with ``--data-preset``; the flag on data that is only .npz/.npy (already model inputs)
+    means nothing, and is an error like every option that means nothing."""
+    from pathlib import Path
+
+    from ..data.sources import source_kind
+    from ..recipe import recipe_data
+
+    given = [str(p) for p in data_paths if p]
+    if preset is not None and given and all(source_kind(Path(p)) == "npz" for p in given):
+        raise QuantcliError(f"--data-preset {preset}: {', '.join(given)} is .npz/.npy data, already model inputs "
+                            "(a preset says how image, text or audio files become inputs); remove it")
+    return recipe_data(recipe, preset)
+
+
 def write_reports(result, *, json_path=None, junit_path=None, markdown_path=None, html_path=None) -> None:
     """Write the optional reports of a result (JSON, JUnit, Markdown, HTML), each atomically."""
     from ..paths import write_text_atomic

@@ -11,7 +11,7 @@ from ..errors import ExitCode
 from ..recipe import load_recipe, merge
 from ..report.render import render_compare
 from . import options as o
-from .common import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, data_settings, error_boundary, ui, write_reports
 
 compare_app = typer.Typer(no_args_is_help=True, help="Compare a quantized model with its FP32 original.")
 app.add_typer(compare_app, name="compare")
@@ -31,6 +31,7 @@ def accuracy(
                                 show_default=False),
     runs: int = typer.Option(None, "--runs", help="Timed runs per model for latency (default 200).",
                              show_default=False),
+    data_preset: o.OptStr = o.DataPreset,
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
     report: o.OptPath = o.Report,
@@ -47,7 +48,8 @@ def accuracy(
         check_io([("FP32 model", fp32), ("quantized model", quant), ("data", settings.data),
                   ("labels", settings.labels), ("recipe", recipe)],
                  [("--json", json_out), ("--report", report), ("--junit", junit), ("--markdown", markdown)])
-        result = pipeline.compare(fp32, quant, settings, progress=ui.progress)
+        result = pipeline.compare(fp32, quant, settings, progress=ui.progress, 
+                                  data=data_settings(r, data_preset, settings.data))
         render_compare(result, ui.out)
         if not result:
             ui.failed(f"FAIL: {result.drop_text} (max {result.max_drop:g}{result.unit})")

@@ -14,7 +14,7 @@ from ..recipe import (Activations, BiasCorrection, Mode, Precision, ReduceRange,
                       load_recipe, merge, parse_node_rule)
 from ..report.render import render_convert
 from . import options as o
-from .common import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, data_settings, error_boundary, ui, write_reports
 
 
 @app.command(help="Quantize (static or dynamic INT8) or convert (FP16/BF16) a model, validate it, write it.")
@@ -58,6 +58,7 @@ def convert(
                                                      show_default=False),
     algorithm: Optional[WeightAlgorithm] = typer.Option(None, "--algorithm", help="int4: rtn (default, data-free) or "
                                                         "gptq (needs --data).", show_default=False),
+    data_preset: o.OptStr = o.DataPreset,
     recipe: o.OptPath = o.Recipe,
     max_drop: float = typer.Option(None, "--max-drop", help="Mixed precision: keep the fewest most sensitive "
                                                             "nodes in float so the drop stays within PCT points.",
@@ -91,7 +92,8 @@ def convert(
                 and settings.mode == Mode.STATIC:
             calib = None
         result = pipeline.convert(model, output, settings, calibration=calibration, calib_settings=calib,
-                                  progress=ui.progress)
+                                  progress=ui.progress, 
+                                  data=data_settings(r, data_preset, calib.data if calib else None, settings.eval_data))
         for w in result.warnings:
             ui.warn(w)
         render_convert(result, ui.out)

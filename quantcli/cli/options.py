@@ -11,8 +11,15 @@ from ..recipe import ActMatmul, Method
 
 Recipe = typer.Option(None, "--recipe", help="TOML recipe; flags given here override it.", show_default=False)
 Json = typer.Option(None, "--json", help="Also write the result as JSON to this file (- for stdout; the tables then go to stderr).", show_default=False)
-Data = typer.Option(None, "--data", help=".npz keyed by input name (first axis = samples), or a folder of .npz/.npy.",
+Data = typer.Option(None, "--data", help=".npz keyed by input name (first axis = samples), a folder of .npz/.npy, an "
+                                         "image folder (flat or one sub-folder per class), a .txt/.jsonl text file "
+                                         "or .wav audio (decoded as the recipe's [data] or --data-preset says).",
                     show_default=False)
+DataPreset = typer.Option(None, "--data-preset", help="How image/text/audio files become inputs: a packaged preset "
+                                                      "(imagenet, yolo, ppocr-rec) or a TOML fragment with a [data] "
+                                                      "table; the recipe's own [data.*] keys override it.",
+                          show_default=False)
+OptStr = Optional[str]
 MethodOpt = typer.Option(None, "--method", help="Range estimator (convert: re-derives ranges from the artifact).",
                          show_default=False)
 Percentile = typer.Option(None, "--percentile", help="Percentile for --method percentile (e.g. 99.99).",

@@ -11,7 +11,7 @@ from ..errors import ExitCode
 from ..recipe import load_recipe, merge
 from ..report.render import render_run
 from . import options as o
-from .common import app, check_io, error_boundary, ui, write_reports
+from .common import app, check_io, data_settings, error_boundary, ui, write_reports
 
 
 @app.command(help="Calibrate, convert and compare in one step from a recipe; exit 1 if an [accept] criterion "
@@ -23,6 +23,7 @@ def run(
     output: o.OptPath = typer.Option(None, "-o", "--output", help="Overrides [run] output.", show_default=False),
     data: o.OptPath = typer.Option(None, "--data", help="Overrides [calibrate] data.", show_default=False),
     eval_data: o.OptPath = typer.Option(None, "--eval-data", help="Overrides [compare] data.", show_default=False),
+    data_preset: o.OptStr = o.DataPreset,
     json_out: o.OptPath = o.Json,
     report: o.OptPath = o.Report,
     junit: o.OptPath = o.Junit,
@@ -36,6 +37,7 @@ def run(
         r.run = merge(r.run, model=str(model) if model else None, output=str(output) if output else None)
         r.calibrate = merge(r.calibrate, data=str(data) if data else None)
         r.compare = merge(r.compare, data=str(eval_data) if eval_data else None)
+        r.data = data_settings(r, data_preset, r.calibrate.data, r.compare.data)
         inputs, outputs = pipeline.run_paths(r)
         check_io(inputs, outputs + [("--json", json_out), ("--report", report), ("--junit", junit), ("--markdown", markdown)])
         result = pipeline.run(r, progress=ui.progress)

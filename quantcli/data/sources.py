@@ -1,4 +1,10 @@
-"""Calibration and evaluation data: ``.npz`` files or folders of ``.npz``/``.npy`` files.
+"""Calibration and evaluation data behind one interface, :class:`Dataset`, whatever the source.
+
+The kind comes from the path (:func:`open_decoded`): ``.npz``/``.npy`` files or folders of them (below); image
+folders (:mod:`.images`), ``.txt``/``.jsonl`` text with a tokenizer (:mod:`.text`), ``.wav`` files or folders
+(:mod:`.audio`), decoded as the recipe's ``[data]`` section (:mod:`.config`) declares.  Decoded sources list
+their samples up front, decode them chunk by chunk once per pass (each chunk checked like an .npz file), and
+decode and check the first sample when opened, before any work.
 
 Layout rules (the first axis of every array is the sample axis):
 
@@ -14,6 +20,8 @@ sample counts, NaN/Inf *after* the cast to the input's dtype (float64 beyond flo
 integer ids against the vocabulary of the embedding (Gather) they index, sequence lengths against the rows of a
 position table sliced to the input's length (Slice(table, 0, Shape(input)[k])), emptiness, labels (1-D integers,
 one per sample, in [0, classes) when the model's class count is known).  Iteration streams one chunk at a time.
+
+``--samples N`` with ``--sample-by random|class`` picks a seeded subset (:mod:`.sampling`, :meth:`Dataset.select`).
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from ..errors import QuantcliError
+from . import sampling
+from .config import DataSettings, SampleBy
+from .decoded import Decoded, class_layout, sha256_of
+from .specs import InputSpec, class_count, fmt_shape, input_specs, max_lengths, vocab_sizes  # noqa: F401
 
 LABELS_KEY = "labels"
 DEFAULT_BATCH = 16  # samples per run: peak memory is proportional to it, and flat in the number of samples
@@ -36,27 +46,55 @@ DEFAULT_BATCH = 16  # samples per run: peak memory is proportional to it, and fl
 BATCH_VALUES = 1 << 20
 
 
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | str | None, ...]  # int = fixed dim (>= 1), str = symbolic name, None = unknown
-    vocab: int | None = None  # integer ids indexing an embedding of this many rows
-    max_len: tuple[tuple[int, int], ...] = ()  # (axis, longest length): a position table sliced to this axis
-    scalar: bool = False  # declared rank 0 (e.g. silero-vad's `sr`): one value per sample, fed as a 0-d array
+def source_kind(path: Path) -> str:
+    """npz (.npz/.npy files and folders of them, and anything else: its own errors), images, text or audio."""
+    suffix = path.suffix.lower()
+    if path.is_file():
+        return {".txt": "text", ".jsonl": "text", ".wav": "audio"}.get(suffix, "npz")
+    if not path.is_dir() or any(path.glob("*.npz")) or any(path.glob("*.npy")):
+        return "npz"
+    from .audio import is_wav
+    from .images import is_image
 
-    @property
-    def batch_dim(self) -> int | None:
-        """Fixed size of the first axis, or None when it is dynamic."""
-        if not self.shape:
-            return None
-        d = self.shape[0]
-        return d if isinstance(d, int) else None
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return "images" if any(map(is_image, files)) else "audio" if any(map(is_wav, files)) else "npz"
 
 
-def data_sha256(path: str | Path) -> str:
-    """sha256 of a data file, or of a folder's .npz/.npy files (names and contents, in name order)."""
+def open_decoded(path: Path, specs: Sequence[InputSpec], config: DataSettings | None) -> Decoded | None:
+    """The decoded source a path is (image folder, text, WAV), or None for .npz/.npy data."""
+    config = config or DataSettings()
+    kind = source_kind(path)
+    if kind == "images":
+        from .images import ImageFolder
+
+        return ImageFolder(path, specs, config.image)
+    if kind == "text":
+        from .text import TextFile
+
+        return TextFile(path, specs, config.text)
+    if kind == "audio":
+        from .audio import AudioFiles
+
+        return AudioFiles(path, specs, config.audio)
+    return None
+
+
+def data_sha256(path: str | Path, config: DataSettings | None = None) -> str:
+    """sha256 of a data file, or of a folder's .npz/.npy files (names and contents, in name order); for a decoded
+    source, of its sample files, the files its settings name (a tokenizer) and those settings."""
     p = Path(path)
+    kind = source_kind(p)
+    if kind != "npz":
+        from .audio import is_wav
+        from .images import is_image
+
+        config = config or DataSettings()
+        # the tokenizer by its contents (hashed below), not by how its path was spelled
+        settings = {"images": config.image, "text": dataclasses.replace(config.text, tokenizer=""),
+                    "audio": config.audio}[kind]
+        extra = [Path(config.text.tokenizer)] if kind == "text" and config.text.tokenizer else []
+        files = [p] if p.is_file() else class_layout(p, is_image if kind == "images" else is_wav)[0]
+        return sha256_of(p, files + extra, settings)
     files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.suffix in (".npz", ".npy"))
     h = hashlib.sha256()
     for f in files:
@@ -67,119 +105,29 @@ def data_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def vocab_sizes(model: onnx.ModelProto) -> dict[str, int]:
-    """Integer graph inputs used directly as the indices of a Gather on a constant table (an embedding):
-    input name -> the table's size along the gathered axis (valid ids are in [-size, size))."""
-    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    out: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in inits:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            dims = inits[node.input[0]]
-            if dims and -len(dims) <= axis < len(dims):
-                size = int(dims[axis])
-                out[node.input[1]] = min(size, out.get(node.input[1], size))
-    return out
-
-
-def class_count(model: onnx.ModelProto) -> int | None:
-    """Classes of the first output (its elements per sample), when every non-batch dim is fixed."""
-    if not model.graph.output:
-        return None
-    dims = model.graph.output[0].type.tensor_type.shape.dim
-    if len(dims) < 2 or not all(d.HasField("dim_value") for d in dims[1:]):
-        return None
-    return int(np.prod([d.dim_value for d in dims[1:]]))
-
-
-def max_lengths(model: onnx.ModelProto) -> dict[str, dict[int, int]]:
-    """Input axes whose length slices a constant table (position embeddings): ``Slice(table, starts,
-    Shape(input, start=k, end=k+1), axes)`` -> {input: {k: rows of the table along the sliced axis}}."""
-    inits = {t.name: t for t in model.graph.initializer}
-    graph_inputs = {vi.name for vi in model.graph.input}
-    shape_of: dict[str, tuple[str, int]] = {}  # tensor -> (input, axis) it holds the length of
-    for node in model.graph.node:
-        if node.op_type == "Shape" and node.input[0] in graph_inputs:
-            att = {a.name: a.i for a in node.attribute}
-            if "start" in att and att.get("end", att["start"] + 1) == att["start"] + 1:
-                shape_of[node.output[0]] = (node.input[0], att["start"])
-    out: dict[str, dict[int, int]] = {}
-    for node in model.graph.node:
-        if node.op_type != "Slice" or len(node.input) < 3 or node.input[0] not in inits \
-                or node.input[2] not in shape_of:
-            continue
-        dims = tuple(inits[node.input[0]].dims)
-        axis = 0
-        if len(node.input) > 3 and node.input[3] in inits:
-            from onnx import numpy_helper
-
-            axes = numpy_helper.to_array(inits[node.input[3]]).ravel()
-            if axes.size != 1:
-                continue
-            axis = int(axes[0])
-        if dims and -len(dims) <= axis < len(dims):
-            name, k = shape_of[node.input[2]]
-            out.setdefault(name, {})[k] = min(int(dims[axis]), out.get(name, {}).get(k, int(dims[axis])))
-    return out
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    inits = {t.name for t in model.graph.initializer}
-    vocab = vocab_sizes(model)
-    lengths = max_lengths(model)
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        dims: list[int | str | None] = []
-        for d in tt.shape.dim:
-            # exporters spell a dynamic dim as dim_param (any name), an empty dim, or dim_value -1 or 0
-            # (Paddle2ONNX writes -1): only a positive dim_value is fixed
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(int(d.dim_value))
-            elif d.HasField("dim_param") and d.dim_param:
-                dims.append(d.dim_param)
-            else:
-                dims.append(None)
-        specs.append(InputSpec(vi.name, dtype, tuple(dims), vocab.get(vi.name),
-                               tuple(sorted(lengths.get(vi.name, {}).items())),
-                               scalar=tt.HasField("shape") and not dims))
-    return specs
-
-
 class Dataset:
     """A validated data source for one model. Iterate with :meth:`batches`."""
 
     def __init__(self, path: str | Path, specs: Sequence[InputSpec], *, labels_path: str | Path | None = None,
-                 require_labels: bool = False, classes: int | None = None) -> None:
+                 require_labels: bool = False, classes: int | None = None,
+                 config: DataSettings | None = None) -> None:
         self.path = Path(path)
         self.labels_path = Path(labels_path) if labels_path is not None else None
         self.specs = list(specs)
-        self._chunks = _discover_chunks(self.path, self.specs)
         self.num_samples = 0
         self.sample_values = 0  # input values in one sample (of the first chunk)
-        labels: list[np.ndarray] = []
-        has_labels: list[bool] = []
-        for chunk in self._chunks:
-            arrays = chunk.load()
-            n = self._check_chunk(chunk, arrays)
-            if n and not self.sample_values:
-                self.sample_values = sum(int(np.size(arrays[sp.name])) // n for sp in self.specs)
-            self.num_samples += n
-            has_labels.append(LABELS_KEY in arrays)
-            if LABELS_KEY in arrays:
-                labels.append(np.atleast_1d(np.asarray(arrays[LABELS_KEY])))
+        self.selection: np.ndarray | None = None  # chosen sample indices (select), in data order
+        self.sample_by = SampleBy.FIRST
+        self.decoded = open_decoded(self.path, self.specs, config) if self.path.exists() else None
+        self._first: tuple[tuple[int, ...], dict[str, np.ndarray]] | None = None  # the checked first chunk, decoded
+        found = self._scan_decoded() if self.decoded is not None else self._scan_chunks()
         if self.num_samples == 0:
             raise QuantcliError(f"{self.path}: the data set is empty (0 samples)")
         self.labels: np.ndarray | None = None
         if labels_path is not None:
             self.labels = _load_labels(Path(labels_path))
-        elif all(has_labels):
-            self.labels = np.concatenate(labels)
-        elif any(has_labels):
-            raise QuantcliError(f"{self.path}: some files have a '{LABELS_KEY}' array and others do not")
+        else:
+            self.labels = found
         if self.labels is not None:
             src = labels_path or self.path
             if self.labels.ndim != 1 or not np.issubdtype(self.labels.dtype, np.integer):
@@ -190,6 +138,86 @@ class Dataset:
             self.check_labels(classes)
         elif require_labels:
             raise QuantcliError(f"{self.path}: no '{LABELS_KEY}' array and no --labels file given")
+
+    def _scan_chunks(self) -> np.ndarray | None:
+        """.npz/.npy: every chunk read and checked; returns the labels found in the files (all or none)."""
+        self._chunks = _discover_chunks(self.path, self.specs)
+        self._counts: list[int] = []
+        labels: list[np.ndarray] = []
+        has_labels: list[bool] = []
+        for chunk in self._chunks:
+            arrays = chunk.load()
+            n = self._check_chunk(chunk, arrays)
+            self._counts.append(n)
+            if n and not self.sample_values:
+                self.sample_values = sum(int(np.size(arrays[sp.name])) // n for sp in self.specs)
+            self.num_samples += n
+            has_labels.append(LABELS_KEY in arrays)
+            if LABELS_KEY in arrays:
+                labels.append(np.atleast_1d(np.asarray(arrays[LABELS_KEY])))
+        if any(has_labels) and not all(has_labels):
+            raise QuantcliError(f"{self.path}: some files have a '{LABELS_KEY}' array and others do not")
+        return np.concatenate(labels) if labels and all(has_labels) else None
+
+    def _scan_decoded(self) -> np.ndarray | None:
+        """Decoded sources: the items listed; the first sample decoded, checked against the model and kept (every
+        pass reuses it, so opening the data again costs one decode, not a chunk)."""
+        src = self.decoded
+        self.num_samples = len(src.items)
+        if self.num_samples:
+            first = [0]
+            arrays = self._decode(first)
+            self._first = (tuple(first), arrays)
+            self.sample_values = sum(int(np.size(arrays[sp.name])) // len(first) for sp in self.specs)
+        return src.labels
+
+    def _decode(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """Decode items (checked like a file chunk); items of the first chunk come from its kept decode."""
+        kept_idx, kept = self._first if self._first is not None else ((), {})
+        row = {i: r for r, i in enumerate(kept_idx)}
+        missing = [i for i in indices if i not in row]
+        fresh: dict[str, np.ndarray] = {}
+        if missing:
+            items = [self.decoded.items[i] for i in missing]
+            fresh = self.decoded.load(items)
+            where = items[0] if isinstance(items[0], Path) else self.path
+            self._check_chunk(_Chunk(Path(str(where)), self.decoded.kind, ()), fresh)
+        if len(missing) == len(indices):
+            return fresh
+        if not missing and list(indices) == list(kept_idx):
+            return kept
+        at = {i: r for r, i in enumerate(missing)}
+        return {k: np.stack([kept[k][row[i]] if i in row else fresh[k][at[i]] for i in indices]) for k in
+                (kept or fresh)}
+
+    def verify_files(self) -> None:
+        """Check that every file of a decoded source opens as its kind says (image headers; text and WAV headers
+        are read when the data is opened), without decoding: ``run`` does this before it writes anything."""
+        if self.decoded is not None:
+            self.decoded.verify()
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.decoded.class_names if self.decoded is not None else []
+
+    def select(self, n: int | None, by: SampleBy = SampleBy.AUTO, seed: int = 0) -> None:
+        """Use only ``n`` samples, chosen as ``by`` says (:mod:`.sampling`); first-N needs nothing here (the
+        ``limit`` of :meth:`batches`).  ``auto``: first for .npz/.npy, class for class folders, else random."""
+        if by == SampleBy.AUTO:
+            by = SampleBy.FIRST if self.decoded is None else (
+                SampleBy.CLASS if self.decoded.labels is not None and self.class_names else SampleBy.RANDOM)
+        chosen = sampling.choose(self.num_samples, n, by, self.labels, seed, str(self.path))
+        self.sample_by = by if chosen is not None else SampleBy.FIRST
+        if chosen is None:
+            return
+        self.selection = chosen
+        self.num_samples = len(chosen)
+        self.labels = self.labels[chosen] if self.labels is not None else None
+
+    def class_histogram(self, limit: int | None = None) -> dict[str, int] | None:
+        """Samples per class among those a pass with ``limit`` uses (None without labels)."""
+        labels = None if self.labels is None else self.labels[:limit]
+        return sampling.histogram(labels, self.class_names)
 
     # -- validation ---------------------------------------------------------------------------------
     def check_labels(self, classes: int | None) -> None:
@@ -224,11 +252,11 @@ class Dataset:
                 raise QuantcliError(f"{where} has dtype {arr.dtype}, the model expects {spec.dtype}")
             if spec.shape and arr.ndim != len(spec.shape):
                 raise QuantcliError(f"{where} has shape {arr.shape}, the model expects "
-                                    f"{_fmt_shape(spec.shape)} (first axis = samples)")
+                                    f"{fmt_shape(spec.shape)} (first axis = samples)")
             for i, (got, want) in enumerate(zip(arr.shape[1:], spec.shape[1:]), start=1):
                 if isinstance(want, int) and got != want:
                     raise QuantcliError(f"{where} has shape {arr.shape}, the model expects "
-                                        f"{_fmt_shape(spec.shape)} (axis {i}: {got} != {want})")
+                                        f"{fmt_shape(spec.shape)} (axis {i}: {got} != {want})")
             if arr.dtype.kind == "f" and arr.size:
                 with np.errstate(over="ignore", invalid="ignore"):
                     cast = np.asarray(arr).astype(spec.dtype, copy=False)
@@ -272,10 +300,15 @@ class Dataset:
                                 f"{sorted(fixed)}; cannot tell the batch axis")
         if fixed:
             return int(fixed.pop())
+        if self.decoded is not None and not self.decoded.equal_shapes:  # samples of their own sizes: one a run
+            return requested or 1
         return requested or max(1, min(DEFAULT_BATCH, BATCH_VALUES // max(1, self.sample_values)))
 
     def samples(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield chunks of samples ({input: array[n, ...]}) with at most ``limit`` samples in all."""
+        if self.decoded is not None or self.selection is not None:
+            yield from self._chosen_samples(limit)
+            return
         left = self.num_samples if limit is None else min(limit, self.num_samples)
         for chunk in self._chunks:
             if left <= 0:
@@ -286,6 +319,23 @@ class Dataset:
                 out[spec.name] = np.asarray(arrays[spec.name])[:left].astype(spec.dtype, copy=False)
             left -= len(next(iter(out.values())))
             yield out
+
+    def _chosen_samples(self, limit: int | None) -> Iterator[dict[str, np.ndarray]]:
+        """Decoded sources, and .npz/.npy with a selection: only the chosen samples are decoded / kept."""
+        chosen = self.selection if self.selection is not None else np.arange(self.num_samples)
+        chosen = chosen[:limit] if limit is not None else chosen
+        if self.decoded is not None:
+            for group in self.decoded.groups(chosen.tolist()):
+                arrays = self._decode(group)
+                yield {sp.name: np.asarray(arrays[sp.name]).astype(sp.dtype, copy=False) for sp in self.specs}
+            return
+        start = 0
+        for chunk, n in zip(self._chunks, self._counts):
+            rows = chosen[(chosen >= start) & (chosen < start + n)] - start
+            start += n
+            if len(rows):
+                arrays = chunk.load()
+                yield {sp.name: np.asarray(arrays[sp.name])[rows].astype(sp.dtype, copy=False) for sp in self.specs}
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield model feeds of ``batch_size`` samples (the last one may be smaller unless the model's batch is fixed)."""
@@ -311,7 +361,13 @@ class Dataset:
             yield self._feeds(buf)
 
     def _feeds(self, buf: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
-        feeds = {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+        try:
+            feeds = {k: np.ascontiguousarray(np.concatenate(v)) for k, v in buf.items()}
+        except ValueError:  # samples of different shapes (images without a fixed size, unpadded text)
+            shapes = sorted({tuple(a.shape[1:]) for v in buf.values() for a in v})
+            raise QuantcliError(f"{self.path}: samples of different shapes {shapes[0]} and {shapes[-1]} in one batch; "
+                                "use --batch-size 1, or give them one size ([data.image] resize/crop, "
+                                "[data.text] padding = \"max_length\")") from None
         for s in self.specs:
             if s.scalar:  # a rank-0 input takes one value per run: the batch's samples must agree on it
                 v = feeds[s.name]
@@ -326,10 +382,6 @@ class Dataset:
         if any(s.batch_dim is not None for s in self.specs):
             return (n // batch_size) * batch_size
         return n
-
-
-def _fmt_shape(shape: tuple) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 @dataclasses.dataclass
@@ -364,7 +416,8 @@ def _discover_chunks(path: Path, specs: Sequence[InputSpec]) -> list[_Chunk]:
                 raise QuantcliError(f"{path}: a single .npy file can only feed a single-input model; "
                                     "use a .npz keyed by input name")
             return [_Chunk(path, "npy-single", (path,), specs[0].name)]
-        raise QuantcliError(f"{path}: unsupported data file; expected .npz, .npy or a folder of them")
+        raise QuantcliError(f"{path}: unsupported data file; expected .npz, .npy, .txt, .jsonl, .wav, or a folder "
+                            "of .npz/.npy files, images or .wav files")
     npz = sorted(path.glob("*.npz"))
     npy = sorted(path.glob("*.npy"))
     if npz and npy:
@@ -380,7 +433,7 @@ def _discover_chunks(path: Path, specs: Sequence[InputSpec]) -> list[_Chunk]:
             return [_Chunk(p, "npy-single", (p,), specs[0].name) for p in npy if p.stem != LABELS_KEY]
         raise QuantcliError(f"{path}: .npy files must be named after the model inputs "
                             f"({', '.join(sorted(names))}.npy)")
-    raise QuantcliError(f"{path}: the folder has no .npz or .npy files")
+    raise QuantcliError(f"{path}: the folder has no .npz, .npy, image or .wav files")
 
 
 def _load_labels(path: Path) -> np.ndarray:

@@ -96,7 +96,7 @@ def _input_grams(model: onnx.ModelProto, nodes: list, res: Resolved, progress: P
     if not data:
         raise QuantcliError(f"convert --algorithm {res.convert.algorithm.value} needs calibration data: pass --data PATH")
     cal = res.calibrate
-    ds = Dataset(data, input_specs(model))
+    ds = Dataset(data, input_specs(model), config=res.data)
     bs = ds.default_batch_size(cal.batch_size if cal else None)
     limit = cal.samples if cal else None
     requests = list(dict.fromkeys(StatRequest(n.input[0], Stat.GRAM, axis=-1) for n in nodes))

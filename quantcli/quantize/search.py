@@ -45,6 +45,9 @@ class SearchResult:
     rank_evaluations: int = 0       # nodes quantized alone, on the first RANK_SAMPLES samples
     seconds: float = 0.0
     recipe_fragment: str = ""
+    # the ranking the bisection walked, worst first (node, op, mac_share, alone_drop, alone_sqnr_db on the first
+    # RANK_SAMPLES samples; graph_index: the node's place among the ranked nodes in graph order)
+    ranking: list[dict] = dataclasses.field(default_factory=list)
 
     @property
     def met(self) -> bool:
@@ -77,6 +80,14 @@ def sensitivities_alone(prep: Prepared, built: Built, build: StaticBuilder, eval
         rows.append(NodeSensitivity(name, quantized[name], macs.get(name, 0) / total, score.drop, score.sqnr_db, None))
         advance(1)
     return rows
+
+
+def ranked_dicts(rows: list) -> list[dict]:
+    """NodeSensitivity rows (in graph order) -> dicts worst first, each with its ``graph_index``."""
+    from ..sensitivity import rank
+
+    where = {r.node: i for i, r in enumerate(rows)}
+    return [dict(dataclasses.asdict(r), graph_index=where[r.node]) for r in rank(rows)]
 
 
 def auto_weight_granularity(model: onnx.ModelProto, build: StaticBuilder) -> tuple[StaticBuilder, str | None]:
@@ -124,7 +135,9 @@ def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder
     if full.drop > s.max_drop + 1e-9:
         shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
         ranker = ev.subset(RANK_SAMPLES)
-        ranking = [r.node for r in rank(sensitivities_alone(prep, built, build, ranker, shapes, no_progress))]
+        rows = sensitivities_alone(prep, built, build, ranker, shapes, no_progress)
+        search.ranking = ranked_dicts(rows)
+        ranking = [r["node"] for r in search.ranking]
         excluded, score, _, steps = search_exclusions(ranking, lambda ex: build(ex).model, ev, s.max_drop)
         search.rank_evaluations = ranker.evaluations
         built = build(excluded)

@@ -188,7 +188,8 @@ class StaticBuilder:
             from ..sensitivity import held_batches
 
             self.shared["held"][key] = held_batches(Dataset(data, input_specs(self.model), labels_path=labels,
-                                                            classes=class_count(self.model)), limit)
+                                                            classes=class_count(self.model), config=self.res.data),
+                                                    limit)
         return self.shared["held"][key]
 
     def _batches(self, data: str) -> list[dict]:

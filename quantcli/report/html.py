@@ -1,7 +1,9 @@
 """Result objects -> one self-contained HTML page (``--report out.html``): inline CSS and SVG, no script, no
 network.  The verdict and summary first, then the same tables the terminal shows (:mod:`.table`), why nodes
 stayed float, what the transforms did per layer, per-tensor histograms with the chosen range and the clipped
-share (when a calibration artifact is at hand), and the settings and manifest.  Every chart has a text
+share (when a calibration artifact is at hand), the class histogram of the calibration samples, per-layer output
+SQNR along the graph and the sensitivity ranking (analyze, convert --max-drop: from the same result fields the
+JSON has), and the settings and manifest.  Every chart has a text
 alternative (``role="img"`` with a title and ``aria-label``).
 """
 
@@ -101,6 +103,85 @@ def _histograms(artifact_path) -> str:
             f'<div class="hists">{figs}</div>')
 
 
+def bars_svg(label: str, names: list[str], values: list[float], unit: str, color: str = "#0969da") -> str:
+    """A bar chart (one bar per name, in the given order) with a text alternative: each bar has a title, its value
+    above it and, where there is room, its name below; a bar at or below 0 is drawn as a thin red line."""
+    w, h, top_pad = 640.0, 110.0, 12.0
+    finite = [v for v in values if math.isfinite(v)]
+    top = max(max(finite, default=0.0), 1e-9)
+    bw = w / max(len(values), 1)
+    chars = int(bw / 6)
+    parts = []
+    for i, (n, v) in enumerate(zip(names, values)):
+        vh = h if not math.isfinite(v) else h * max(v, 0.0) / top
+        fill = color if vh > 0 else "#cf222e"
+        y = top_pad + h - max(vh, 1.5)
+        parts.append(f'<rect x="{i * bw:.2f}" y="{y:.2f}" width="{max(bw - 1, .5):.2f}" height="{max(vh, 1.5):.2f}" '
+                     f'fill="{fill}"><title>{esc(n)}: {esc(_num(v))}{esc(unit)}</title></rect>')
+        if bw >= 22:
+            parts.append(f'<text x="{(i + .5) * bw:.2f}" y="{y - 2:.2f}" font-size="9" text-anchor="middle">'
+                         f"{esc(_num(v))}</text>")
+        if chars >= 4 or i in (0, len(values) - 1):
+            text = n if chars >= len(n) or chars < 4 else n[:chars - 1] + "…"
+            anchor = "middle" if chars >= 4 else ("start" if i == 0 else "end")
+            x = (i + .5) * bw if chars >= 4 else (0 if i == 0 else w)
+            parts.append(f'<text x="{x:.2f}" y="{top_pad + h + 12:.0f}" font-size="9" text-anchor="{anchor}">'
+                         f"{esc(text)}</text>")
+    return (f'<figure><svg role="img" aria-label="{esc(label)}" viewBox="0 0 {w:.0f} {top_pad + h + 16:.0f}" '
+            f'width="100%"><title>{esc(label)}</title>{"".join(parts)}</svg>'
+            f"<figcaption>{esc(label)}</figcaption></figure>")
+
+
+def _num(v: float) -> str:
+    return fmt_db(v) if not math.isfinite(v) else f"{v:.3g}"
+
+
+def _classes(classes: dict | None, sample_by: str) -> str:
+    """The class histogram of the calibration samples used (bars and a table)."""
+    if not classes:
+        return ""
+    names, counts = list(classes), list(classes.values())
+    label = (f"Calibration samples per class ({sample_by}): " + ", ".join(f"{k} {v}" for k, v in classes.items()))
+    return (f"<h2>Calibration samples per class</h2><p>{sum(counts)} samples, picked: {esc(sample_by)}.</p>"
+            + bars_svg(label, names, [float(c) for c in counts], " samples", "#8250df"))
+
+
+def _sensitivity(rows: list[dict], what: str, sqnr_key: str) -> str:
+    """Per-layer output SQNR along the graph (bars in graph order) and the ranking table (worst first)."""
+    if not rows:
+        return ""
+    along = sorted(rows, key=lambda n: n.get("graph_index", 0))
+    values = [n[sqnr_key] if n.get(sqnr_key) is not None else n["alone_sqnr_db"] for n in along]
+    label = (f"Per-layer output SQNR along the graph ({what}), in dB, first to last layer: "
+             + ", ".join(f"{n['node']} {fmt_db(v)}" for n, v in zip(along, values)))
+    full = any(n.get("full_sqnr_db") is not None for n in rows)
+    cols = ["#", "node", "op", "MACs %", "alone: drop pts", "alone: SQNR dB"] + (["in INT8 model: SQNR dB"] if full else [])
+    t = Table("Sensitivity ranking, most sensitive first", cols, right=tuple(i for i in range(len(cols)) if i != 1 and i != 2))
+    for i, n in enumerate(rows, 1):
+        cells = [str(i), n["node"], n["op"], f"{100 * n['mac_share']:.1f}", f"{n['alone_drop']:.2f}",
+                 fmt_db(n["alone_sqnr_db"])]
+        t.add(*cells, *([fmt_db(n["full_sqnr_db"]) if n.get("full_sqnr_db") is not None else "-"] if full else []))
+    return ("<h2>Per-layer output SQNR along the graph</h2>" + bars_svg(label, [n["node"] for n in along], values, " dB")
+            + "<h2>Sensitivity ranking</h2>" + table_html(t))
+
+
+def _search(s) -> str:
+    """convert --max-drop: the outcome, the bisection steps, the SQNR chart and the ranking it walked."""
+    if s is None:
+        return ""
+    parts = [f"<h2>Mixed precision search (--max-drop {s.max_drop:g}, {esc(s.metric)})</h2>",
+             _cards([("all-INT8 drop", f"{s.all_int8_drop:.2f} pts"), ("drop now", f"{s.drop:.2f} pts"),
+                     ("kept in float", str(len(s.float_nodes))), ("budget met", "yes" if s.met else "no")])]
+    if s.steps:
+        heads = {"float_nodes": "top-ranked nodes kept float", "drop": "drop pts", "sqnr_db": "output SQNR dB"}
+        t = Table("Bisection over the ranking", [heads.get(k, k) for k in s.steps[0]], right=(0, 1, 2))
+        for step in s.steps:
+            t.add(*(_num(v) if isinstance(v, float) else v for v in step.values()))
+        parts.append(table_html(t))
+    parts.append(_sensitivity(s.ranking, "each node quantized alone, ranking samples", "alone_sqnr_db"))
+    return "".join(parts)
+
+
 def _cards(items: list[tuple[str, str]]) -> str:
     return '<dl class="cards">' + "".join(f'<div class="card"><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>'
                                           for k, v in items) + "</dl>"
@@ -126,6 +207,7 @@ def _convert(r: ConvertResult) -> str:
     for c in r.checks:
         checks.add(c.name, f"{c.cosine:.5f}", fmt_db(c.sqnr_db))
     parts.append(table_html(checks))
+    parts.append(_search(r.search))
     parts.append(_notes(r.notes))
     parts.append(_histograms((r.manifest.get("settings") or {}).get("calibration")))
     return "".join(parts)
@@ -138,8 +220,9 @@ def _compare(r: CompareResult) -> str:
 def _body(r) -> tuple[str, str, str | None]:
     """(title, body, verdict class) for a result."""
     if isinstance(r, RunResult):
+        cal = r.calibration
         body = (table_html(acceptance_table(r.criteria)) if r.criteria else "") + _convert(r.convert) + \
-            "<h2>Accuracy, latency, size</h2>" + _compare(r.compare)
+            "<h2>Accuracy, latency, size</h2>" + _compare(r.compare) + (_classes(cal.classes, cal.sample_by) if cal else "")
         return f"quantcli run: {r.convert.output}", body, "pass" if r else "fail"
     if isinstance(r, CompareResult):
         return f"quantcli compare: {r.quantized}", _compare(r), None if r.max_drop is None else ("pass" if r else "fail")
@@ -149,14 +232,13 @@ def _body(r) -> tuple[str, str, str | None]:
         t = Table("Ranges", ["tensor", "lo", "hi"], right=(1, 2))
         for n, (lo, hi) in sorted(r.ranges.items()):
             t.add(n, f"{lo:.4g}", f"{hi:.4g}")
-        return f"quantcli calibrate: {r.output}", table_html(t) + _histograms(r.output), "info"
+        return (f"quantcli calibrate: {r.output}", table_html(t) + _classes(r.classes, r.sample_by) + _histograms(r.output),
+                "info")
     if isinstance(r, AnalyzeResult):
-        t = Table("Most sensitive first", ["#", "node", "op", "MACs %", "alone: drop pts", "alone: SQNR dB"],
-                  right=(0, 3, 4, 5))
-        for i, n in enumerate(r.nodes, 1):
-            t.add(str(i), n["node"], n["op"], f"{100 * n['mac_share']:.1f}", f"{n['alone_drop']:.2f}",
-                  fmt_db(n["alone_sqnr_db"]))
-        return f"quantcli analyze: {r.model}", table_html(t), "info"
+        cards = _cards([(f"FP32 {r.metric}", f"{r.fp32_metric:.2f}%"), ("all-INT8 drop", f"{r.all_int8_drop:.2f} pts"),
+                        ("all-INT8 output SQNR", f"{fmt_db(r.all_int8_sqnr_db)} dB"), ("nodes", str(len(r.nodes)))])
+        return (f"quantcli analyze: {r.model}", cards + _sensitivity(r.nodes, "each node inside the all-INT8 model",
+                                                                     "full_sqnr_db"), "info")
     if isinstance(r, InspectResult):
         return f"quantcli inspect: {r.model}", _cards([("INT8 MAC coverage", str(r))]), None if r.min_coverage is None \
             else ("pass" if r else "fail")

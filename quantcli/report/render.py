@@ -26,7 +26,14 @@ def render_calibration(r: CalibrationResult, console: Console) -> None:
     if len(items) > 12:
         table.add_row(f"... {len(items) - 12} more in the artifact", "", "")
     console.print(table)
+    _print_classes(r, console)
     console.print(f"wrote {r.output} ({r.tensors} tensors, {r.seconds:.1f}s)")
+
+
+def _print_classes(r: CalibrationResult, console: Console) -> None:
+    if r.classes:
+        console.print(f"samples per class ({r.sample_by}): " + ", ".join(f"{k} {v}" for k, v in r.classes.items()),
+                      highlight=False, markup=False)
 
 
 def render_convert(r: ConvertResult, console: Console) -> None:
@@ -144,6 +151,7 @@ def render_compare(r: CompareResult, console: Console) -> None:
 def render_run(r: RunResult, console: Console) -> None:
     if r.calibration is not None:
         console.print(str(r.calibration), highlight=False)
+        _print_classes(r.calibration, console)
     render_convert(r.convert, console)
     render_compare(r.compare, console)
     if r.criteria:

@@ -27,11 +27,12 @@ from ..runtime.session import run as run_session
 COLLAPSED_COSINE = 0.5  # a check-sample output this far from FP32 is a broken model, not quantization noise
 
 
-def validation_feeds(model: onnx.ModelProto, data_path: str | None) -> dict[str, np.ndarray]:
-    """One batch-1 input for the post-write check: the first data sample, else seeded synthetic data."""
+def validation_feeds(model: onnx.ModelProto, data_path: str | None, config=None) -> dict[str, np.ndarray]:
+    """One batch-1 input for the post-write check: the first data sample, else seeded synthetic data
+    (``config``: how a decoded source's files become inputs, :class:`quantcli.data.config.DataSettings`)."""
     specs = input_specs(model)
     if data_path:  # given (or recorded and still there): it must be usable
-        return next(Dataset(data_path, specs).batches(1, limit=1))
+        return next(Dataset(data_path, specs, config=config).batches(1, limit=1))
     rng = np.random.default_rng(SEED)
     feeds = {}
     for s in specs:
