@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 
 from ..calibration.collect import collect_statistics
-from ..calibration.requests import Stat, StatRequest
-from ..runtime.session import tap_model
+from ..calibration.requests import ChannelObserver, Stat, StatRequest
+from ..runtime.session import make_session, run, tap_model
 from ..transforms.bias_correction import shift_bias
 from ..transforms.graph import Event, EventKind
 from .policy import QuantPlan
@@ -93,20 +93,110 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
     ops = [nodes[name].op_type for name in layers]
     batches = sample_budget(batches)
     ref = _means(model, [nodes[name].output[0] for name in layers], ops, batches)
+    frontier = Frontier(batches)
     report = []
     for name, op, mean_fp in zip(layers, ops, ref):
         q = insert_qdq(model, plan, ranges, options).model
-        qnode = next(n for n in q.graph.node if n.name == name)
-        (mean_q,) = _means(q, [qnode.output[0]], [op], batches)
-        shift = mean_q - mean_fp
-        try:
-            shift_bias(model, name, shift)
-        except ValueError as exc:
-            report.append(Event(EventKind.SKIPPED, name, f"skipped ({exc})"))
-            continue
-        top = float(np.max(np.abs(shift)))
-        report.append(Event(EventKind.BIAS_SHIFTED, name, f"{name}: bias shifted by up to {top:.3g} (mean |shift| "
-                                                         f"{np.mean(np.abs(shift)):.3g})", top))
+        mean_q = frontier.channel_mean(q, name, 1 if op == "Conv" else -1)
+        report.append(_shift(model, name, mean_q - mean_fp))
         if on_layer:
             on_layer(1)
     return model, report
+
+
+def _shift(model: onnx.ModelProto, name: str, shift: np.ndarray) -> Event:
+    try:
+        shift_bias(model, name, shift)
+    except ValueError as exc:
+        return Event(EventKind.SKIPPED, name, f"skipped ({exc})")
+    top = float(np.max(np.abs(shift)))
+    return Event(EventKind.BIAS_SHIFTED, name, f"{name}: bias shifted by up to {top:.3g} (mean |shift| "
+                                               f"{np.mean(np.abs(shift)):.3g})", top)
+
+
+class Frontier:
+    """The quantized model's tensors that no later correction changes, kept per batch, so that each layer's
+    pass runs only the nodes between them and that layer instead of its whole prefix from the inputs.
+
+    Layers are corrected in graph order, so when layer *i* is measured every node it depends on is final
+    (its own output is not: its bias is about to move).  The values those final nodes produced and that a
+    node not yet final still reads are kept; the rest are dropped.  Nodes that read only constants (weights
+    and their DequantizeLinear) are recomputed in each pass rather than kept once per batch.  PicoDet at
+    800x608 (103 layers, 8 samples): the prefix passes ran 278 s of 363 s of bias correction.
+    """
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.values = [dict(b) for b in batches]
+        self.final: set[str] = set()      # names of final nodes
+        self.types: dict[str, int] = {}
+
+    def channel_mean(self, q: onnx.ModelProto, layer: str, axis: int) -> np.ndarray:
+        """Per-channel mean of ``layer``'s output in ``q``; afterwards the nodes it depends on are final."""
+        if not self.types:
+            self.types = _elem_types(q)
+        target = next(n for n in q.graph.node if n.name == layer)
+        seg = _segment(q, target, set(self.values[0]), self.final, self.types)
+        obs = ChannelObserver(StatRequest(target.output[0], Stat.CHANNEL_MEAN, axis))
+        session = make_session(seg, what="bias-correction model")
+        names = [o.name for o in seg.graph.output]
+        feed_names = [i.name for i in seg.graph.input]
+        for values in self.values:
+            got = dict(zip(names, run(session, {k: values[k] for k in feed_names}, what="bias-correction model")))
+            obs.update(got.pop(target.output[0]))
+            values.update(got)
+        self.final |= {n.name for n in seg.graph.node if n.name != layer}
+        live = _read_by_others(q, self.final)
+        for values in self.values:
+            for k in [k for k in values if k not in live]:
+                del values[k]
+        return obs.result()
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    return {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)
+            if vi.type.tensor_type.elem_type}
+
+
+def _read_by_others(model: onnx.ModelProto, final: set[str]) -> set[str]:
+    """Tensors read by a node that is not final (graph inputs always count)."""
+    live = {i.name for i in model.graph.input}
+    for n in model.graph.node:
+        if n.name not in final:
+            live.update(n.input)
+            live.update(_subgraph_reads(n))
+    return live
+
+
+def _segment(model: onnx.ModelProto, target: onnx.NodeProto, known: set[str], final: set[str],
+             types: dict[str, int]) -> onnx.ModelProto:
+    """The nodes ``target`` needs that are not final, fed by the ``known`` tensors; its outputs are the
+    target's output and every typed tensor those nodes produce that a node outside them reads."""
+    produced = {o: n for n in model.graph.node for o in n.output}
+    consts = {t.name for t in model.graph.initializer}
+    keep, seen, stack = [], set(), [target]
+    while stack:
+        node = stack.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        keep.append(node)
+        for t in list(node.input) + sorted(_subgraph_reads(node)):
+            if t and t not in known and t not in consts and t in produced:
+                stack.append(produced[t])
+    order = {n.name: i for i, n in enumerate(model.graph.node)}
+    keep.sort(key=lambda n: order[n.name])
+    inside = {n.name for n in keep}
+    reads = {t for n in keep for t in list(n.input) + sorted(_subgraph_reads(n))}
+    feeds = sorted(t for t in reads if t in known and t not in {o for n in keep for o in n.output})
+    outside = _read_by_others(model, final | inside)
+    outs = [target.output[0]] + [o for n in keep if n is not target for o in n.output
+                                 if o in outside and o in types and o not in known]
+    g = onnx.helper.make_graph(keep, "segment", [_info(t, types) for t in feeds], [_info(t, types) for t in outs],
+                               initializer=[t for t in model.graph.initializer if t.name in reads])
+    return onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def _info(name: str, types: dict[str, int]) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None)
