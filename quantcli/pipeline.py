@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from . import modelio, paths
+from . import external, modelio, paths
 from .calibration.artifact import CalibrationArtifact, load_artifact
 from .calibration.collect import collect_statistics
 from .cpu import detect as detect_cpu
@@ -151,6 +151,8 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     check_convert_options(settings, calibration)
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, calibration)
+    if external.has_external(model):
+        external.check_output(out, model, model_path, calibration)
     res = resolve(settings, calib_settings, data=data)
     prep = artifact = None
     if res.scheme != "half":  # CLE evens per-channel ranges for INT8; 4-bit blocks have their own scales

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .. import external
+
 
 class EventKind(str, enum.Enum):
     CHANGED = "changed"            # a node rewritten: named, turned into a Gemm, bias moved or reshaped, ...
@@ -74,7 +76,7 @@ class GraphIndex:
 
     def const(self, name: str) -> np.ndarray | None:
         t = self.initializers.get(name)
-        return None if t is None else numpy_helper.to_array(t)
+        return None if t is None else external.array(t)
 
     def single_consumer(self, name: str) -> onnx.NodeProto | None:
         cons = self.consumers.get(name, [])
