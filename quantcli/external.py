@@ -110,7 +110,7 @@ def _attach_one(t: TensorProto, path: Path) -> None:
                             "name relative to the model's folder")
     file = folder / loc
     if not file.is_file():
-        raise QuantcliError(f"{path}: external data file '{file}' (tensor '{t.name}') is missing")
+        raise QuantcliError(f"{path}: external data file '{loc}' for tensor '{t.name}' is missing")
     offset, length = int(info.get("offset") or 0), nbytes(t)
     size = file.stat().st_size
     if offset + length > size:
