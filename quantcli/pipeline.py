@@ -27,7 +27,7 @@ from .quantize.scheme import apply_scheme
 from .quantize.search import eval_data, ranked_dicts, sensitivities_alone
 from .quantize.static import StaticBuilder
 from .settings import Resolved, resolve
-from .validate.output import COLLAPSED_COSINE, validation_feeds, write_validated
+from .validate.output import COLLAPSED_COSINE, reference_outputs, validation_feeds, write_validated
 from .manifest import build_manifest
 from .metrics import (FidelityAccumulator, agreement_count, degenerate_reference, lm_token_ids, next_token_nll,
                       token_agreement_count, topk_correct)
@@ -80,8 +80,8 @@ def calibrate(model_path: str | Path, out_path: str | Path, settings: CalibrateS
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, settings.data)
-    artifact, pass_seconds = _calibrate_model(model, str(model_path), settings, progress,
-                                              convert_settings or ConvertSettings(), data=data)
+    conv = large_model_settings(model, convert_settings or ConvertSettings())[0]
+    artifact, pass_seconds = _calibrate_model(model, str(model_path), settings, progress, conv, data=data)
     modelio.write_text_atomic(out, artifact.to_json())
     ranges = artifact.ranges()
     return CalibrationResult(str(out), artifact.model_sha256, artifact.samples, len(artifact.observers),
@@ -153,6 +153,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     out = modelio.check_output_path(out_path, model_path, calibration)
     if external.has_external(model):
         external.check_output(out, model, model_path, calibration)
+    settings, large_notes = large_model_settings(model, settings)
     res = resolve(settings, calib_settings, data=data)
     prep = artifact = None
     if res.scheme != "half":  # CLE evens per-channel ranges for INT8; 4-bit blocks have their own scales
@@ -161,16 +162,18 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     if res.scheme == "static":
         artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
         res = res.with_artifact_data(artifact.data_path(), artifact.data_settings())
+    feeds = validation_feeds(model, res.calibration_data, res.data)
+    # FP32 on the check sample before the converted weights exist: a large model's weights are in memory once
+    expected = reference_outputs(model, feeds)
     scheme = apply_scheme(model, prep, res, artifact, calibration=calibration, progress=progress)
     manifest = _stamp(scheme.model, model_path, settings, calibration, calib_settings)
-    feeds = validation_feeds(model, res.calibration_data, res.data)
     warnings = [f"{'--exclude' if p in settings.exclude else 'node rule match'} '{p}' matches no node of "
                 f"{model_path} (patterns: node name, op type, glob, re:REGEX, @first, @last)"
                 for p in unmatched_patterns(prep.model if prep else model,
                                             list(settings.exclude) + [r.match for r in settings.nodes])]
-    checks = write_validated(scheme.model, model, out, feeds, -np.inf if min_cosine is None else min_cosine)
+    checks = write_validated(scheme.model, model, out, feeds, -np.inf if min_cosine is None else min_cosine, expected)
     coverage = _coverage(scheme.model, feeds, prep.model) if settings.precision == Precision.INT8 else None
-    notes = list(res.notes) + (prep.notes if prep else []) + scheme.notes
+    notes = list(res.notes) + large_notes + (prep.notes if prep else []) + scheme.notes
     return ConvertResult(str(out), settings.precision.value, settings.mode.value, _plain(settings),
                          scheme.quantized, scheme.float_nodes, scheme.absorbed, scheme.quantized_tensors,
                          modelio.model_size_bytes(model_path), modelio.model_size_bytes(out), checks, coverage, notes,
@@ -189,6 +192,17 @@ def _stamp(model: onnx.ModelProto, model_path, settings: ConvertSettings, calibr
         "calibrate": _plain(calib_settings) if calib_settings and calibration is None else None})
     _set_metadata(model, "quantcli.manifest", json.dumps(manifest, sort_keys=True))
     return manifest
+
+
+def large_model_settings(model: onnx.ModelProto, settings: ConvertSettings) -> tuple[ConvertSettings, list[str]]:
+    """A model with external data is not cross-layer equalized (calibrate, convert and analyze alike): CLE
+    holds every weight it equalizes in memory, in float64 (7.3x the weights' size measured on a 1 GB model)."""
+    if not (settings.cle and external.has_external(model)):
+        return settings, []
+    gb = external.weights_bytes(model) / 1e9
+    return dataclasses.replace(settings, cle=False), [
+        f"cross-layer equalization off: the model keeps its weights in external data ({gb:.1f} GB), and "
+        "equalizing would hold all of them in memory at once"]
 
 
 def check_convert_options(settings: ConvertSettings, calibration=None) -> None:
@@ -469,6 +483,7 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
 
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
+    settings = large_model_settings(model, settings)[0]
     prep = prepare(model, cle=settings.cle)
     res = resolve(settings, calib_settings, data=data).for_opset(modelio.model_opset(prep.model))
     artifact = _artifact_for(model, model_path, prep, res, calibration, progress)

@@ -23,8 +23,8 @@ import onnx
 from ..calibration.collect import collect_statistics
 from ..calibration.requests import Stat, StatRequest
 from ..runtime.session import tap_model
-from ..transforms.bias_correction import shift_bias
-from ..transforms.graph import Event, EventKind
+from ..transforms.bias_correction import bias_tensor, shift_bias
+from ..transforms.graph import Event, EventKind, GraphIndex
 from .policy import QuantPlan
 from .qdq import QDQOptions, insert_qdq
 
@@ -95,6 +95,9 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
     ref = _means(model, [nodes[name].output[0] for name in layers], ops, batches)
     report = []
     for name, op, mean_fp in zip(layers, ops, ref):
+        if op == "MatMul" and bias_tensor(model, nodes[name], GraphIndex(model.graph))[0] is None:
+            report.append(Event(EventKind.SKIPPED, name, f"skipped ({name}: MatMul without a bias Add)"))
+            continue  # nowhere to put a correction: not worth a pass of the quantized model
         q = insert_qdq(model, plan, ranges, options).model
         qnode = next(n for n in q.graph.node if n.name == name)
         (mean_q,) = _means(q, [qnode.output[0]], [op], batches)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import onnx
 
+from .. import external
 from ..errors import QuantcliError
 from ..recipe import NodeRule, Weights
 from ..settings import Resolved
@@ -100,6 +101,9 @@ def auto_weight_granularity(model: onnx.ModelProto, build: StaticBuilder) -> tup
                   if ws.axis is not None and built.plan.quantized_nodes.get(ws.node) in MATMUL_OPS]
     if not candidates:
         return build, None
+    if external.has_external(model):
+        return build, ("weights auto: per-channel kept for MatMul/Gemm (per-tensor is not measured on a model with "
+                       "external data: that would hold two converted models and their sessions at once)")
     try:
         ev = Evaluator(model, *build.held(eval_data(build.res, "--weights auto"), AUTO_EVAL_SAMPLES))
     except QuantcliError:

@@ -105,9 +105,9 @@ def set_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> Non
 def remove_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     used |= _subgraph_inputs(graph)
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    for i in reversed(range(len(graph.initializer))):  # deleted in place: re-adding would copy every weight
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
 
 
 def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:

@@ -51,11 +51,20 @@ def validation_feeds(model: onnx.ModelProto, data_path: str | None, config=None)
     return feeds
 
 
+def reference_outputs(reference: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The FP32 model's outputs on the check sample (a model with external data: from a session that reads its
+    weights in place, released before anything else is built)."""
+    big = external.has_external(reference)
+    return run_session(make_session(reference, what="input model", prepack=not big), feeds, what="input model")
+
+
 def write_validated(new_model: onnx.ModelProto, reference: onnx.ModelProto, out: Path,
-                    feeds: dict[str, np.ndarray], min_cosine: float = COLLAPSED_COSINE) -> list[OutputCheck]:
-    """Checker, ONNX Runtime load and one forward pass against the FP32 model, then the atomic rename."""
+                    feeds: dict[str, np.ndarray], min_cosine: float = COLLAPSED_COSINE,
+                    expected: list[np.ndarray] | None = None) -> list[OutputCheck]:
+    """Checker, ONNX Runtime load and one forward pass against the FP32 model (or its ``expected`` outputs on
+    ``feeds``, from :func:`reference_outputs`), then the atomic rename."""
     if external.needs_external(new_model, reference):
-        return _write_external(new_model, reference, out, feeds, min_cosine)
+        return _write_external(new_model, reference, out, feeds, min_cosine, expected)
     data = modelio.serialize_model(new_model)
     try:
         onnx.checker.check_model(onnx.load_from_string(data))
@@ -65,7 +74,7 @@ def write_validated(new_model: onnx.ModelProto, reference: onnx.ModelProto, out:
         qs = make_session(new_model, what="converted model")
     except QuantcliError as exc:
         raise InternalError(str(exc)) from None
-    ref = run_session(make_session(reference, what="input model"), feeds, what="input model")
+    ref = expected if expected is not None else reference_outputs(reference, feeds)
     got = run_session(qs, feeds, what="converted model")
     checks = _compare(qs, ref, got, min_cosine)
     modelio.write_bytes_atomic(out, data)
@@ -73,13 +82,13 @@ def write_validated(new_model: onnx.ModelProto, reference: onnx.ModelProto, out:
 
 
 def _write_external(new_model: onnx.ModelProto, reference: onnx.ModelProto, out: Path,
-                    feeds: dict[str, np.ndarray], min_cosine: float) -> list[OutputCheck]:
+                    feeds: dict[str, np.ndarray], min_cosine: float, expected: list | None) -> list[OutputCheck]:
     with external.stage(new_model, out) as staged:
         try:
             onnx.checker.check_model(str(staged.model_path))
         except Exception as exc:
             raise InternalError(f"the converted model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
-        ref = run_session(make_session(reference, what="input model", prepack=False), feeds, what="input model")
+        ref = expected if expected is not None else reference_outputs(reference, feeds)
         try:
             qs = make_session(staged.model_path, what="converted model", prepack=False)
         except QuantcliError as exc:
