@@ -173,6 +173,34 @@ def needs_external(model: onnx.ModelProto, *others: onnx.ModelProto) -> bool:
     return any(has_external(m) for m in (model, *others)) or model.ByteSize() > PROTOBUF_LIMIT
 
 
+def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose in-memory initializers of at least SIZE_THRESHOLD bytes are stubs (name, type and
+    shape, no data), for checks that read the graph only (type inference), without copying the weights."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    for t in model.graph.initializer:
+        if is_external(t) or nbytes(t) < SIZE_THRESHOLD:
+            light.graph.initializer.append(t)
+            continue
+        stub = TensorProto(name=t.name, data_type=t.data_type, dims=t.dims, data_location=TensorProto.EXTERNAL)
+        stub.external_data.add(key="location", value="stub")
+        light.graph.initializer.append(stub)
+    return light
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if (fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED):
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
 def check_output(out: str | os.PathLike, model: onnx.ModelProto, *inputs) -> None:
     """The data file written beside ``out`` must be a writable file path that is none of the inputs, nor the
     data files ``model`` (an input) reads: writing it would pull the weights from under the input model."""
