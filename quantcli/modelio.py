@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -30,6 +31,26 @@ def file_sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def model_sha256(path: str | os.PathLike, model: onnx.ModelProto) -> str:
+    """sha256 of a model file; for a model with external data (``model``, loaded from ``path``), of the model file
+    and then each data file it reads, so that changed weights change it (read once per command: cached while the
+    files' sizes and times stay the same)."""
+    files = [Path(path)] + external.data_files(model)
+    if len(files) == 1:
+        return file_sha256(path)
+    return _files_sha256(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _files_sha256(files: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in files:
+        with open(name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 

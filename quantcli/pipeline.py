@@ -115,7 +115,7 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
                     "data_sha256": data_sha256(settings.data, data), "samples": settings.samples,
                     "activations": conv.activations.value, "cle": conv.cle, "act_matmul": act_matmul,
                     **_sampling_record(dataset, settings, data, used)}
-    sha = modelio.file_sha256(model_path)
+    sha = modelio.model_sha256(model_path, model)
     artifact = CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
                                    build_manifest(model_path, sha, {"calibrate": cal_settings}),
                                    agreed_passes(cle=conv.cle))
@@ -166,7 +166,8 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     # FP32 on the check sample before the converted weights exist: a large model's weights are in memory once
     expected = reference_outputs(model, feeds)
     scheme = apply_scheme(model, prep, res, artifact, calibration=calibration, progress=progress)
-    manifest = _stamp(scheme.model, model_path, settings, calibration, calib_settings)
+    manifest = _stamp(scheme.model, model_path, modelio.model_sha256(model_path, model), settings, calibration,
+                      calib_settings)
     warnings = [f"{'--exclude' if p in settings.exclude else 'node rule match'} '{p}' matches no node of "
                 f"{model_path} (patterns: node name, op type, glob, re:REGEX, @first, @last)"
                 for p in unmatched_patterns(prep.model if prep else model,
@@ -181,13 +182,13 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
                          warnings)
 
 
-def _stamp(model: onnx.ModelProto, model_path, settings: ConvertSettings, calibration,
+def _stamp(model: onnx.ModelProto, model_path, model_sha256: str, settings: ConvertSettings, calibration,
            calib_settings: CalibrateSettings | None) -> dict:
     """Producer and the manifest (what made the model, from what, with which settings) in the model's metadata."""
     from . import __version__
 
     model.producer_name, model.producer_version = "quantcli", __version__
-    manifest = build_manifest(model_path, modelio.file_sha256(model_path), {
+    manifest = build_manifest(model_path, model_sha256, {
         "convert": _plain(settings), "calibration": str(calibration) if calibration else None,
         "calibrate": _plain(calib_settings) if calib_settings and calibration is None else None})
     _set_metadata(model, "quantcli.manifest", json.dumps(manifest, sort_keys=True))
@@ -237,7 +238,7 @@ def _artifact_for(model, model_path, prep: Prepared, res: Resolved, calibration,
     """The calibration artifact: loaded (and checked against this model and its preparation) or made now."""
     if calibration is not None:
         artifact = load_artifact(calibration)
-        sha = modelio.file_sha256(model_path)
+        sha = modelio.model_sha256(model_path, model)
         if artifact.model_sha256 != sha:
             raise QuantcliError(f"{calibration}: made for another model (sha256 {artifact.model_sha256[:12]}..., "
                                 f"{model_path} is {sha[:12]}...); re-run quantcli calibrate on this model")
@@ -300,7 +301,7 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
                          (lat_a.median_ms, lat_b.median_ms), (lat_a.p90_ms, lat_b.p90_ms), settings.threads,
                          (modelio.model_size_bytes(fp32_path), modelio.model_size_bytes(quant_path)),
                          settings.max_drop,
-                         build_manifest(fp32_path, modelio.file_sha256(fp32_path), {"compare": _plain(settings)}),
+                         build_manifest(fp32_path, modelio.model_sha256(fp32_path, fp32), {"compare": _plain(settings)}),
                          notes, ratio, *(lm_metrics or (None, None)))
 
 
@@ -383,7 +384,7 @@ def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
     cmp = compare(model, output, recipe.compare, gate=recipe.accept.max_drop, progress=progress, data=recipe.data)
     criteria = acceptance(recipe.accept, conv, cmp)
     return RunResult(recipe.to_dict(), cal, conv, cmp, criteria,
-                     build_manifest(model, modelio.file_sha256(model), recipe.to_dict()))
+                     build_manifest(model, modelio.model_sha256(model, fp32), recipe.to_dict()))
 
 
 def _require_a_batch(ds: Dataset) -> None:
@@ -470,7 +471,7 @@ def inspect(model_path: str | Path, *, data: str | None = None, min_coverage: fl
     cpu = detect_cpu()
     return InspectResult(str(model_path), {k: list(v.shape) for k, v in feeds.items()}, _coverage(model, feeds),
                          cpu.summary(), cpu.int8_path, min_coverage,
-                         build_manifest(model_path, modelio.file_sha256(model_path), {"inspect": {"data": data}}))
+                         build_manifest(model_path, modelio.model_sha256(model_path, model), {"inspect": {"data": data}}))
 
 
 # -- analyze ----------------------------------------------------------------------------------------------
@@ -499,4 +500,4 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
         r.full_sqnr_db = inside.get(r.node)
     return AnalyzeResult(str(model_path), ev.metric_name, ev.ref_metric, full.drop, full.sqnr_db,
                          ranked_dicts(rows), ev.evaluations, time.perf_counter() - t0,
-                         build_manifest(model_path, modelio.file_sha256(model_path), {"analyze": _plain(settings)}))
+                         build_manifest(model_path, modelio.model_sha256(model_path, model), {"analyze": _plain(settings)}))

@@ -121,6 +121,17 @@ def test_calibrate_convert_compare_external(ext, tmp_path):
         os.chdir(here)
 
 
+def test_changed_weights_invalidate_the_calibration(ext):
+    """The model's sha256 (calibration artifact, manifests) covers its external data file, not just the graph."""
+    r = invoke("calibrate", ext / "ffn.onnx", "--data", ext / "calib.npz", "-o", ext / "c.json")
+    assert r.exit_code == 0, r.output
+    data = bytearray((ext / "ffn.onnx.bin").read_bytes())
+    data[100] ^= 0x40
+    (ext / "ffn.onnx.bin").write_bytes(bytes(data))
+    r = invoke("convert", ext / "ffn.onnx", "--calibration", ext / "c.json", "-o", ext / "q.onnx")
+    assert r.exit_code == 2 and "made for another model" in r.output, r.output
+
+
 def test_small_inline_model_stays_inline(tmp_path):
     onnx.save(small_mlp(), tmp_path / "m.onnx")
     r = invoke("convert", tmp_path / "m.onnx", "--mode", "dynamic", "-o", tmp_path / "q.onnx")
