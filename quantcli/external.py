@@ -12,8 +12,8 @@ data file's absolute path without the leading ``/``, a path relative to the root
   bytes goes, in graph order, to one ``<model file name>.data`` beside the model at an offset aligned to
   :data:`ALIGN` (:data:`SMALL_ALIGN` below it) so ONNX Runtime can memory-map it, copied in chunks from the
   file it lives in, or from memory and then dropped from memory.  Model and data go to temporary names
-  first; the caller checks the pair and :meth:`Staged.commit` renames the data, then the model.  The
-  model names its data relative to itself.  Same model in, same bytes out.
+  first; the caller checks that pair inside the ``with`` block, and at its end the data, then the model, are
+  renamed into place.  The model names its data relative to itself.  Same model in, same bytes out.
 """
 
 from __future__ import annotations
@@ -111,7 +111,11 @@ def _attach_one(t: TensorProto, path: Path) -> None:
     file = folder / loc
     if not file.is_file():
         raise QuantcliError(f"{path}: external data file '{loc}' for tensor '{t.name}' is missing")
-    offset, length = int(info.get("offset") or 0), nbytes(t)
+    try:
+        offset, length = int(info.get("offset") or 0), nbytes(t)
+    except ValueError:
+        raise QuantcliError(f"{path}: tensor '{t.name}' has an external data offset or length that is not a "
+                            "number") from None
     size = file.stat().st_size
     if offset + length > size:
         raise QuantcliError(f"{file}: truncated external data file: tensor '{t.name}' needs bytes "
