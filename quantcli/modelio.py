@@ -1,19 +1,23 @@
 """Reading and writing ONNX models and other outputs safely.
 
 * Every load turns the usual failures (missing file, not a protobuf, fails the checker, external data
-  missing) into a one-line :class:`~quantcli.errors.QuantcliError` naming the file.
+  missing or truncated) into a one-line :class:`~quantcli.errors.QuantcliError` naming the file.
+* External data stays in its file (:mod:`quantcli.external`): the model in memory holds the graph and the
+  small tensors, and each weight is read when a step needs it.
 * Writes (re-exported from :mod:`quantcli.paths`, which owns output-path safety) go to a temporary file
   in the destination folder and are renamed into place only when complete.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
 
 import onnx
 
+from . import external
 from .errors import QuantcliError
 from .paths import atomic_output, check_output_path, write_bytes_atomic, write_text_atomic  # noqa: F401
 
@@ -27,6 +31,26 @@ def file_sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def model_sha256(path: str | os.PathLike, model: onnx.ModelProto) -> str:
+    """sha256 of a model file; for a model with external data (``model``, loaded from ``path``), of the model file
+    and then each data file it reads, so that changed weights change it (read once per command: cached while the
+    files' sizes and times stay the same)."""
+    files = [Path(path)] + external.data_files(model)
+    if len(files) == 1:
+        return file_sha256(path)
+    return _files_sha256(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _files_sha256(files: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in files:
+        with open(name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -50,7 +74,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         raise QuantcliError(f"{p}: not a valid ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise QuantcliError(f"{p}: not a valid ONNX model (no graph or no nodes)")
-    _load_external(model, p)
+    external.attach(model, p)
     _name_dynamic_dims(model)
     opset = model_opset(model)
     if opset < SUPPORTED_OPSET_MIN:
@@ -67,8 +91,8 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
                             "ONNX Runtime cannot run it without that op's library, so it cannot be calibrated "
                             "or validated")
     if check:
-        try:
-            onnx.checker.check_model(model)
+        try:  # a model with external data is checked from its file, where the checker finds the data
+            onnx.checker.check_model(str(p) if external.has_external(model) else model)
         except Exception as exc:
             raise QuantcliError(f"{p}: fails the ONNX checker: {_first_line(exc)}") from None
     return model
@@ -82,22 +106,6 @@ def _name_dynamic_dims(model: onnx.ModelProto) -> None:
             if d.HasField("dim_value") and d.dim_value <= 0:
                 d.Clear()
                 d.dim_param = f"{vi.name}_dim{i}"
-
-
-def _load_external(model: onnx.ModelProto, path: Path) -> None:
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
-
-    tensors = [t for t in model.graph.initializer if uses_external_data(t)]
-    if not tensors:
-        return
-    for t in tensors:
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        if not (path.parent / loc).exists():
-            raise QuantcliError(f"{path}: external data file '{loc}' for tensor '{t.name}' is missing")
-    try:
-        load_external_data_for_model(model, str(path.parent))
-    except Exception as exc:
-        raise QuantcliError(f"{path}: cannot read external data: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from . import modelio, paths
+from . import external, modelio, paths
 from .calibration.artifact import CalibrationArtifact, load_artifact
 from .calibration.collect import collect_statistics
 from .cpu import detect as detect_cpu
@@ -27,7 +27,7 @@ from .quantize.scheme import apply_scheme
 from .quantize.search import eval_data, ranked_dicts, sensitivities_alone
 from .quantize.static import StaticBuilder
 from .settings import Resolved, resolve
-from .validate.output import COLLAPSED_COSINE, validation_feeds, write_validated
+from .validate.output import COLLAPSED_COSINE, reference_outputs, validation_feeds, write_validated
 from .manifest import build_manifest
 from .metrics import (FidelityAccumulator, agreement_count, degenerate_reference, lm_token_ids, next_token_nll,
                       token_agreement_count, topk_correct)
@@ -80,8 +80,8 @@ def calibrate(model_path: str | Path, out_path: str | Path, settings: CalibrateS
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, settings.data)
-    artifact, pass_seconds = _calibrate_model(model, str(model_path), settings, progress,
-                                              convert_settings or ConvertSettings(), data=data)
+    conv = large_model_settings(model, convert_settings or ConvertSettings())[0]
+    artifact, pass_seconds = _calibrate_model(model, str(model_path), settings, progress, conv, data=data)
     modelio.write_text_atomic(out, artifact.to_json())
     ranges = artifact.ranges()
     return CalibrationResult(str(out), artifact.model_sha256, artifact.samples, len(artifact.observers),
@@ -115,7 +115,7 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
                     "data_sha256": data_sha256(settings.data, data), "samples": settings.samples,
                     "activations": conv.activations.value, "cle": conv.cle, "act_matmul": act_matmul,
                     **_sampling_record(dataset, settings, data, used)}
-    sha = modelio.file_sha256(model_path)
+    sha = modelio.model_sha256(model_path, model)
     artifact = CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
                                    build_manifest(model_path, sha, {"calibrate": cal_settings}),
                                    agreed_passes(cle=conv.cle))
@@ -151,6 +151,9 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     check_convert_options(settings, calibration)
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, calibration)
+    if external.has_external(model):
+        external.check_output(out, model, model_path, calibration)
+    settings, large_notes = large_model_settings(model, settings)
     res = resolve(settings, calib_settings, data=data)
     prep = artifact = None
     if res.scheme != "half":  # CLE evens per-channel ranges for INT8; 4-bit blocks have their own scales
@@ -159,16 +162,19 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
     if res.scheme == "static":
         artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
         res = res.with_artifact_data(artifact.data_path(), artifact.data_settings())
-    scheme = apply_scheme(model, prep, res, artifact, calibration=calibration, progress=progress)
-    manifest = _stamp(scheme.model, model_path, settings, calibration, calib_settings)
     feeds = validation_feeds(model, res.calibration_data, res.data)
+    # FP32 on the check sample before the converted weights exist: a large model's weights are in memory once
+    expected = reference_outputs(model, feeds)
+    scheme = apply_scheme(model, prep, res, artifact, calibration=calibration, progress=progress)
+    manifest = _stamp(scheme.model, model_path, modelio.model_sha256(model_path, model), settings, calibration,
+                      calib_settings)
     warnings = [f"{'--exclude' if p in settings.exclude else 'node rule match'} '{p}' matches no node of "
                 f"{model_path} (patterns: node name, op type, glob, re:REGEX, @first, @last)"
                 for p in unmatched_patterns(prep.model if prep else model,
                                             list(settings.exclude) + [r.match for r in settings.nodes])]
-    checks = write_validated(scheme.model, model, out, feeds, -np.inf if min_cosine is None else min_cosine)
+    checks = write_validated(scheme.model, model, out, feeds, -np.inf if min_cosine is None else min_cosine, expected)
     coverage = _coverage(scheme.model, feeds, prep.model) if settings.precision == Precision.INT8 else None
-    notes = list(res.notes) + (prep.notes if prep else []) + scheme.notes
+    notes = list(res.notes) + large_notes + (prep.notes if prep else []) + scheme.notes
     return ConvertResult(str(out), settings.precision.value, settings.mode.value, _plain(settings),
                          scheme.quantized, scheme.float_nodes, scheme.absorbed, scheme.quantized_tensors,
                          modelio.model_size_bytes(model_path), modelio.model_size_bytes(out), checks, coverage, notes,
@@ -176,17 +182,28 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
                          warnings)
 
 
-def _stamp(model: onnx.ModelProto, model_path, settings: ConvertSettings, calibration,
+def _stamp(model: onnx.ModelProto, model_path, model_sha256: str, settings: ConvertSettings, calibration,
            calib_settings: CalibrateSettings | None) -> dict:
     """Producer and the manifest (what made the model, from what, with which settings) in the model's metadata."""
     from . import __version__
 
     model.producer_name, model.producer_version = "quantcli", __version__
-    manifest = build_manifest(model_path, modelio.file_sha256(model_path), {
+    manifest = build_manifest(model_path, model_sha256, {
         "convert": _plain(settings), "calibration": str(calibration) if calibration else None,
         "calibrate": _plain(calib_settings) if calib_settings and calibration is None else None})
     _set_metadata(model, "quantcli.manifest", json.dumps(manifest, sort_keys=True))
     return manifest
+
+
+def large_model_settings(model: onnx.ModelProto, settings: ConvertSettings) -> tuple[ConvertSettings, list[str]]:
+    """A model with external data is not cross-layer equalized (calibrate, convert and analyze alike): CLE
+    holds every weight it equalizes in memory, in float64 (7.3x the weights' size measured on a 1 GB model)."""
+    if not (settings.cle and external.has_external(model)):
+        return settings, []
+    gb = external.weights_bytes(model) / 1e9
+    return dataclasses.replace(settings, cle=False), [
+        f"cross-layer equalization off: the model keeps its weights in external data ({gb:.1f} GB), and "
+        "equalizing would hold all of them in memory at once"]
 
 
 def check_convert_options(settings: ConvertSettings, calibration=None) -> None:
@@ -221,7 +238,7 @@ def _artifact_for(model, model_path, prep: Prepared, res: Resolved, calibration,
     """The calibration artifact: loaded (and checked against this model and its preparation) or made now."""
     if calibration is not None:
         artifact = load_artifact(calibration)
-        sha = modelio.file_sha256(model_path)
+        sha = modelio.model_sha256(model_path, model)
         if artifact.model_sha256 != sha:
             raise QuantcliError(f"{calibration}: made for another model (sha256 {artifact.model_sha256[:12]}..., "
                                 f"{model_path} is {sha[:12]}...); re-run quantcli calibrate on this model")
@@ -284,7 +301,7 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
                          (lat_a.median_ms, lat_b.median_ms), (lat_a.p90_ms, lat_b.p90_ms), settings.threads,
                          (modelio.model_size_bytes(fp32_path), modelio.model_size_bytes(quant_path)),
                          settings.max_drop,
-                         build_manifest(fp32_path, modelio.file_sha256(fp32_path), {"compare": _plain(settings)}),
+                         build_manifest(fp32_path, modelio.model_sha256(fp32_path, fp32), {"compare": _plain(settings)}),
                          notes, ratio, *(lm_metrics or (None, None)))
 
 
@@ -367,7 +384,7 @@ def run(recipe: Recipe, *, progress: Progress = _no_progress) -> RunResult:
     cmp = compare(model, output, recipe.compare, gate=recipe.accept.max_drop, progress=progress, data=recipe.data)
     criteria = acceptance(recipe.accept, conv, cmp)
     return RunResult(recipe.to_dict(), cal, conv, cmp, criteria,
-                     build_manifest(model, modelio.file_sha256(model), recipe.to_dict()))
+                     build_manifest(model, modelio.model_sha256(model, fp32), recipe.to_dict()))
 
 
 def _require_a_batch(ds: Dataset) -> None:
@@ -454,7 +471,7 @@ def inspect(model_path: str | Path, *, data: str | None = None, min_coverage: fl
     cpu = detect_cpu()
     return InspectResult(str(model_path), {k: list(v.shape) for k, v in feeds.items()}, _coverage(model, feeds),
                          cpu.summary(), cpu.int8_path, min_coverage,
-                         build_manifest(model_path, modelio.file_sha256(model_path), {"inspect": {"data": data}}))
+                         build_manifest(model_path, modelio.model_sha256(model_path, model), {"inspect": {"data": data}}))
 
 
 # -- analyze ----------------------------------------------------------------------------------------------
@@ -467,6 +484,7 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
 
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
+    settings = large_model_settings(model, settings)[0]
     prep = prepare(model, cle=settings.cle)
     res = resolve(settings, calib_settings, data=data).for_opset(modelio.model_opset(prep.model))
     artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
@@ -482,4 +500,4 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
         r.full_sqnr_db = inside.get(r.node)
     return AnalyzeResult(str(model_path), ev.metric_name, ev.ref_metric, full.drop, full.sqnr_db,
                          ranked_dicts(rows), ev.evaluations, time.perf_counter() - t0,
-                         build_manifest(model_path, modelio.file_sha256(model_path), {"analyze": _plain(settings)}))
+                         build_manifest(model_path, modelio.model_sha256(model_path, model), {"analyze": _plain(settings)}))

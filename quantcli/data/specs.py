@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .. import external
+
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
@@ -72,9 +74,7 @@ def max_lengths(model: onnx.ModelProto) -> dict[str, dict[int, int]]:
         dims = tuple(inits[node.input[0]].dims)
         axis = 0
         if len(node.input) > 3 and node.input[3] in inits:
-            from onnx import numpy_helper
-
-            axes = numpy_helper.to_array(inits[node.input[3]]).ravel()
+            axes = external.array(inits[node.input[3]]).ravel()
             if axes.size != 1:
                 continue
             axis = int(axes[0])

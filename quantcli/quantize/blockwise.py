@@ -11,7 +11,7 @@ For ``Y = A @ W`` with ``W`` of shape [K, N], each output column n is cut along 
 which is how ``MatMulNBits`` (domain com.microsoft) dequantizes: ``B`` is uint8 [N, k_blocks, block_size * bits / 8]
 (4 bits: two codes per byte, the lower K index in the low nibble); ``scales`` float [N * k_blocks];
 ``zero_points`` uint8, packed the same way per column (absent: m).  K is padded with zeros to a whole number of
-blocks.
+blocks.  Large weights are rounded a slice of columns at a time (same numbers, bounded temporaries).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from .params import row_slices
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 BITS = (4, 8)
@@ -86,10 +88,18 @@ def quantize_blockwise(w: np.ndarray, block_size: int = 32, *, symmetric: bool =
         raise ValueError(f"bits must be one of {BITS}, got {bits}")
     w = np.asarray(w, np.float32)
     k, n = w.shape
+    parts = [_round_columns(w[:, sl], block_size, symmetric, bits) for sl in row_slices(n, k)]
+    codes, scale, zp = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return pack_codes(codes, scale, zp, k, block_size, symmetric, bits)
+
+
+def _round_columns(w: np.ndarray, block_size: int, symmetric: bool, bits: int):
+    """Codes, scales and zero points of the columns of ``w`` [K, n] (a slice of a weight's columns)."""
+    k, n = w.shape
     kb = -(-k // block_size)
     cols = np.zeros((n, kb * block_size), np.float32)
     cols[:, :k] = w.T
     blocks = cols.reshape(n, kb, block_size).astype(np.float64)
     scale, zp = block_params(blocks, symmetric, bits)
     q = np.clip(np.round(blocks / scale[..., None].astype(np.float64)) + zp[..., None], 0, levels(bits))
-    return pack_codes(q.astype(np.uint8), scale, zp, k, block_size, symmetric, bits)
+    return q.astype(np.uint8), scale, zp

@@ -87,7 +87,7 @@ def _rewrite(node, idx: GraphIndex, dql: dict, new_inits: list, per_channel: boo
         dql[a] = (f"{a}_quantized", f"{a}_scale", f"{a}_zero_point")
         nodes.append(helper.make_node("DynamicQuantizeLinear", [a], list(dql[a]), name=f"{a}_DynamicQuantizeLinear"))
     aq, ascale, azp = dql[a]
-    w = idx.const(node.input[1]).astype(np.float32)
+    w = np.asarray(idx.const(node.input[1]), np.float32)  # a float32 memory map stays one (no copy)
     alpha = 1.0
     if node.op_type == "Gemm":
         if attr(node, "transB", 0):

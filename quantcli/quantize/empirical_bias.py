@@ -23,8 +23,8 @@ import onnx
 from ..calibration.collect import collect_statistics
 from ..calibration.requests import ChannelObserver, Stat, StatRequest
 from ..runtime.session import make_session, run, tap_model
-from ..transforms.bias_correction import shift_bias
-from ..transforms.graph import Event, EventKind
+from ..transforms.bias_correction import bias_tensor, shift_bias
+from ..transforms.graph import Event, EventKind, GraphIndex
 from .policy import QuantPlan
 from .qdq import QDQOptions, insert_qdq
 
@@ -96,6 +96,9 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
     frontier = Frontier(batches)
     report = []
     for name, op, mean_fp in zip(layers, ops, ref):
+        if op == "MatMul" and bias_tensor(model, nodes[name], GraphIndex(model.graph))[0] is None:
+            report.append(Event(EventKind.SKIPPED, name, f"skipped ({name}: MatMul without a bias Add)"))
+            continue  # nowhere to put a correction: not worth a pass of the quantized model
         q = insert_qdq(model, plan, ranges, options).model
         mean_q = frontier.channel_mean(q, name, 1 if op == "Conv" else -1)
         report.append(_shift(model, name, mean_q - mean_fp))

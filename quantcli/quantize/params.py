@@ -13,6 +13,9 @@ DequantizeLinear: ``x = (q - zero_point) * scale``.
   in int32 (tiny weight scale, large bias), that channel's weight scale is raised until it fits.
 
 A zero range (constant-zero tensor, all-zero weight channel) gets scale 1.0 so that no scale is 0.
+
+Large weights are reduced and quantized :data:`CHUNK_VALUES` values at a time (a slice of channels, or of
+rows): the same numbers, with temporaries the size of a slice instead of several copies of the weight.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ import dataclasses
 import numpy as np
 
 INT32_LIMIT = 2**31 - 1
+CHUNK_VALUES = 1 << 22  # values per slice of a large weight (16 MB as float32)
+
+
+def row_slices(n_rows: int, row_values: int) -> list[slice]:
+    """Slices of the first axis holding about CHUNK_VALUES values each (one slice for a small array)."""
+    step = max(1, CHUNK_VALUES // max(row_values, 1))
+    return [slice(i, min(i + step, n_rows)) for i in range(0, max(n_rows, 1), step)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +64,15 @@ def activation_params(lo: float, hi: float, *, symmetric: bool = False) -> QPara
 def weight_params(w: np.ndarray, *, axis: int | None, reduce_range: bool = False) -> QParams:
     """Symmetric int8 parameters for a weight; ``axis`` None means per tensor."""
     qmax = 63.0 if reduce_range else 127.0
-    w = np.asarray(w, dtype=np.float64)
+    w = np.asarray(w)
     if axis is None:
-        amax = np.array(np.max(np.abs(w)) if w.size else 0.0)
+        flat = w.reshape(w.shape[0] if w.ndim else 1, -1) if w.size else w
+        amax = np.array(max(np.max(np.abs(np.asarray(flat[sl], np.float64))) for sl in row_slices(*flat.shape))
+                        if w.size else 0.0)
     else:
-        amax = np.max(np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)), axis=1)
+        chans = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+        amax = np.concatenate([np.max(np.abs(np.asarray(chans[sl], np.float64)), axis=1)
+                               for sl in row_slices(*chans.shape)])
     scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
     return QParams(scale, np.zeros(scale.shape, np.int8), axis)
 
@@ -77,6 +91,18 @@ def dequantize(q: np.ndarray, p: QParams) -> np.ndarray:
 
 
 def quantize_weight(w: np.ndarray, p: QParams, *, reduce_range: bool = False) -> np.ndarray:
+    w = np.asarray(w)
+    if w.ndim == 0 or w.size <= CHUNK_VALUES:
+        return _quantize_weight(w, p, reduce_range)
+    out = np.empty(w.shape, np.int8)
+    for sl in row_slices(w.shape[0], w.size // w.shape[0]):
+        per_row = p.axis == 0 and np.ndim(p.scale) == 1
+        part = QParams(p.scale[sl], p.zero_point[sl], 0) if per_row else p
+        out[sl] = _quantize_weight(w[sl], part, reduce_range)
+    return out
+
+
+def _quantize_weight(w: np.ndarray, p: QParams, reduce_range: bool) -> np.ndarray:
     q = quantize(w, p)
     if reduce_range:
         q = np.clip(q, -63, 63).astype(np.int8)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import onnx
 
+from .. import external
 from ..errors import QuantcliError
 from ..recipe import NodeRule, Weights
 from ..settings import Resolved
@@ -94,6 +95,10 @@ def auto_weight_granularity(model: onnx.ModelProto, build: StaticBuilder) -> tup
     """--weights auto: ``build`` is the per-channel builder; returns the builder of the choice and a note."""
     from ..sensitivity import Evaluator
 
+    if external.has_external(model):  # decided before building anything
+        return build, ("weights auto: per-channel kept for MatMul/Gemm (per-tensor is not measured on a model with "
+                       "external data: that would hold two converted models and their sessions at once)"
+                       if any(n.op_type in MATMUL_OPS for n in model.graph.node) else None)
     probe = build.probe()  # candidates compared without bias correction; the choice gets it once, later
     built = probe()
     candidates = [ws.node for ws in built.plan.weights

@@ -1,7 +1,8 @@
 """The only place that talks to ONNX Runtime: sessions, tap models, optimized graphs.
 
 * :func:`make_session` builds a CPU session from a ModelProto (in memory, nothing written to the cwd)
-  and turns load failures into clear errors.
+  and turns load failures into clear errors.  A model with external data (:mod:`quantcli.external`) is
+  serialized without its weights, which ONNX Runtime memory-maps from their files.
 * :func:`tap_model` adds extra graph outputs on intermediate tensors (for calibration statistics);
   :func:`stats_tap_session` runs it without the layout copies that order-free statistics do not need.
 * :func:`optimized_model` returns the graph as ONNX Runtime's CPU optimizer rewrites it (QDQ fusion into
@@ -19,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .. import external
 from ..errors import InternalError, QuantcliError
 
 PROVIDERS = ["CPUExecutionProvider"]
@@ -41,10 +43,19 @@ _SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.
 
 
 def session_options(threads: int = 0, *, level: str = "all", optimized_path: str | None = None,
-                    spinning: bool = True, arena: bool = True, spin_between_runs: bool = True) -> ort.SessionOptions:
+                    spinning: bool = True, arena: bool = True, spin_between_runs: bool = True,
+                    model: onnx.ModelProto | None = None, prepack: bool = True) -> ort.SessionOptions:
     """``spinning``: worker threads spin waiting for work (lowest latency); ``spin_between_runs=False``
-    stops them as soon as a run returns, so they leave the cores to other work until the next run."""
+    stops them as soon as a run returns, so they leave the cores to other work until the next run.
+    ``model``: the model the session is for, when it is given serialized (where its external data is).
+    ``prepack=False``: kernels use the weights where they are instead of a repacked copy (for a large model,
+    which then is in memory once; a little slower)."""
     so = ort.SessionOptions()
+    folder = external.session_folder(model) if model is not None else None
+    if folder:
+        so.add_session_config_entry(external.FOLDER_OPTION, folder)
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     so.enable_cpu_mem_arena = arena
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -66,12 +77,14 @@ def session_options(threads: int = 0, *, level: str = "all", optimized_path: str
 
 def make_session(model: onnx.ModelProto | str | os.PathLike, *, threads: int = 0, level: str = "all",
                  what: str = "model", spinning: bool = True, arena: bool = True,
-                 spin_between_runs: bool = True) -> ort.InferenceSession:
+                 spin_between_runs: bool = True, prepack: bool = True) -> ort.InferenceSession:
     """Create a CPU InferenceSession; a load failure becomes a one-line error naming ``what``."""
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    proto = model if isinstance(model, onnx.ModelProto) else None
+    src = model.SerializeToString() if proto is not None else str(model)
     try:
         return ort.InferenceSession(src, sess_options=session_options(threads, level=level, spinning=spinning, arena=arena,
-                                                                      spin_between_runs=spin_between_runs),
+                                                                      spin_between_runs=spin_between_runs,
+                                                                      model=proto, prepack=prepack),
                                     providers=PROVIDERS)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
@@ -124,8 +137,9 @@ def stats_tap_session(model: onnx.ModelProto, tensors: list[str], *, threads: in
     to the statistics.
     """
     tap = tap_model(model, tensors)
-    if set(tensors) <= set(keep_order):
-        return make_session(tap, threads=threads, what=what, spin_between_runs=False)
+    big = external.has_external(tap)  # its weights are read where they lie, once (no optimized copy)
+    if set(tensors) <= set(keep_order) or big:
+        return make_session(tap, threads=threads, what=what, spin_between_runs=False, prepack=not big)
     try:
         opt = optimized_model(tap, level="all")
         outputs = {o.name for o in opt.graph.output}
@@ -164,14 +178,19 @@ def tensor_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tensors:
 
 
 def optimized_model(model: onnx.ModelProto, *, level: str = "all") -> onnx.ModelProto:
-    """The model as ONNX Runtime's CPU provider optimizes it at session creation."""
-    with tempfile.TemporaryDirectory(prefix="quantcli-opt-", dir=_SCRATCH) as tmp:
+    """The model as ONNX Runtime's CPU provider optimizes it at session creation.  For a model with external
+    data, only its graph: the optimized weights go to a scratch file on disk, and are not read back."""
+    big = external.has_external(model)
+    with tempfile.TemporaryDirectory(prefix="quantcli-opt-", dir=None if big else _SCRATCH) as tmp:
         out = Path(tmp) / "optimized.onnx"
+        so = session_options(1, level=level, optimized_path=str(out), model=model, prepack=not big)
+        if big:
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                        str(external.SIZE_THRESHOLD))
         try:
-            ort.InferenceSession(model.SerializeToString(),
-                                 sess_options=session_options(1, level=level, optimized_path=str(out)),
-                                 providers=PROVIDERS)
+            ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=PROVIDERS)
         except Exception as exc:
             raise InternalError(f"ONNX Runtime could not optimize the model: {exc}") from None
-        return onnx.load(str(out))
+        return onnx.load(str(out), load_external_data=not big)
 

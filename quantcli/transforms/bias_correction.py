@@ -21,6 +21,7 @@ import math
 import numpy as np
 import onnx
 
+from .. import external
 from .graph import Event, EventKind, GraphIndex, attr, set_initializer, unique_name
 from .layout import layout
 
@@ -81,7 +82,7 @@ def shift_bias(model: onnx.ModelProto, node_name: str, shift: np.ndarray) -> str
         node.input[2] = name
         b = np.zeros(len(shift), np.float32)
     else:
-        b = onnx.numpy_helper.to_array(idx.initializers[name])
+        b = external.array(idx.initializers[name])
     new = (b.astype(np.float64) - np.broadcast_to(shift, b.shape[-1:])).astype(np.float32).reshape(b.shape)
     set_initializer(g, name, new)
     return name

@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 import onnx
 
+from .. import external
 from .graph import Event, EventKind, GraphIndex, PassResult, attr, set_initializer, unique_name
 from .layout import layout
 
@@ -135,8 +136,11 @@ def equalize(model: onnx.ModelProto, *, iterations: int = 20, tol: float = 1e-3)
     result = PassResult(model, [Event(EventKind.SKIPPED, n, why) for n, why in skipped])
     if not pairs:
         return result
-    weights = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in g.initializer}
-    taken = set(weights) | {o for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    used = {n for p in pairs for n in (p.first.input[1], p.first.input[2] if len(p.first.input) > 2 else "",
+                                       p.second.input[1]) if n in inits}
+    weights = {n: external.array(inits[n]).astype(np.float64) for n in sorted(used)}
+    taken = set(inits) | {o for n in g.node for o in n.output}
     for p in pairs:  # give a biasless first layer a zero bias so it can be scaled / absorbed into
         if len(p.first.input) < 3 or not p.first.input[2]:
             if p.first.op_type == "MatMul":

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .. import external
+
 
 class EventKind(str, enum.Enum):
     CHANGED = "changed"            # a node rewritten: named, turned into a Gemm, bias moved or reshaped, ...
@@ -74,7 +76,7 @@ class GraphIndex:
 
     def const(self, name: str) -> np.ndarray | None:
         t = self.initializers.get(name)
-        return None if t is None else numpy_helper.to_array(t)
+        return None if t is None else external.array(t)
 
     def single_consumer(self, name: str) -> onnx.NodeProto | None:
         cons = self.consumers.get(name, [])
@@ -103,9 +105,9 @@ def set_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> Non
 def remove_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     used |= _subgraph_inputs(graph)
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    for i in reversed(range(len(graph.initializer))):  # deleted in place: re-adding would copy every weight
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
 
 
 def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .. import external
 from .graph import Event, EventKind, GraphIndex, PassResult, attr, remove_unused_initializers, unique_name
 from .layout import layout
 
@@ -154,7 +155,7 @@ def gemm_bias_to_1d(model: onnx.ModelProto) -> PassResult:
         if w is None or len(w.dims) != 2:
             continue
         n_out = layout(node).channels(w.dims)
-        c = numpy_helper.to_array(inits[node.input[2]])
+        c = external.array(inits[node.input[2]])
         if c.ndim == 1 and c.shape[0] == n_out:
             continue
         if c.size == 1 or (c.ndim == 2 and c.shape == (1, n_out)):
