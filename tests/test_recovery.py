@@ -158,3 +158,25 @@ def test_empirical_bias_correction_reduces_each_layers_mean_error(tmp_path):
     before, after = layer_errors(m), layer_errors(fixed)
     for layer in layers:
         assert after[layer] < before[layer], (layer, before, after)
+
+
+def test_bias_correction_frontier_measures_what_the_whole_prefix_measures():
+    """Each layer's pass runs from the kept values of final nodes (Frontier); its per-channel means must equal
+    a pass of the whole prefix from the inputs, also through unnamed nodes (opset upgrades add unnamed
+    Constants: keyed by name, two of them once collapsed into one and the pass failed to load)."""
+    from quantcli.quantize.empirical_bias import Frontier, _means
+
+    m = small_cnn(opset=13)
+    m.graph.node[0].input[0] = "xs"  # x -> Unsqueeze -> Squeeze (axes from unnamed Constants) -> conv1
+    m.graph.node.insert(0, helper.make_node("Squeeze", ["xu", "ax2"], ["xs"]))
+    m.graph.node.insert(0, helper.make_node("Unsqueeze", ["x", "ax1"], ["xu"]))
+    for name in ("ax2", "ax1"):
+        m.graph.node.insert(0, helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
+            np.array([0], np.int64), name)))
+    batches = [{"x": cnn_data(4, seed=s)} for s in range(3)]
+    frontier = Frontier(batches)
+    for layer in ("conv1", "dwconv", "pwconv"):
+        node = next(n for n in m.graph.node if n.name == layer)
+        (whole,) = _means(m, [node.output[0]], ["Conv"], batches)
+        np.testing.assert_allclose(frontier.channel_mean(m, layer, 1), whole, rtol=1e-5, atol=1e-6)
+    assert "conv1" in {n.name for n in m.graph.node}  # the model itself is not changed

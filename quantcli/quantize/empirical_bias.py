@@ -130,7 +130,7 @@ class Frontier:
 
     def __init__(self, batches: list[dict]) -> None:
         self.values = [dict(b) for b in batches]
-        self.final: set[str] = set()      # names of final nodes
+        self.final: set[str] = set()      # final nodes (by first output: exporters leave nodes unnamed)
         self.types: dict[str, int] = {}
 
     def channel_mean(self, q: onnx.ModelProto, layer: str, axis: int) -> np.ndarray:
@@ -147,12 +147,16 @@ class Frontier:
             got = dict(zip(names, run(session, {k: values[k] for k in feed_names}, what="bias-correction model")))
             obs.update(got.pop(target.output[0]))
             values.update(got)
-        self.final |= {n.name for n in seg.graph.node if n.name != layer}
+        self.final |= {_key(n) for n in seg.graph.node if n.name != layer}
         live = _read_by_others(q, self.final)
         for values in self.values:
             for k in [k for k in values if k not in live]:
                 del values[k]
         return obs.result()
+
+
+def _key(node: onnx.NodeProto) -> str:
+    return node.output[0] if node.output else node.name
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -166,7 +170,7 @@ def _read_by_others(model: onnx.ModelProto, final: set[str]) -> set[str]:
     """Tensors read by a node that is not final (graph inputs always count)."""
     live = {i.name for i in model.graph.input}
     for n in model.graph.node:
-        if n.name not in final:
+        if _key(n) not in final:
             live.update(n.input)
             live.update(_subgraph_reads(n))
     return live
@@ -181,16 +185,16 @@ def _segment(model: onnx.ModelProto, target: onnx.NodeProto, known: set[str], fi
     keep, seen, stack = [], set(), [target]
     while stack:
         node = stack.pop()
-        if node.name in seen:
+        if _key(node) in seen:
             continue
-        seen.add(node.name)
+        seen.add(_key(node))
         keep.append(node)
         for t in list(node.input) + sorted(_subgraph_reads(node)):
             if t and t not in known and t not in consts and t in produced:
                 stack.append(produced[t])
-    order = {n.name: i for i, n in enumerate(model.graph.node)}
-    keep.sort(key=lambda n: order[n.name])
-    inside = {n.name for n in keep}
+    order = {_key(n): i for i, n in enumerate(model.graph.node)}
+    keep.sort(key=lambda n: order[_key(n)])
+    inside = {_key(n) for n in keep}
     reads = {t for n in keep for t in list(n.input) + sorted(_subgraph_reads(n))}
     feeds = sorted(t for t in reads if t in known and t not in {o for n in keep for o in n.output})
     outside = _read_by_others(model, final | inside)
