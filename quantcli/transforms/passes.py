@@ -143,10 +143,10 @@ def _smoothquant(model: onnx.ModelProto, ctx: PassContext) -> PassResult:
                      symmetric=ctx.qdq.symmetric_activations)
 
 
-def _smooth_summary(r: PassResult) -> str:
+def _smooth_summary(r: PassResult) -> str | None:
     n = len([e for e in r.events if e.kind == EventKind.SMOOTHED])
     total = len(r.data.get("groups", {}))
-    return f"SmoothQuant: {n} of {total} layer input(s) smoothed (alpha searched per layer)"
+    return f"SmoothQuant: {n} of {total} layer input(s) smoothed (alpha searched per layer)" if total else None
 
 
 SMOOTHQUANT = "smoothquant"
