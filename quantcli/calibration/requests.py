@@ -50,6 +50,10 @@ class ChannelObserver:
     """Per-channel abs-max, min, max, mean (exact sums in float64, in batch order), Gram matrix or a row sample
     of one tensor."""
 
+    # per batch, then across batches: abs-max of no rows is 0 (as before); min / max of no rows is nothing yet
+    _PART = {Stat.CHANNEL_ABSMAX: lambda r: np.abs(r).max(axis=0) if len(r) else np.zeros(r.shape[1]),
+             Stat.CHANNEL_MAX: lambda r: r.max(axis=0) if len(r) else None,
+             Stat.CHANNEL_MIN: lambda r: r.min(axis=0) if len(r) else None}
     _REDUCE = {Stat.CHANNEL_ABSMAX: np.maximum, Stat.CHANNEL_MAX: np.maximum, Stat.CHANNEL_MIN: np.minimum}
 
     def __init__(self, request: StatRequest) -> None:
@@ -74,8 +78,7 @@ class ChannelObserver:
         if stat == Stat.CHANNEL_MEAN:
             part = rows.sum(axis=0)
         elif stat in self._REDUCE:
-            part = {Stat.CHANNEL_ABSMAX: lambda r: np.abs(r).max(axis=0), Stat.CHANNEL_MAX: lambda r: r.max(axis=0),
-                    Stat.CHANNEL_MIN: lambda r: r.min(axis=0)}[stat](rows) if len(rows) else None
+            part = self._PART[stat](rows)
         else:
             part = rows.T @ rows
         if part is None:
