@@ -273,9 +273,12 @@ def _artifact_for(model, model_path, prep: Prepared, res: Resolved, calibration,
                                 f"{model_path} is {sha[:12]}...); re-run quantcli calibrate on this model")
         if SMOOTHQUANT in artifact.passes:
             prep = smooth(prep, res, recorded=artifact.pass_data.get(SMOOTHQUANT, {}))
-        elif res.convert.smoothquant == SmoothQuant.AUTO:  # calibrated without it (off, or an older quantcli)
-            prep = dataclasses.replace(prep, notes=prep.notes + [
+        elif res.convert.smoothquant == SmoothQuant.AUTO and res.scheme == "static":  # calibrated without it
+            prep = dataclasses.replace(prep, notes=prep.notes + [  # (--smoothquant off, or an older quantcli)
                 f"SmoothQuant (auto) not applied: {calibration} was calibrated without it"])
+        elif res.convert.smoothquant == SmoothQuant.ON:
+            raise QuantcliError(f"{calibration}: calibrated with SmoothQuant off, but convert has it on; run "
+                                "calibrate and convert with the same --smoothquant")
         _check_passes(calibration, artifact.passes, prep.agreed)
         return artifact, prep
     if res.calibrate is not None and res.calibrate.data:

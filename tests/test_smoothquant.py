@@ -165,3 +165,21 @@ def test_damaged_scales_in_the_artifact_are_a_clear_error(tmp_path):
                                              tmp_path / "q.onnx", "--smoothquant", "on")])
     assert r.exit_code == 2 and "SmoothQuant scales do not fit" in r.output, r.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_recipe_key_turns_it_off_for_calibrate_and_convert(tmp_path):
+    runner = CliRunner()
+    model, data = SAMPLES / "tiny_transformer.onnx", SAMPLES / "tiny_transformer-calib.npz"
+    (tmp_path / "r.toml").write_text('[convert]\nsmoothquant = "off"\n')
+    r = runner.invoke(app, [str(a) for a in ("calibrate", model, "--data", data, "--samples", 16, "-o",
+                                             tmp_path / "c.json", "--recipe", tmp_path / "r.toml")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert SMOOTHQUANT not in doc["passes"] and "pass_data" not in doc
+    r = runner.invoke(app, [str(a) for a in ("convert", model, "--calibration", tmp_path / "c.json", "-o",
+                                             tmp_path / "q.onnx", "--smoothquant", "on")])
+    assert r.exit_code == 2 and "calibrated with SmoothQuant off" in r.output, r.output
+    r = runner.invoke(app, [str(a) for a in ("convert", model, "--calibration", tmp_path / "c.json", "-o",
+                                             tmp_path / "q.onnx", "--json", tmp_path / "q.json")])
+    assert r.exit_code == 0, r.output  # auto follows an artifact made without it, and says so
+    assert any("SmoothQuant (auto) not applied" in n for n in json.loads((tmp_path / "q.json").read_text())["notes"])
