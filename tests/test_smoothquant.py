@@ -183,3 +183,15 @@ def test_recipe_key_turns_it_off_for_calibrate_and_convert(tmp_path):
                                              tmp_path / "q.onnx", "--json", tmp_path / "q.json")])
     assert r.exit_code == 0, r.output  # auto follows an artifact made without it, and says so
     assert any("SmoothQuant (auto) not applied" in n for n in json.loads((tmp_path / "q.json").read_text())["notes"])
+
+
+def test_calibrate_twice_records_the_same_scales(tmp_path):
+    runner = CliRunner()
+    model, data = SAMPLES / "tiny_transformer.onnx", SAMPLES / "tiny_transformer-calib.npz"
+    docs = []
+    for name in ("a.json", "b.json"):
+        r = runner.invoke(app, [str(a) for a in ("calibrate", model, "--data", data, "--samples", 32, "-o",
+                                                 tmp_path / name, "--smoothquant", "on")])
+        assert r.exit_code == 0, r.output
+        docs.append(json.loads((tmp_path / name).read_text())["pass_data"])
+    assert docs[0] == docs[1]
