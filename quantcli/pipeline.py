@@ -33,13 +33,14 @@ from .metrics import (FidelityAccumulator, agreement_count, degenerate_reference
                       token_agreement_count, topk_correct)
 from .quantize.policy import PlanOptions, plan, unmatched_patterns
 from .recipe import (_INT4_ONLY, AcceptSettings, Activations, CalibrateSettings, to_plain, CompareSettings,
-                     ConvertSettings, Mode, Precision, Recipe, unused_options)
+                     ConvertSettings, Mode, Precision, Recipe, SmoothQuant, unused_options)
 from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageSummary, Criterion, InspectResult,
                       OutputFidelity, RunResult)
 from .runtime.bench import compare_latency
 from .runtime.session import make_session
 from .runtime.session import run as run_session
-from .transforms.passes import CLE, Prepared, agreed_passes, prepare
+from .quantize.qdq import QDQOptions
+from .transforms.passes import CLE, SMOOTHQUANT, SMOOTHQUANT_PASS, PassContext, Prepared, prepare
 
 Progress = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
 
@@ -81,7 +82,7 @@ def calibrate(model_path: str | Path, out_path: str | Path, settings: CalibrateS
     model = modelio.load_model(model_path)
     out = modelio.check_output_path(out_path, model_path, settings.data)
     conv = large_model_settings(model, convert_settings or ConvertSettings())[0]
-    artifact, pass_seconds = _calibrate_model(model, str(model_path), settings, progress, conv, data=data)
+    artifact, pass_seconds, _ = _calibrate_model(model, str(model_path), settings, progress, conv, data=data)
     modelio.write_text_atomic(out, artifact.to_json())
     ranges = artifact.ranges()
     return CalibrationResult(str(out), artifact.model_sha256, artifact.samples, len(artifact.observers),
@@ -92,21 +93,25 @@ def calibrate(model_path: str | Path, out_path: str | Path, settings: CalibrateS
 
 def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: CalibrateSettings, progress: Progress,
                      conv: ConvertSettings, tensors: list[str] | None = None,
-                     prepared: onnx.ModelProto | None = None,
-                     data: DataSettings | None = None) -> tuple[CalibrationArtifact, float]:
+                     prep: Prepared | None = None,
+                     data: DataSettings | None = None) -> tuple[CalibrationArtifact, float, Prepared]:
+    """Prepare (unless given), smooth (SmoothQuant, measured on the same data), then observe the tensors convert
+    will quantize.  Returns the artifact, the histogram pass's seconds and the model as measured."""
     dataset = _open_dataset(settings.data, model, "calibrate", config=data)
     dataset.select(settings.samples, settings.sample_by, settings.seed)
-    prepared = prepared if prepared is not None else prepare(model, cle=conv.cle).model
-    act_matmul = resolve(conv).act_matmul
-    tensors = tensors if tensors is not None else calibration_tensors(prepared, conv.activations, act_matmul)
-    if not tensors:
-        raise QuantcliError(f"{model_path}: nothing to calibrate (no quantizable Conv/MatMul/Gemm with float inputs)")
+    prep = prep if prep is not None else prepare(model, cle=conv.cle)
     bs = dataset.default_batch_size(settings.batch_size)
     used = dataset.count_used(bs, settings.samples)
     if used == 0:
         raise QuantcliError(f"{settings.data}: fewer samples than the model's fixed batch size {bs}")
+    res = resolve(conv)
+    prep = smooth(prep, res, lambda: dataset.batches(bs, settings.samples))
+    act_matmul = res.act_matmul
+    tensors = tensors if tensors is not None else calibration_tensors(prep.model, conv.activations, act_matmul)
+    if not tensors:
+        raise QuantcliError(f"{model_path}: nothing to calibrate (no quantizable Conv/MatMul/Gemm with float inputs)")
     advance = progress("calibrating", used)
-    stats = collect_statistics(prepared, tensors, dataset.batches(bs, settings.samples), bins=settings.bins,
+    stats = collect_statistics(prep.model, tensors, dataset.batches(bs, settings.samples), bins=settings.bins,
                                expected_batches=-(-used // bs), on_batch=advance)
     observers, seen, pass_seconds = stats.histograms, stats.samples, stats.seconds
     # the data by absolute path and hash: convert finds it from any folder and notices if it changed
@@ -114,12 +119,31 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
                     "batch_size": bs, "data": str(Path(settings.data).resolve()),
                     "data_sha256": data_sha256(settings.data, data), "samples": settings.samples,
                     "activations": conv.activations.value, "cle": conv.cle, "act_matmul": act_matmul,
-                    **_sampling_record(dataset, settings, data, used)}
+                    "smoothquant": conv.smoothquant.value, **_sampling_record(dataset, settings, data, used)}
     sha = modelio.model_sha256(model_path, model)
+    pass_data = {SMOOTHQUANT: prep.data(SMOOTHQUANT)} if SMOOTHQUANT in prep.results else {}
     artifact = CalibrationArtifact(sha, str(model_path), seen, cal_settings, observers,
-                                   build_manifest(model_path, sha, {"calibrate": cal_settings}),
-                                   agreed_passes(cle=conv.cle))
-    return artifact, pass_seconds
+                                   build_manifest(model_path, sha, {"calibrate": cal_settings}), prep.agreed,
+                                   pass_data)
+    return artifact, pass_seconds, prep
+
+
+def smooth(prep: Prepared, res: Resolved, batches=None, recorded: dict | None = None) -> Prepared:
+    """The preparation followed by SmoothQuant where ``--smoothquant`` asks for it: searched on ``batches`` (a
+    callable giving the calibration batches), or replayed from what calibrate ``recorded`` (its pass data)."""
+    mode = res.convert.smoothquant
+    if mode == SmoothQuant.OFF or res.scheme != "static":
+        return prep
+    ctx = PassContext(qdq=QDQOptions(symmetric_activations=res.symmetric, reduce_range=res.reduce_range),
+                      batches=batches, smoothquant=mode.value,
+                      recorded={SMOOTHQUANT: recorded} if recorded is not None else {})
+    try:
+        return prep.then(SMOOTHQUANT_PASS, ctx)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        if recorded is None:
+            raise
+        raise QuantcliError(f"calibration: its SmoothQuant scales do not fit this model ({exc}); re-run quantcli "
+                            "calibrate") from None
 
 
 def _sampling_record(dataset: Dataset, settings: CalibrateSettings, data: DataSettings | None, used: int) -> dict:
@@ -160,7 +184,7 @@ def convert(model_path: str | Path, out_path: str | Path, settings: ConvertSetti
         prep = prepare(model, cle=settings.cle and res.scheme != "int4")
         res = res.for_opset(modelio.model_opset(prep.model))
     if res.scheme == "static":
-        artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
+        artifact, prep = _artifact_for(model, model_path, prep, res, calibration, progress)
         res = res.with_artifact_data(artifact.data_path(), artifact.data_settings())
     feeds = validation_feeds(model, res.calibration_data, res.data)
     # FP32 on the check sample before the converted weights exist: a large model's weights are in memory once
@@ -197,13 +221,17 @@ def _stamp(model: onnx.ModelProto, model_path, model_sha256: str, settings: Conv
 
 def large_model_settings(model: onnx.ModelProto, settings: ConvertSettings) -> tuple[ConvertSettings, list[str]]:
     """A model with external data is not cross-layer equalized (calibrate, convert and analyze alike): CLE
-    holds every weight it equalizes in memory, in float64 (7.3x the weights' size measured on a 1 GB model)."""
-    if not (settings.cle and external.has_external(model)):
+    holds every weight it equalizes in memory, in float64 (7.3x the weights' size measured on a 1 GB model).
+    SmoothQuant's ``auto`` is off there too (it copies the model and rescales weights in memory)."""
+    auto_sq = settings.smoothquant == SmoothQuant.AUTO
+    if not ((settings.cle or auto_sq) and external.has_external(model)):
         return settings, []
     gb = external.weights_bytes(model) / 1e9
-    return dataclasses.replace(settings, cle=False), [
-        f"cross-layer equalization off: the model keeps its weights in external data ({gb:.1f} GB), and "
-        "equalizing would hold all of them in memory at once"]
+    notes = [f"cross-layer equalization off: the model keeps its weights in external data ({gb:.1f} GB), and "
+             "equalizing would hold all of them in memory at once"] if settings.cle else []
+    notes += [f"SmoothQuant (auto) off: the model keeps its weights in external data ({gb:.1f} GB)"] if auto_sq else []
+    return dataclasses.replace(settings, cle=False,
+                               smoothquant=SmoothQuant.OFF if auto_sq else settings.smoothquant), notes
 
 
 def check_convert_options(settings: ConvertSettings, calibration=None) -> None:
@@ -234,20 +262,29 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
 
 
 def _artifact_for(model, model_path, prep: Prepared, res: Resolved, calibration,
-                  progress: Progress) -> CalibrationArtifact:
-    """The calibration artifact: loaded (and checked against this model and its preparation) or made now."""
+                  progress: Progress) -> tuple[CalibrationArtifact, Prepared]:
+    """The calibration artifact: loaded (and checked against this model and its preparation) or made now; and the
+    preparation with SmoothQuant's scales applied as calibrate chose them."""
     if calibration is not None:
         artifact = load_artifact(calibration)
         sha = modelio.model_sha256(model_path, model)
         if artifact.model_sha256 != sha:
             raise QuantcliError(f"{calibration}: made for another model (sha256 {artifact.model_sha256[:12]}..., "
                                 f"{model_path} is {sha[:12]}...); re-run quantcli calibrate on this model")
+        if SMOOTHQUANT in artifact.passes:
+            prep = smooth(prep, res, recorded=artifact.pass_data.get(SMOOTHQUANT, {}))
+        elif res.convert.smoothquant == SmoothQuant.AUTO and res.scheme == "static":  # calibrated without it
+            prep = dataclasses.replace(prep, notes=prep.notes + [  # (--smoothquant off, or an older quantcli)
+                f"SmoothQuant (auto) not applied: {calibration} was calibrated without it"])
+        elif res.convert.smoothquant == SmoothQuant.ON:
+            raise QuantcliError(f"{calibration}: calibrated with SmoothQuant off, but convert has it on; run "
+                                "calibrate and convert with the same --smoothquant")
         _check_passes(calibration, artifact.passes, prep.agreed)
-        return artifact
+        return artifact, prep
     if res.calibrate is not None and res.calibrate.data:
-        artifact, _ = _calibrate_model(model, str(model_path), res.calibrate, progress, res.convert,
-                                       prepared=prep.model, data=res.data)
-        return artifact
+        artifact, _, prep = _calibrate_model(model, str(model_path), res.calibrate, progress, res.convert,
+                                             prep=prep, data=res.data)
+        return artifact, prep
     raise QuantcliError("convert: static INT8 needs ranges: give --calibration CALIB.json or --data PATH "
                         "(or use --mode dynamic, or --precision fp16)")
 
@@ -262,6 +299,11 @@ def _check_passes(calibration, calibrated: list[str], converting: list[str]) -> 
         on = "on" if CLE in calibrated else "off"
         raise QuantcliError(f"{calibration}: calibrated with cross-layer equalization {on}, but convert has it "
                             f"{'on' if CLE in converting else 'off'}; run calibrate and convert with the same --cle")
+    if SMOOTHQUANT in only_cal + only_conv:
+        on = "on" if SMOOTHQUANT in calibrated else "off"
+        raise QuantcliError(f"{calibration}: calibrated with SmoothQuant {on}, but convert has it "
+                            f"{'on' if SMOOTHQUANT in converting else 'off'}; run calibrate and convert with the "
+                            "same --smoothquant")
     raise QuantcliError(f"{calibration}: calibrated with preparation passes that differ from convert's "
                         f"(only in the calibration: {', '.join(only_cal) or '-'}; only in convert: "
                         f"{', '.join(only_conv) or '-'}); re-run quantcli calibrate")
@@ -487,7 +529,7 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
     settings = large_model_settings(model, settings)[0]
     prep = prepare(model, cle=settings.cle)
     res = resolve(settings, calib_settings, data=data).for_opset(modelio.model_opset(prep.model))
-    artifact = _artifact_for(model, model_path, prep, res, calibration, progress)
+    artifact, prep = _artifact_for(model, model_path, prep, res, calibration, progress)
     res = res.with_artifact_data(artifact.data_path(), artifact.data_settings())
     build = StaticBuilder(model, prep, res, artifact, calibration=calibration, progress=progress)
     ev = Evaluator(model, *build.held(eval_data(res, "analyze"), None, labels))

@@ -6,7 +6,7 @@ Schema (every key optional; flags given on the command line override the recipe)
     [run]         model, output, calibration          (quantcli run)
     [calibrate]   data, samples, sample_by (auto|first|random|class), seed, batch_size, method, percentile, bins
     [convert]     precision, mode, weights, activations, exclude, method, percentile, reduce_range, act_matmul, cle,
-                  bias_correction, max_drop, eval_data, block_size, symmetric_weights, algorithm (int4), and
+                  smoothquant, bias_correction, max_drop, eval_data, block_size, symmetric_weights, algorithm (int4), and
                   [[convert.nodes]] tables of
                   match, precision (int8|fp16|fp32), weights, method, percentile
     [compare]     data, labels, max_drop, threads, runs, warmup
@@ -80,6 +80,12 @@ class ActMatmul(str, enum.Enum):
     FLOAT = "float"
 
 
+class SmoothQuant(str, enum.Enum):
+    AUTO = "auto"    # smooth the layer inputs where the search measures a lower quantized output error
+    ON = "on"        # smooth every layer input SmoothQuant can rescale (alpha still searched per layer)
+    OFF = "off"
+
+
 class WeightAlgorithm(str, enum.Enum):
     RTN = "rtn"      # round to nearest, data-free
     GPTQ = "gptq"    # error feedback through each layer's input Hessian (needs calibration data)
@@ -137,6 +143,7 @@ class ConvertSettings:
     reduce_range: ReduceRange = ReduceRange.AUTO
     act_matmul: ActMatmul = ActMatmul.AUTO  # MatMuls of two activations (attention): auto = float where int8 is not faster
     cle: bool = True                    # cross-layer equalization (also applied by calibrate: keep them equal)
+    smoothquant: SmoothQuant = SmoothQuant.AUTO  # SmoothQuant (calibrate measures on the smoothed model: keep equal)
     bias_correction: BiasCorrection = BiasCorrection.EMPIRICAL  # analytic when no calibration data is at hand
     max_drop: float | None = None       # mixed precision: keep the fewest sensitive nodes float within this budget
     eval_data: str | None = None        # data to measure that drop on (default: the calibration data)
@@ -245,7 +252,7 @@ LIMITS: dict[str, Limit] = {
 
 
 _STATIC_ONLY = ("method", "percentile", "activations", "act_matmul", "bias_correction", "max_drop", "eval_data",
-                "nodes")
+                "nodes", "smoothquant")
 _INT8_ONLY = ("weights", "reduce_range", "cle")
 _INT4_ONLY = ("block_size", "symmetric_weights", "algorithm")
 

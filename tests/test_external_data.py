@@ -114,6 +114,7 @@ def test_calibrate_convert_compare_external(ext, tmp_path):
         r = invoke("convert", ext / "ffn.onnx", "--calibration", ext / "c.json", "-o", ext / "q.onnx")
         assert r.exit_code == 0, r.output
         assert "cross-layer equalization off" in r.output.replace("\n", " ")
+        assert "SmoothQuant (auto) off" in r.output.replace("\n", " ")
         r = invoke("compare", "accuracy", ext / "ffn.onnx", ext / "q.onnx", "--data", ext / "eval.npz", "--runs", 3)
         assert r.exit_code == 0, r.output
         assert "cosine" in r.output

@@ -5,7 +5,8 @@ Format (``format: "quantcli-calibration"``, ``version: 2``)::
     {
       "format": "quantcli-calibration", "version": 2,
       "model": {"path": "...", "sha256": "<hash of the model file>"},
-      "passes": ["name-nodes", ..., "fold-batchnorm", "cross-layer-equalization"],
+      "passes": ["name-nodes", ..., "fold-batchnorm", "cross-layer-equalization", "smoothquant"],
+      "pass_data": {"smoothquant": {"groups": {"<layer input>": {"alpha": 0.5, "scales": [...], "event": [...]}}}},
       "samples": 128,
       "settings": {"method": "percentile", "percentile": 99.99, "bins": 2048, "batch_size": 32,
                    "data": "/absolute/path/of/the/data", "data_sha256": "<hash of the data (file, or folder's files)>",
@@ -19,7 +20,8 @@ Format (``format: "quantcli-calibration"``, ``version: 2``)::
 ``range`` holds the ranges of the method in ``settings``; the statistics allow any other method to be
 applied later without running data again (:meth:`CalibrationArtifact.ranges`).  ``passes`` lists the
 preparation passes that calibrate and convert must agree on (:mod:`quantcli.transforms.passes`, ``agree``),
-in the order run: convert refuses an artifact whose list differs from its own.
+in the order run: convert refuses an artifact whose list differs from its own.  ``pass_data`` holds what a
+data-driven pass decided (SmoothQuant's per-layer scales), so convert applies the same without the data.
 
 Version 1 (no ``passes``) is still read: its passes are the fixed preparation of that version plus
 cross-layer equalization where its ``settings.cle`` is true.
@@ -55,6 +57,7 @@ class CalibrationArtifact:
     observers: dict[str, TensorObserver]
     manifest: dict = dataclasses.field(default_factory=dict)
     passes: list[str] = dataclasses.field(default_factory=list)  # the agreed preparation passes, in order
+    pass_data: dict = dataclasses.field(default_factory=dict)    # pass name -> what it decided (SmoothQuant scales)
     source: str = ""  # the file it was loaded from (not saved)
     _data_checked: list = dataclasses.field(default_factory=list, repr=False)
 
@@ -110,6 +113,7 @@ class CalibrationArtifact:
             "version": VERSION,
             "model": {"path": self.model_path, "sha256": self.model_sha256},
             "passes": list(self.passes),
+            **({"pass_data": self.pass_data} if self.pass_data else {}),
             "samples": self.samples,
             "settings": self.settings,
             "manifest": self.manifest,
@@ -150,7 +154,9 @@ def load_artifact(path: str | Path) -> CalibrationArtifact:
         else:
             passes = [str(name) for name in doc["passes"]]
         artifact = CalibrationArtifact(doc["model"]["sha256"], doc["model"].get("path", ""), int(doc["samples"]),
-                                       settings, observers, dict(doc.get("manifest", {})), passes, str(p))
+                                       settings, observers, dict(doc.get("manifest", {})), passes,
+                                       dict(doc.get("pass_data", {})))
+        artifact.source = str(p)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise QuantcliError(f"{p}: calibration file is damaged ({type(exc).__name__}: {exc})") from None
     problem = _problem(artifact)

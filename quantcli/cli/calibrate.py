@@ -38,6 +38,7 @@ def calibrate(
                                                       show_default=False),
     act_matmul: o.OptActMatmul = o.ActMatmulOpt,
     cle: Optional[bool] = o.Cle,
+    smoothquant: o.OptSmoothQuant = o.SmoothQuantOpt,
     recipe: o.OptPath = o.Recipe,
     json_out: o.OptPath = o.Json,
     report: o.OptPath = o.Report,
@@ -49,7 +50,8 @@ def calibrate(
         r = load_recipe(recipe)
         settings = merge(r.calibrate, data=str(data) if data else None, samples=samples, batch_size=batch_size,
                          method=method, percentile=percentile, sample_by=sample_by, seed=seed)
-        conv = merge(r.convert, activations=activations, act_matmul=act_matmul, cle=cle)
+        conv = merge(r.convert, activations=activations, act_matmul=act_matmul, cle=cle,
+                     smoothquant=smoothquant)
         check_io([("model", model), ("data", settings.data), ("recipe", recipe)],
                  [("-o", output), ("--json", json_out), ("--report", report)])
         result = pipeline.calibrate(model, output, settings, convert_settings=conv,

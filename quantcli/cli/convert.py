@@ -46,6 +46,7 @@ def convert(
                                                        show_default=False),
     act_matmul: o.OptActMatmul = o.ActMatmulOpt,
     cle: Optional[bool] = o.Cle,
+    smoothquant: o.OptSmoothQuant = o.SmoothQuantOpt,
     bias_correction: Optional[BiasCorrection] = typer.Option(
         None, "--bias-correction", help="Remove the output shift weight quantization causes: empirical (on "
                                         "calibration data), analytic (from BatchNorm statistics) or off.",
@@ -78,7 +79,8 @@ def convert(
         r = load_recipe(recipe)
         settings = merge(r.convert, weights=weights, activations=activations, precision=precision, mode=mode,
                          exclude=exclude, method=method, percentile=percentile, reduce_range=reduce_range,
-                         act_matmul=act_matmul, cle=cle, bias_correction=bias_correction, max_drop=max_drop,
+                         act_matmul=act_matmul, cle=cle, smoothquant=smoothquant, bias_correction=bias_correction,
+                         max_drop=max_drop,
                          nodes=[parse_node_rule(t) for t in node] if node else None,
                          eval_data=str(eval_data) if eval_data else None, block_size=block_size,
                          symmetric_weights=symmetric_weights, algorithm=algorithm)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..recipe import ActMatmul, Method
+from ..recipe import ActMatmul, Method, SmoothQuant
 
 Recipe = typer.Option(None, "--recipe", help="TOML recipe; flags given here override it.", show_default=False)
 Json = typer.Option(None, "--json", help="Also write the result as JSON to this file (- for stdout; the tables then go to stderr).", show_default=False)
@@ -47,3 +47,9 @@ Cle = typer.Option(None, "--cle/--no-cle", help="Cross-layer equalization (calib
                    show_default=False)
 EvalData = typer.Option(None, "--eval-data", help="Data to measure accuracy (labels) or agreement on "
                                                   "(default: the calibration data).", show_default=False)
+OptSmoothQuant = Optional[SmoothQuant]
+SmoothQuantOpt = typer.Option(
+    None, "--smoothquant", help="SmoothQuant: move activation channel ranges into the weights of MatMul/Gemm layers, "
+                                "alpha searched per layer on the calibration data. auto (default): only where that "
+                                "measurably lowers the layer's quantized output error; on; off. calibrate and convert "
+                                "must agree.", show_default=False)

@@ -16,7 +16,7 @@ from ..calibration.artifact import CalibrationArtifact
 from ..recipe import ActMatmul, NodePrecision, WeightAlgorithm, Weights
 from ..settings import Resolved
 from ..transforms.graph import Event, EventKind
-from ..transforms.passes import CLE, Prepared
+from ..transforms.passes import CLE, SMOOTHQUANT, Prepared
 from . import reasons
 from .policy import is_excluded, resolve_presets
 from .reasons import Reason, Why
@@ -148,11 +148,16 @@ def _rule_reasons(model: onnx.ModelProto, res: Resolved, float_nodes: dict[str, 
 
 
 def preparation_events(prep: Prepared) -> tuple[dict[str, Why], list[Event]]:
-    """BatchNorms left unfolded (float, with the reason) and the CLE pairs and skips (per-layer report lines)."""
+    """BatchNorms left unfolded (float, with the reason), the CLE pairs and SmoothQuant's layer inputs, each with
+    what was skipped (per-layer report lines)."""
     unfolded = {n: Why(Reason.NOT_FOLDED, why) for n, why in prep.results["fold-batchnorm"].skipped}
-    cle = prep.results.get(CLE)
-    events = [] if cle is None else [e for e in cle.events if e.kind != EventKind.SKIPPED] + [
-        dataclasses.replace(e, detail=f"not equalized ({e.detail})") for e in cle.events if e.kind == EventKind.SKIPPED]
+    events: list[Event] = []
+    for name, verb in ((CLE, "equalized"), (SMOOTHQUANT, "smoothed")):
+        r = prep.results.get(name)
+        if r is not None:
+            events += [e for e in r.events if e.kind != EventKind.SKIPPED] + [
+                e if e.detail.startswith("not ") else dataclasses.replace(e, detail=f"not {verb} ({e.detail})")
+                for e in r.events if e.kind == EventKind.SKIPPED]
     return unfolded, events
 
 

@@ -18,6 +18,7 @@ class EventKind(str, enum.Enum):
     FOLDED = "folded"              # a BatchNormalization folded into the layer before it
     EQUALIZED = "equalized"        # a cross-layer-equalized pair (node = its first layer)
     BIAS_SHIFTED = "bias-shifted"  # a layer's bias corrected (value = the largest shift)
+    SMOOTHED = "smoothed"          # SmoothQuant moved an input's channel ranges into its layers' weights
     QUANTIZED = "quantized"        # Q/DQ inserted (model-wide summary)
     SKIPPED = "skipped"            # left alone; detail says why
 

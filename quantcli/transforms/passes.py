@@ -10,7 +10,8 @@ equalized, bias shifted, skipped with a reason) and pass-specific data.
 :func:`prepare` runs the preparation passes every calibrate and convert applies -- exporter clean-up, the
 opset upgrade, BatchNorm folding and (if asked) cross-layer equalization -- and returns a :class:`Prepared`.
 Which ``agree`` passes ran is recorded in the calibration artifact (:func:`agreed_passes`), and convert checks
-its own list against it.  A new transform (e.g. SmoothQuant) is one more :class:`Pass` in that list.
+its own list against it.  SmoothQuant needs calibration data: it is :data:`SMOOTHQUANT_PASS`, run after
+the others by :meth:`Prepared.then` with the batches (calibrate) or the scales calibrate recorded (convert).
 Bias correction runs on a quantization plan: :func:`bias_correction` returns its analytic or empirical pass.
 """
 
@@ -40,7 +41,9 @@ class PassContext:
     qdq: Any = None                                      # Need.PLAN: QDQOptions
     layers: dict[str, int | None] = dataclasses.field(default_factory=dict)  # layer -> weight axis (plan)
     prepared: Prepared | None = None                     # Need.PREPARATION
-    batches: Callable[[], list[dict]] | None = None      # Need.DATA: held calibration batches
+    batches: Callable[[], Iterable[dict]] | None = None  # Need.DATA: calibration batches
+    recorded: dict = dataclasses.field(default_factory=dict)  # pass name -> the data calibrate recorded for it
+    smoothquant: str = "auto"                            # SmoothQuant: auto | on (which groups to smooth)
     on_layer: Callable[[int], None] | None = None        # progress, one call per layer done
 
 
@@ -79,6 +82,12 @@ class Prepared:
     def events(self, *kinds: EventKind) -> list[Event]:
         return [e for r in self.results.values() for e in r.events if not kinds or e.kind in kinds]
 
+    def then(self, p: Pass, ctx: PassContext) -> Prepared:
+        """This preparation followed by pass ``p`` (a data-driven preparation pass such as SmoothQuant)."""
+        r = p.run(self.model, ctx)
+        line = p.summary(r)
+        return Prepared(r.model, {**self.results, p.name: r}, self.notes + ([line] if line else []))
+
     @property
     def agreed(self) -> list[str]:
         return [name for name in self.results if name in _AGREE]
@@ -116,8 +125,34 @@ def _preparation_passes() -> list[Pass]:
     ]
 
 
+def _smoothquant(model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+    """SmoothQuant (:mod:`.smoothquant`): the scales calibrate recorded, else searched per group on the
+    calibration batches (per-channel min / max and a row sample from one statistics pass)."""
+    from ..calibration.collect import collect_statistics
+    from . import smoothquant as sq
+
+    if SMOOTHQUANT in ctx.recorded:
+        return sq.replay(model, ctx.recorded[SMOOTHQUANT])
+    groups, skipped = sq.find_groups(model)
+    reqs = sq.requests(groups)
+    stats = {}
+    if reqs:
+        collected = collect_statistics(model, reqs, ctx.batches())
+        stats = {(r.tensor, r.stat): obs.result() for r, obs in collected.channels.items()}
+    return sq.choose(model, groups, skipped, stats, ctx.smoothquant, reduce_range=ctx.qdq.reduce_range,
+                     symmetric=ctx.qdq.symmetric_activations)
+
+
+def _smooth_summary(r: PassResult) -> str | None:
+    n = len([e for e in r.events if e.kind == EventKind.SMOOTHED])
+    total = len(r.data.get("groups", {}))
+    return f"SmoothQuant: {n} of {total} layer input(s) smoothed (alpha searched per layer)" if total else None
+
+
+SMOOTHQUANT = "smoothquant"
+SMOOTHQUANT_PASS = Pass(SMOOTHQUANT, _smoothquant, _smooth_summary, agree=True, needs=frozenset({Need.DATA}))
 PREPARE_NAMES = tuple(p.name for p in _preparation_passes())
-_AGREE = {p.name for p in _preparation_passes() if p.agree}
+_AGREE = {p.name for p in _preparation_passes() if p.agree} | {SMOOTHQUANT}
 CLE = "cross-layer-equalization"
 
 
@@ -144,10 +179,10 @@ def prepare(model: onnx.ModelProto, *, cle: bool = False) -> Prepared:
     return run_passes(model, preparation(cle=cle))
 
 
-def agreed_passes(*, cle: bool) -> list[str]:
+def agreed_passes(*, cle: bool, smoothquant: bool = False) -> list[str]:
     """Names of the ``agree`` passes that calibrate and convert apply with these settings (recorded in the
     calibration artifact)."""
-    return [p.name for p in preparation(cle=cle) if p.agree]
+    return [p.name for p in preparation(cle=cle) if p.agree] + ([SMOOTHQUANT] if smoothquant else [])
 
 
 def _analytic_bias_correction(model: onnx.ModelProto, ctx: PassContext) -> PassResult:
