@@ -987,8 +987,46 @@ def main() -> None:
     console.print(f"JSON: {out_json}", highlight=False, markup=False)
 
 
+def markdown(paths: list[str]) -> str:
+    """The README's table from one or more results files of the same code (models split between runs)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    cols = [("quantcli", "quantcli"), ("ort-default", "ORT default"), ("ort-pc-u8", "ORT per-ch u8"),
+            ("nncf", "NNCF"), ("nncf-mixed", "NNCF MIXED")]
+    extra = [("nncf-transformer", "NNCF transformer"), ("quantcli-sq-off", "quantcli --smoothquant off"),
+             ("ort-dynamic", "ORT dynamic")]
+    lines = [f"CPU: {runs[0]['cpu']}; " + ", ".join(f"{k} {v}" for k, v in runs[0]["versions"].items())
+             + f"; {runs[0]['samples']} calibration samples", "",
+             "| model (exporter) | metric (eval samples) | FP32 | " + " | ".join(c for _, c in cols)
+             + " | quantcli s / peak MB |", "|---" * (len(cols) + 4) + "|"]
+
+    def cell(r: dict | None) -> str:
+        if not r:
+            return ""
+        if "error" in r:
+            return r["error"].split(":")[0][:40]
+        return f"{r['metric']:.1f} / x{r['lat_ratio']:.2f}"
+
+    for run in runs:
+        for name, m in run["models"].items():
+            if "rows" not in m:
+                lines.append(f"| {name} | {m.get('error', 'failed')[:60]} |" + " |" * (len(cols) + 2))
+                continue
+            rows, q = m["rows"], m["rows"].get("quantcli", {})
+            cost = f"{q['seconds']:.0f} / {q['peak_mb']:.0f}" if "seconds" in q else ""
+            fp = rows.get("fp32", {})
+            lines.append(f"| {name} ({m['exporter']}) | {m['metric']} ({m.get('eval', run['eval'])}) | "
+                         f"{fp.get('metric', float('nan')):.1f} | " + " | ".join(cell(rows.get(k)) for k, _ in cols)
+                         + f" | {cost} |")
+            more = [f"{c} {cell(rows[k])}" for k, c in extra if k in rows]
+            if more:
+                lines.append(f"| {name}: transformer variants | | | " + "; ".join(more) + " |" + " |" * (len(cols)))
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+    if len(sys.argv) > 1 and sys.argv[1] == "--markdown":
+        print(markdown(sys.argv[2:]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--worker":
         try:
             worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])
         except SystemExit:
