@@ -84,20 +84,26 @@ class Evaluator:
         return "top-1 accuracy" if self.labels is not None else "top-1 agreement"
 
     def score(self, model: onnx.ModelProto) -> Score:
+        """One pass of ``model`` over the held batches, scored batch by batch (a candidate's outputs are not
+        kept: PP-OCRv6 rec's 40 x 18710 scores per line held 380 MB per candidate over 128 lines)."""
         self.evaluations += 1
-        outs = self._outputs(model)
+        s = make_session(model, what="candidate model")
         fid = FidelityAccumulator()
-        agree = total = 0
-        for r, q in zip(self.ref, outs):
+        agree = total = correct = start = 0
+        for r, b in zip(self.ref, self.batches):
+            q = run(s, b, what="candidate model")[0]
             fid.update(r, q)
-            if np.ndim(r) >= 3:  # sequences, maps: per position (one flipped CTC step is not a wrong sample)
+            if self.labels is not None:
+                correct += topk_correct(q, self.labels[start:start + len(q)], 1)
+            elif np.ndim(r) >= 3:  # sequences, maps: per position (one flipped CTC step is not a wrong sample)
                 same, positions = token_agreement_count(r, q)
                 agree, total = agree + same, total + positions
             else:
                 agree += agreement_count(r, q) if np.ndim(r) >= 2 else 0
                 total += len(r)
+            start += len(q)
         if self.labels is not None:
-            metric = self._accuracy(outs)
+            metric = 100.0 * correct / len(self.labels)
             return Score(self.ref_metric - metric, fid.sqnr_db, metric)
         metric = 100.0 * agree / max(total, 1)
         return Score(100.0 - metric, fid.sqnr_db, metric)

@@ -178,5 +178,6 @@ def test_bias_correction_frontier_measures_what_the_whole_prefix_measures():
     for layer in ("conv1", "dwconv", "pwconv"):
         node = next(n for n in m.graph.node if n.name == layer)
         (whole,) = _means(m, [node.output[0]], ["Conv"], batches)
-        np.testing.assert_allclose(frontier.channel_mean(m, layer, 1), whole, rtol=1e-5, atol=1e-6)
+        (mean,) = frontier.channel_means(m, [(layer, 1)])
+        np.testing.assert_allclose(mean, whole, rtol=1e-5, atol=1e-6)
     assert "conv1" in {n.name for n in m.graph.node}  # the model itself is not changed
