@@ -84,8 +84,11 @@ def _means(model: onnx.ModelProto, tensors: list[str], ops: list[str], batches: 
 
 def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges: dict, options: QDQOptions,
                               batches: list[dict], layers: list[str],
-                              on_layer: Callable[[int], None] | None = None) -> tuple[onnx.ModelProto, list[Event]]:
-    """Returns the float model with corrected biases and a line per layer saying what changed."""
+                              on_layer: Callable[[int], None] | None = None, float_means: dict | None = None
+                              ) -> tuple[onnx.ModelProto, list[Event]]:
+    """Returns the float model with corrected biases and a line per layer saying what changed.  ``float_means``
+    caches the float model's E[y] per layer across the builds of one convert (same model, same batches): the
+    --max-drop ranking builds one model per layer, each correcting that layer alone."""
     model = copy.deepcopy(prepared)
     nodes = {n.name: n for n in model.graph.node}
     layers = [name for name in layers if name in nodes]
@@ -95,10 +98,14 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
     batches = sample_budget(batches)
     # E[y] of the float model layer by layer from its own frontier: one pass tapping every layer at once held
     # all their outputs for a batch (PP-OCRv6 rec, 66 layers x 16 lines: ~0.7 GB of the convert's peak)
-    floats, axes = Frontier(batches), [(name, 1 if op == "Conv" else -1) for name, op in zip(layers, ops)]
-    ref = [m for i in range(0, len(axes), REF_LAYERS) for m in floats.channel_means(
-        model, axes[i:i + REF_LAYERS], settle=True)]
+    cache = float_means if float_means is not None else {}
+    floats = Frontier(batches)
+    axes = [(name, 1 if op == "Conv" else -1) for name, op in zip(layers, ops) if name not in cache]
+    for i in range(0, len(axes), REF_LAYERS):
+        cache.update(zip([n for n, _ in axes[i:i + REF_LAYERS]],
+                         floats.channel_means(model, axes[i:i + REF_LAYERS], settle=True)))
     del floats
+    ref = [cache[name] for name in layers]
     frontier = Frontier(batches)
     report = []
     for name, op, mean_fp in zip(layers, ops, ref):

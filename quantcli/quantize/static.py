@@ -57,7 +57,7 @@ class StaticBuilder:
         self.model, self.prep, self.res, self.artifact = model, prep, res, artifact
         self.calibration, self.progress = calibration, progress
         # shared by every builder of one convert: ONNX Runtime's fusion verdicts, bias-correction batches
-        self.shared = _shared if _shared is not None else {"fused": {}, "held": {}}
+        self.shared = _shared if _shared is not None else {"fused": {}, "held": {}, "float_means": {}}
         self._cache: dict[tuple, Built] = {}
 
     def __call__(self, extra: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> Built:
@@ -185,7 +185,8 @@ class StaticBuilder:
         layers = {n.name: axes[n.name] for n in work.graph.node if n.name in axes}
         on_layer = self.progress("bias correction", len(layers)) if only is None and Need.DATA in step.needs else None
         ctx = PassContext(plan=qplan, ranges=ranges, qdq=options, layers=layers, prepared=self.prep,
-                          batches=lambda: self._batches(data), on_layer=on_layer)
+                          batches=lambda: self._batches(data), on_layer=on_layer,
+                          float_means=self.shared["float_means"])
         r = step.run(work, ctx)
         return r.model, r.events, note
 

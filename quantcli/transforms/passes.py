@@ -45,6 +45,7 @@ class PassContext:
     recorded: dict = dataclasses.field(default_factory=dict)  # pass name -> the data calibrate recorded for it
     smoothquant: str = "auto"                            # SmoothQuant: auto | on (which groups to smooth)
     on_layer: Callable[[int], None] | None = None        # progress, one call per layer done
+    float_means: dict | None = None                      # Need.DATA: layer -> E[y] of the float model, shared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +207,7 @@ def _empirical_bias_correction(model: onnx.ModelProto, ctx: PassContext) -> Pass
     from ..quantize.empirical_bias import empirical_bias_correction
 
     work, events = empirical_bias_correction(model, ctx.plan, ctx.ranges, ctx.qdq, ctx.batches(), list(ctx.layers),
-                                             on_layer=ctx.on_layer)
+                                             on_layer=ctx.on_layer, float_means=ctx.float_means)
     return PassResult(work, events)
 
 
