@@ -181,3 +181,28 @@ def test_bias_correction_frontier_measures_what_the_whole_prefix_measures():
         (mean,) = frontier.channel_means(m, [(layer, 1)])
         np.testing.assert_allclose(mean, whole, rtol=1e-5, atol=1e-6)
     assert "conv1" in {n.name for n in m.graph.node}  # the model itself is not changed
+
+
+def test_empirical_bias_correction_is_left_out_where_it_lowers_the_held_sqnr(tmp_path):
+    """Corrections fit on one distribution, checked on another (inputs 20x smaller): the guard measures both
+    models on the held samples and writes the uncorrected one, saying so; on matching data it keeps them."""
+    from quantcli import pipeline
+    from quantcli.recipe import BiasCorrection, CalibrateSettings, ConvertSettings
+
+    onnx.save(small_cnn(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=cnn_data(32))
+    np.savez(tmp_path / "small.npz", x=(cnn_data(32, seed=5) * 0.05).astype(np.float32))
+    calib = CalibrateSettings(data=str(tmp_path / "c.npz"))
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx",
+                         ConvertSettings(eval_data=str(tmp_path / "small.npz")), calib_settings=calib)
+    note = next(n for n in r.notes if n.startswith("bias correction left out"))
+    with_bc, without = (float(x) for x in note.split("(")[1].replace(" dB with it,", "").split()[:2])
+    assert with_bc < without
+    off = pipeline.convert(tmp_path / "m.onnx", tmp_path / "off.onnx",
+                           ConvertSettings(eval_data=str(tmp_path / "small.npz"),
+                                           bias_correction=BiasCorrection.OFF), calib_settings=calib)
+    assert not any(n.startswith("bias correction") for n in off.notes)
+    inits = lambda p: {t.name: numpy_helper.to_array(t).tobytes() for t in onnx.load(p).graph.initializer}
+    assert inits(tmp_path / "q.onnx") == inits(tmp_path / "off.onnx")
+    kept = pipeline.convert(tmp_path / "m.onnx", tmp_path / "k.onnx", ConvertSettings(), calib_settings=calib)
+    assert any(n.startswith("bias correction (empirical)") for n in kept.notes)

@@ -20,7 +20,7 @@ from ..transforms.passes import CLE, SMOOTHQUANT, Prepared
 from . import reasons
 from .policy import is_excluded, resolve_presets
 from .reasons import Reason, Why
-from .search import SearchResult, auto_weight_granularity, mixed_precision
+from .search import SearchResult, auto_weight_granularity, guard_bias_correction, mixed_precision
 from .static import Progress, StaticBuilder, no_progress
 
 
@@ -112,6 +112,9 @@ def static(model: onnx.ModelProto, prep: Prepared, res: Resolved, artifact: Cali
     build = StaticBuilder(model, prep, res, artifact, calibration=calibration, progress=progress)
     if s.weights == Weights.AUTO and res.per_channel:
         build, note = auto_weight_granularity(model, build)
+        notes += [note] if note else []
+    if s.max_drop is None:  # (--max-drop measures with and without it itself)
+        build, note = guard_bias_correction(model, build)
         notes += [note] if note else []
     built = build()
     search = None
