@@ -1003,7 +1003,9 @@ def markdown(paths: list[str]) -> str:
         if not r:
             return ""
         if "error" in r:
-            return r["error"].split(":")[0][:40]
+            e = r["error"]
+            return ("refused: output collapsed" if "collapsed" in e else "timeout" if "timeout" in e
+                    else "invalid graph" if "invalid model" in e else e.split(":")[0][:40])
         return f"{r['metric']:.1f} / x{r['lat_ratio']:.2f}"
 
     for run in runs:

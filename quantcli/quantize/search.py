@@ -135,7 +135,10 @@ def guard_bias_correction(model: onnx.ModelProto, build: StaticBuilder) -> tuple
         return build, None
     probe = build.probe()
     try:
-        ev = Evaluator(model, *build.held(eval_data(build.res, "bias correction"), BC_GUARD_SAMPLES))
+        data = eval_data(build.res, "bias correction")
+        limit = BC_GUARD_SAMPLES if data != build.res.calibration_data else min(
+            BC_GUARD_SAMPLES, build.bias_correction_samples(data))  # the samples it measured on, when they are these
+        ev = Evaluator(model, *build.held(data, limit))
     except QuantcliError:
         return build, None
     with_bc, without = ev.score(build().model), ev.score(probe().model)
