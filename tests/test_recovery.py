@@ -164,7 +164,13 @@ def test_bias_correction_frontier_measures_what_the_whole_prefix_measures():
     """Each layer's pass runs from the kept values of final nodes (Frontier); its per-channel means must equal
     a pass of the whole prefix from the inputs, also through unnamed nodes (opset upgrades add unnamed
     Constants: keyed by name, two of them once collapsed into one and the pass failed to load)."""
-    from quantcli.quantize.empirical_bias import Frontier, _means
+    from quantcli.calibration.collect import collect_statistics
+    from quantcli.calibration.requests import Stat, StatRequest
+    from quantcli.quantize.empirical_bias import Frontier
+
+    def whole_prefix(model, tensor):
+        req = StatRequest(tensor, Stat.CHANNEL_MEAN, 1)
+        return collect_statistics(tap_model(model, [tensor]), [req], batches).channels[req].result()
 
     m = small_cnn(opset=13)
     m.graph.node[0].input[0] = "xs"  # x -> Unsqueeze -> Squeeze (axes from unnamed Constants) -> conv1
@@ -177,7 +183,7 @@ def test_bias_correction_frontier_measures_what_the_whole_prefix_measures():
     frontier = Frontier(batches)
     for layer in ("conv1", "dwconv", "pwconv"):
         node = next(n for n in m.graph.node if n.name == layer)
-        (whole,) = _means(m, [node.output[0]], ["Conv"], batches)
+        whole = whole_prefix(m, node.output[0])
         (mean,) = frontier.channel_means(m, [(layer, 1)])
         np.testing.assert_allclose(mean, whole, rtol=1e-5, atol=1e-6)
     assert "conv1" in {n.name for n in m.graph.node}  # the model itself is not changed
