@@ -48,11 +48,13 @@ class Evaluator:
     """Scores candidate models against cached FP32 outputs on one evaluation set (held batches, labels)."""
 
     def __init__(self, fp32: onnx.ModelProto | None, batches: list[dict], labels: np.ndarray | None = None, *,
-                 ref: list[np.ndarray] | None = None) -> None:
-        """``ref``: FP32's outputs on ``batches`` when already known (then ``fp32`` is not run)."""
+                 ref: list[np.ndarray] | None = None, max_values: int | None = None) -> None:
+        """``ref``: FP32's outputs on ``batches`` when already known (then ``fp32`` is not run).  ``max_values``:
+        keep only the leading batches whose FP32 outputs hold about this many values (at least one batch)."""
         self.batches = batches
-        self.labels = labels
-        self.ref = ref if ref is not None else self._outputs(fp32)
+        self.ref = ref if ref is not None else self._outputs(fp32, max_values)
+        self.batches = self.batches[:len(self.ref)]
+        self.labels = labels[:sum(len(r) for r in self.ref)] if labels is not None else None
         self.classes = int(np.prod(self.ref[0].shape[1:])) if self.ref[0].ndim > 1 else 1
         lab = self.labels
         if lab is not None and len(lab) and (lab.min() < 0 or lab.max() >= self.classes):
@@ -71,9 +73,14 @@ class Evaluator:
         return Evaluator(None, self.batches[:k], self.labels[:n] if self.labels is not None else None,
                          ref=self.ref[:k])
 
-    def _outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
+    def _outputs(self, model: onnx.ModelProto, max_values: int | None = None) -> list[np.ndarray]:
         s = make_session(model, what="candidate model")
-        return [run(s, b, what="candidate model")[0] for b in self.batches]
+        outs: list[np.ndarray] = []
+        for b in self.batches:
+            if max_values is not None and outs and sum(o.size for o in outs) >= max_values:
+                break
+            outs.append(run(s, b, what="candidate model")[0])
+        return outs
 
     def _accuracy(self, outs: list[np.ndarray]) -> float:
         logits = np.concatenate([o.reshape(len(o), -1) for o in outs])

@@ -29,7 +29,9 @@ from .static import Built, Progress, StaticBuilder, no_progress
 MATMUL_OPS = ("MatMul", "Gemm")
 AUTO_SQNR_MARGIN_DB = 3.0  # half a bit of output SQNR
 AUTO_EVAL_SAMPLES = 256    # measured on at most this many samples (as empirical bias correction): bounded memory
-BC_GUARD_SAMPLES = 32     # bias correction is checked against leaving it out on this many held samples
+EVAL_VALUES = 1 << 24      # ...and on the leading samples whose FP32 outputs hold about this many values (64 MB):
+#                            PP-OCRv6 rec's 40 x 18710 scores a line held ~380 MB of FP32 outputs over 128 lines
+BC_GUARD_SAMPLES = 32      # empirical bias correction is checked against leaving it out on this many held samples
 RANK_SAMPLES = 64          # --max-drop ranks nodes (each quantized alone) on this many samples, bisects on all
 
 
@@ -107,7 +109,8 @@ def auto_weight_granularity(model: onnx.ModelProto, build: StaticBuilder) -> tup
     if not candidates:
         return build, None
     try:
-        ev = Evaluator(model, *build.held(eval_data(build.res, "--weights auto"), AUTO_EVAL_SAMPLES))
+        ev = Evaluator(model, *build.held(eval_data(build.res, "--weights auto"), AUTO_EVAL_SAMPLES),
+                       max_values=EVAL_VALUES)
     except QuantcliError:
         return build, "weights auto: no evaluation data to measure per-tensor MatMul/Gemm weights: per-channel kept"
     rules = [NodeRule(match=op, weights=Weights.PER_TENSOR) for op in MATMUL_OPS]
@@ -138,7 +141,7 @@ def guard_bias_correction(model: onnx.ModelProto, build: StaticBuilder) -> tuple
         data = eval_data(build.res, "bias correction")
         limit = BC_GUARD_SAMPLES if data != build.res.calibration_data else min(
             BC_GUARD_SAMPLES, build.bias_correction_samples(data))  # the samples it measured on, when they are these
-        ev = Evaluator(model, *build.held(data, limit))
+        ev = Evaluator(model, *build.held(data, limit), max_values=EVAL_VALUES)
     except QuantcliError:
         return build, None
     with_bc, without = ev.score(build().model), ev.score(probe().model)
