@@ -59,6 +59,7 @@ class StaticBuilder:
         # shared by every builder of one convert: ONNX Runtime's fusion verdicts, bias-correction batches
         self.shared = _shared if _shared is not None else {"fused": {}, "held": {}, "float_means": {}}
         self._cache: dict[tuple, Built] = {}
+        self._probe: StaticBuilder | None = None
 
     def __call__(self, extra: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> Built:
         key = (tuple(extra), only)
@@ -75,8 +76,11 @@ class StaticBuilder:
         correction is a pass over the data per corrected layer, and was most of a convert's time when
         every candidate ran it (PP-OCRv6 rec, 66 layers: 475 of 518 s, twice for ``--weights auto``); the
         chosen model gets it once, at the end."""
-        return self if self.res.convert.bias_correction == BiasCorrection.OFF else \
-            self._variant(bias_correction=BiasCorrection.OFF)
+        if self.res.convert.bias_correction == BiasCorrection.OFF:
+            return self
+        if self._probe is None:  # one per builder: --weights auto and the guard share its builds
+            self._probe = self._variant(bias_correction=BiasCorrection.OFF)
+        return self._probe
 
     def _variant(self, **convert_changes) -> StaticBuilder:
         conv = dataclasses.replace(self.res.convert, **convert_changes)
