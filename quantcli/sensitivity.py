@@ -54,7 +54,7 @@ class Evaluator:
         self.batches = batches
         self.ref = ref if ref is not None else self._outputs(fp32, max_values)
         self.batches = self.batches[:len(self.ref)]
-        self.labels = labels[:sum(len(r) for r in self.ref)] if labels is not None else None
+        self.labels = labels[:self.samples] if labels is not None else None
         self.classes = int(np.prod(self.ref[0].shape[1:])) if self.ref[0].ndim > 1 else 1
         lab = self.labels
         if lab is not None and len(lab) and (lab.min() < 0 or lab.max() >= self.classes):
@@ -76,15 +76,21 @@ class Evaluator:
     def _outputs(self, model: onnx.ModelProto, max_values: int | None = None) -> list[np.ndarray]:
         s = make_session(model, what="candidate model")
         outs: list[np.ndarray] = []
+        held = 0
         for b in self.batches:
-            if max_values is not None and outs and sum(o.size for o in outs) >= max_values:
+            if max_values is not None and outs and held >= max_values:
                 break
             outs.append(run(s, b, what="candidate model")[0])
+            held += outs[-1].size
         return outs
 
     def _accuracy(self, outs: list[np.ndarray]) -> float:
         logits = np.concatenate([o.reshape(len(o), -1) for o in outs])
         return 100.0 * topk_correct(logits, self.labels, 1) / len(self.labels)
+
+    @property
+    def samples(self) -> int:
+        return sum(len(r) for r in self.ref)
 
     @property
     def metric_name(self) -> str:

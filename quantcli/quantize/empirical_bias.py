@@ -197,8 +197,12 @@ def _segment(model: onnx.ModelProto, targets: list[onnx.NodeProto], known: set[s
     feeds = sorted(t for t in reads if t in known and t not in {o for n in keep for o in n.output})
     outside = _read_by_others(model, final | inside)
     wanted = [t.output[0] for t in targets]
+    fixed = set(consts)  # tensors computed from constants alone (weights' DequantizeLinear): recomputed, not kept
+    for n in keep:
+        if all(not t or t in fixed for t in list(n.input) + sorted(_subgraph_reads(n))):
+            fixed.update(n.output)
     outs = wanted + [o for n in keep for o in n.output
-                     if o not in wanted and o in outside and o in types and o not in known]
+                     if o not in wanted and o in outside and o in types and o not in known and o not in fixed]
     g = onnx.helper.make_graph(keep, "segment", [_info(t, types) for t in feeds], [_info(t, types) for t in outs],
                                initializer=[t for t in model.graph.initializer if t.name in reads])
     return onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
