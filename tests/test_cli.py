@@ -224,3 +224,14 @@ def test_version_and_help():
     assert r.exit_code == 0 and r.output.startswith("quantcli ")
     r = invoke()
     assert r.exit_code == 0 and "calibrate" in r.output and "convert" in r.output
+
+
+def test_inspect_counts_dynamic_int8_matmuls(tmp_path):
+    """A dynamic INT8 model's MatMulInteger nodes are integer kernels: inspect said 0.0% (the MACs were keyed by
+    the quantized node's own name, looked up by the float node's)."""
+    onnx.save(small_mlp(), tmp_path / "mlp.onnx")
+    r = invoke("convert", tmp_path / "mlp.onnx", "--mode", "dynamic", "-o", tmp_path / "d.onnx")
+    assert r.exit_code == 0, r.output
+    r = invoke("inspect", tmp_path / "d.onnx", "--min-int8-coverage", 99, "--json", tmp_path / "i.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "i.json").read_text())["coverage"]["mac_share"] == 1.0

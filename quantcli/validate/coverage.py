@@ -122,8 +122,8 @@ def int8_coverage(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...
     integer = 0
     float_heavy = []
     for name, fused in _integer_status(model, opt).items():
-        if fused:
-            integer += macs.get(name.removesuffix("_MatMulInteger"), 0)
+        if fused:  # keyed by the quantized model's own name, or by the float node it replaced
+            integer += macs.get(name, macs.get(name.removesuffix("_MatMulInteger"), 0))
         else:
             float_heavy.append(name)
     return Coverage(integer_nodes, float_heavy, dq_left, sum(macs.values()), integer)
