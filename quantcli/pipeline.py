@@ -51,7 +51,7 @@ def _no_progress(desc: str, total: int) -> Callable[[int], None]:
 
 # -- preparation shared by calibrate and convert ------------------------------------------------------
 def calibration_tensors(prepared: onnx.ModelProto, activations: Activations = Activations.ASYMMETRIC,
-                        act_matmul: bool | None = None) -> list[str]:
+                        act_matmul: bool | None = None, act_matmul_min_dim: int | None = None) -> list[str]:
     """The tensors convert needs ranges for with this activation scheme, plus the outputs of layout ops
     (which normally share their input's range but need their own when ``--exclude`` cuts them off).
 
@@ -60,9 +60,11 @@ def calibration_tensors(prepared: onnx.ModelProto, activations: Activations = Ac
     inputs of MatMuls of two activations are observed only where convert will quantize them (``act_matmul``,
     default: what ``--act-matmul auto`` decides on this CPU).
     """
-    if act_matmul is None:
-        act_matmul = resolve(ConvertSettings()).act_matmul
-    p = plan(prepared, PlanOptions(symmetric_activations=activations == Activations.SYMMETRIC, act_matmul=act_matmul))
+    default = resolve(ConvertSettings())
+    p = plan(prepared, PlanOptions(
+        symmetric_activations=activations == Activations.SYMMETRIC,
+        act_matmul=default.act_matmul if act_matmul is None else act_matmul,
+        act_matmul_min_dim=default.act_matmul_min_dim if act_matmul_min_dim is None else act_matmul_min_dim))
     return sorted(set(p.calibrated_tensors()) | set(p.shared))
 
 
@@ -107,7 +109,8 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
     res = resolve(conv)
     prep = smooth(prep, res, lambda: dataset.batches(bs, settings.samples))
     act_matmul = res.act_matmul
-    tensors = tensors if tensors is not None else calibration_tensors(prep.model, conv.activations, act_matmul)
+    tensors = tensors if tensors is not None else calibration_tensors(prep.model, conv.activations, act_matmul,
+                                                                      res.act_matmul_min_dim)
     if not tensors:
         raise QuantcliError(f"{model_path}: nothing to calibrate (no quantizable Conv/MatMul/Gemm with float inputs)")
     advance = progress("calibrating", used)

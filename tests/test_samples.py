@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 from quantcli import pipeline
-from quantcli.cpu import detect
 from quantcli.errors import InternalError
 from quantcli.recipe import CalibrateSettings, CompareSettings, ConvertSettings, Method, Mode
 
@@ -49,9 +48,9 @@ def test_transformer_int8_fidelity(tmp_path, mode):
     conv = pipeline.convert(SAMPLES / "tiny_transformer.onnx", tmp_path / "t.onnx", ConvertSettings(mode=mode),
                             calib_settings=calib)
     # dynamic mode quantizes weight MatMuls only; the attention score MatMuls (activation x activation) stay float,
-    # and static mode keeps them float where int8 is no faster than FP32 (--act-matmul auto)
-    static_all = mode == Mode.STATIC and detect().int8_compute_fast
-    assert conv.coverage.mac_share > (0.95 if static_all else 0.8)
+    # and static mode keeps them float where int8 is no faster than FP32 (--act-matmul auto: this sample's attention
+    # heads are too small for int8 kernels to win on any CPU)
+    assert conv.coverage.mac_share > 0.8
     assert not [n for n in conv.coverage.float_heavy_nodes if "attn/" not in n]  # every weight MatMul/Gemm in int8
     res = pipeline.compare(SAMPLES / "tiny_transformer.onnx", tmp_path / "t.onnx",
                            CompareSettings(data=str(SAMPLES / "tiny_transformer-eval.npz"), runs=10))

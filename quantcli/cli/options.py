@@ -41,8 +41,8 @@ MinCoverage = typer.Option(None, "--min-int8-coverage", help="Exit 1 if less tha
 OptActMatmul = Optional[ActMatmul]
 ActMatmulOpt = typer.Option(
     None, "--act-matmul", help="MatMuls of two activations (attention's Q.K and P.V): auto (int8 where the CPU has "
-                               "VNNI/AMX/dot product, else float: quantizing both inputs at run time only adds time "
-                               "there), int8, float. calibrate and convert should agree.", show_default=False)
+                               "VNNI/AMX/dot product and the head dimension is 64 or more, else float: quantizing "
+                               "both inputs at run time only adds time there), int8, float. calibrate and convert should agree.", show_default=False)
 Cle = typer.Option(None, "--cle/--no-cle", help="Cross-layer equalization (calibrate and convert must agree).",
                    show_default=False)
 EvalData = typer.Option(None, "--eval-data", help="Data to measure accuracy (labels) or agreement on "

@@ -29,7 +29,7 @@ import re
 import numpy as np
 import onnx
 
-from ..transforms.graph import GraphIndex, attr, float_tensors
+from ..transforms.graph import GraphIndex, attr, float_tensor_shapes
 from ..transforms.layout import layout
 from . import reasons as r
 from .reasons import Why
@@ -85,6 +85,7 @@ class PlanOptions:
     only: tuple[str, ...] | None = None  # quantize just these heavy nodes (sensitivity analysis)
     granularity: tuple[tuple[str, bool], ...] = ()  # (pattern, per_channel) per-node weight granularity
     act_matmul: bool = True  # quantize MatMuls of two activations (attention's Q.K^T and P.V)
+    act_matmul_min_dim: int = 0  # ... only where their head dimension is at least this (settings.ACT_MATMUL_MIN_DIM)
 
 
 def resolve_presets(model: onnx.ModelProto, patterns: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -134,7 +135,8 @@ class _Planning:
     def __init__(self, model: onnx.ModelProto, options: PlanOptions) -> None:
         self.g = model.graph
         self.idx = GraphIndex(self.g)
-        self.floats = float_tensors(model)
+        self.shapes = float_tensor_shapes(model)
+        self.floats = set(self.shapes)
         self.options = options
         self.p = QuantPlan({}, {}, [], [], {}, {}, {})
         self.required: dict[str, str] = {}  # activation tensors heavy ops need quantized
@@ -172,8 +174,12 @@ class _Planning:
         detail = _heavy_reason(node, self.idx, self.is_act)
         if detail:
             return Why(r.Reason.NOT_QUANTIZABLE, detail)
-        if not self.options.act_matmul and node.op_type == "MatMul" and all(self.is_act(i) for i in node.input[:2]):
-            return r.ACT_MATMUL
+        if node.op_type == "MatMul" and all(self.is_act(i) for i in node.input[:2]):
+            if not self.options.act_matmul:
+                return r.ACT_MATMUL
+            dim = _head_dim(node, self.shapes)
+            if dim is not None and dim < self.options.act_matmul_min_dim:
+                return r.act_matmul_small(dim, self.options.act_matmul_min_dim)
         if node.op_type in OUTPUT_Q_REQUIRED and node.output[0] in self.idx.graph_outputs:
             return Why(r.Reason.GRAPH_OUTPUT, "output is a graph output (kept exact, so no integer kernel)")
         return None
@@ -314,6 +320,14 @@ def _heavy_reason(node: onnx.NodeProto, idx: GraphIndex, is_act) -> str | None:
             return "B is not float32"
         return None
     return "not a quantizable op"
+
+
+def _head_dim(node: onnx.NodeProto, shapes: dict) -> int | None:
+    """A MatMul of two activations: the smaller static one of its inner dim K and output dim N (attention's
+    head dimension for both Q.K^T and P.V, whose other dim is the sequence), None where neither is static."""
+    a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
+    dims = [d for d in ((a[-1] if a else None), (b[-1] if b and len(b) >= 2 else None)) if d]
+    return min(dims) if dims else None
 
 
 def _weight_axis(node: onnx.NodeProto, idx: GraphIndex, i: int, options: PlanOptions) -> int | None:

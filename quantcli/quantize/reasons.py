@@ -34,6 +34,13 @@ class Why:
 
 ACT_MATMUL = Why(Reason.ACT_MATMUL, "MatMul of two activations: quantizing both inputs at run time costs more "
                                     "than an integer kernel saves on this CPU (--act-matmul int8 quantizes it)")
+
+
+def act_matmul_small(dim: int, least: int) -> Why:
+    return Why(Reason.ACT_MATMUL, f"MatMul of two activations with head dimension {dim} (< {least}): int8 kernels "
+                                  "run it slower than float on this CPU (--act-matmul int8 quantizes it)")
+
+
 NO_ACT_RANGES = Why(Reason.NO_ACT_RANGES, "MatMul of two activations: the calibration has no ranges for its inputs "
                                           "(made with attention in float; re-run calibrate with --act-matmul int8)")
 UNFUSED = Why(Reason.UNFUSED, "ONNX Runtime would run it in float behind its Q/DQ (no integer kernel for it here)")

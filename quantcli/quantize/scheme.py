@@ -124,9 +124,11 @@ def static(model: onnx.ModelProto, prep: Prepared, res: Resolved, artifact: Cali
     notes = built.notes + notes
     act_float = [n for n, why in built.plan.float_nodes.items() if why.reason == Reason.ACT_MATMUL]
     if act_float and s.act_matmul == ActMatmul.AUTO:
+        why = (f"their head dimension is below {res.act_matmul_min_dim}, where int8 kernels run slower than float "
+               "even on this CPU" if res.act_matmul else "this CPU computes int8 no faster than FP32")
         notes.append(f"act-matmul auto: {len(act_float)} MatMul(s) of two activations (attention) kept float: "
-                     "this CPU computes int8 no faster than FP32, so quantizing their inputs at run time "
-                     "would only add time; --act-matmul int8 quantizes them")
+                     f"{why}, so quantizing their inputs at run time would only add time; --act-matmul int8 "
+                     "quantizes them")
     if built.events:
         shifted = sum(e.kind == EventKind.BIAS_SHIFTED for e in built.events)
         notes.append(f"bias correction ({s.bias_correction.value}): {shifted} layer(s) corrected")

@@ -101,7 +101,8 @@ class StaticBuilder:
                        if r.precision == NodePrecision.INT8 and r.weights is not None}
         options = PlanOptions(per_channel=self.res.per_channel, symmetric_activations=self.res.symmetric,
                               exclude=resolve_presets(work, list(s.exclude) + list(extra) + list(floats)), only=only,
-                              granularity=tuple(granularity.items()), act_matmul=self.res.act_matmul)
+                              granularity=tuple(granularity.items()), act_matmul=self.res.act_matmul,
+                              act_matmul_min_dim=self.res.act_matmul_min_dim)
         qplan, ranges = self._plan(work, options)
         qdq_options = QDQOptions(symmetric_activations=self.res.symmetric, reduce_range=self.res.reduce_range)
         work, events, bc_note = self._bias_correction(work, qplan, ranges, qdq_options, only)

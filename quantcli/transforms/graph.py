@@ -133,13 +133,21 @@ def unique_name(base: str, taken: set[str]) -> str:
 
 def float_tensors(model: onnx.ModelProto) -> set[str]:
     """Names of float32 tensors (inputs, intermediates, outputs) according to shape inference."""
+    return set(float_tensor_shapes(model))
+
+
+def float_tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...] | None]:
+    """Float32 tensors (inputs, intermediates, outputs) according to shape inference, each with its shape:
+    a dim is None where it is symbolic or unknown, the shape None where even the rank is unknown."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:
         inferred = model
     g = inferred.graph
-    out = set()
+    out: dict[str, tuple[int | None, ...] | None] = {}
     for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-            out.add(vi.name)
+        t = vi.type.tensor_type
+        if t.elem_type == onnx.TensorProto.FLOAT:
+            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                                 for d in t.shape.dim) if t.HasField("shape") else None
     return out
