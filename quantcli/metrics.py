@@ -1,7 +1,9 @@
 """Fidelity and accuracy metrics, pure numpy.
 
 * top-k accuracy: share of samples whose label is among the k largest logits;
-* agreement: share of samples where both models have the same argmax (last axis);
+* agreement: share of samples where both models have the same argmax (last axis); for an output of one
+  probability per sample (shape [batch] or [batch, 1], FP32 values in [0, 1]: a sigmoid head, a voice-activity
+  score) the same decision at 0.5 instead (an argmax over one value always agrees);
 * cosine similarity of the flattened outputs;
 * SQNR (dB) = 10 log10( sum(ref^2) / sum((ref - test)^2) )  (inf when identical);
 * max abs error;
@@ -65,6 +67,17 @@ def agreement_count(ref: np.ndarray, test: np.ndarray) -> int:
     a = np.argmax(ref, axis=-1).reshape(len(ref), -1)
     b = np.argmax(test, axis=-1).reshape(len(test), -1)
     return int(np.count_nonzero((a == b).all(axis=1)))
+
+
+def is_probability_per_sample(ref: np.ndarray) -> bool:
+    """One value per sample (shape [batch] or [batch, 1]) and every value in [0, 1]: a decision at 0.5."""
+    a = np.asarray(ref)
+    return a.ndim >= 1 and a.size == len(a) and a.size > 0 and bool(np.all((a >= 0) & (a <= 1)))
+
+
+def decision_agreement_count(ref: np.ndarray, test: np.ndarray) -> int:
+    """Samples whose decision (probability > 0.5) agrees, for one probability per sample."""
+    return int(np.count_nonzero((np.ravel(ref) > 0.5) == (np.ravel(test) > 0.5)))
 
 
 class FidelityAccumulator:

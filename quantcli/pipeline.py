@@ -29,8 +29,8 @@ from .quantize.static import StaticBuilder
 from .settings import Resolved, resolve
 from .validate.output import COLLAPSED_COSINE, reference_outputs, validation_feeds, write_validated
 from .manifest import build_manifest
-from .metrics import (FidelityAccumulator, agreement_count, degenerate_reference, lm_token_ids, next_token_nll,
-                      token_agreement_count, topk_correct)
+from .metrics import (FidelityAccumulator, agreement_count, decision_agreement_count, degenerate_reference,
+                      is_probability_per_sample, lm_token_ids, next_token_nll, token_agreement_count, topk_correct)
 from .quantize.policy import PlanOptions, plan, unmatched_patterns
 from .recipe import (_INT4_ONLY, AcceptSettings, Activations, CalibrateSettings, to_plain, CompareSettings,
                      ConvertSettings, Mode, Precision, Recipe, SmoothQuant, unused_options)
@@ -359,6 +359,8 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
     fid = [FidelityAccumulator() for _ in out_names]
     agree = [0 for _ in out_names]
     argmaxable = [True for _ in out_names]
+    decisions = [0 for _ in out_names]          # one probability per sample: agreeing decisions at 0.5
+    decidable = [True for _ in out_names]
     correct = {1: [0, 0], 5: [0, 0]}
     lm = [0.0, 0.0, 0, 0, 0]  # language model: NLL sums (FP32, quantized), terms, agreeing positions, positions
     classes = None
@@ -376,6 +378,10 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
                 agree[i] += agreement_count(a, b)
             else:
                 argmaxable[i] = False
+            if decidable[i] and np.shape(a)[:1] == (n,) and is_probability_per_sample(a):
+                decisions[i] += decision_agreement_count(a, b)
+            else:
+                decidable[i] = False
         ids = lm_token_ids(feeds, ra[0]) if ds.labels is None and (seen == 0 or lm[2]) else None
         if ids is not None:
             (na, count), (nb, _) = next_token_nll(ra[0], ids), next_token_nll(rb[0], ids)
@@ -393,8 +399,8 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
                     correct[k][1] += topk_correct(logits_b, labels, k)
         seen += n
         advance(n)
-    outputs = [OutputFidelity(name, agree[i] / seen if argmaxable[i] else None, fid[i].cosine, fid[i].sqnr_db,
-                              fid[i].max_abs) for i, name in enumerate(out_names)]
+    outputs = [OutputFidelity(name, agree[i] / seen if argmaxable[i] else decisions[i] / seen if decidable[i] else None,
+                              fid[i].cosine, fid[i].sqnr_db, fid[i].max_abs) for i, name in enumerate(out_names)]
     top1 = top5 = None
     if ds.labels is not None:
         top1 = (100.0 * correct[1][0] / seen, 100.0 * correct[1][1] / seen)

@@ -73,7 +73,8 @@ class ConvertResult:
 @dataclasses.dataclass
 class OutputFidelity:
     name: str
-    agreement: float | None   # share of samples with the same argmax (None where argmax makes no sense)
+    agreement: float | None   # share of samples with the same argmax, or for one probability per sample the same
+                              # decision at 0.5 (None where neither makes sense)
     cosine: float
     sqnr_db: float
     max_abs: float

@@ -22,7 +22,8 @@ import onnx
 
 from .data.sources import Dataset
 from .errors import QuantcliError
-from .metrics import FidelityAccumulator, agreement_count, token_agreement_count, topk_correct
+from .metrics import (FidelityAccumulator, agreement_count, decision_agreement_count, is_probability_per_sample,
+                      token_agreement_count, topk_correct)
 from .runtime.session import make_session, run, tap_model
 
 
@@ -62,6 +63,20 @@ class Evaluator:
                                 f"{self.classes} classes, found {int(lab.min())}..{int(lab.max())}")
         self.ref_metric = self._accuracy(self.ref) if self.labels is not None else 100.0
         self.evaluations = 0
+        self.kind = self._kind()
+
+    def _kind(self) -> str:
+        """What agreement with FP32 means for this model's first output (without labels)."""
+        r = self.ref[0]
+        if self.labels is not None:
+            return "labels"
+        if all(is_probability_per_sample(o) for o in self.ref):
+            return "decision"   # one probability per sample: the decision at 0.5 (silero-vad's speech score)
+        if r.ndim >= 3:
+            return "positions"  # sequences, maps: per position (one flipped CTC step is not a wrong sample)
+        if r.ndim == 2 and r.shape[-1] > 1:
+            return "samples"
+        return "cosine"         # one value per sample that is no probability: as compare does, from the cosine
 
     def subset(self, max_samples: int) -> "Evaluator":
         """An evaluator on the first batches holding at most ``max_samples`` samples (at least one batch), sharing
@@ -94,7 +109,8 @@ class Evaluator:
 
     @property
     def metric_name(self) -> str:
-        return "top-1 accuracy" if self.labels is not None else "top-1 agreement"
+        return {"labels": "top-1 accuracy", "decision": "decision agreement (at 0.5)",
+                "cosine": "100 x cosine (0.999 and above count as 100)"}.get(self.kind, "top-1 agreement")
 
     def score(self, model: onnx.ModelProto) -> Score:
         """One pass of ``model`` over the held batches, scored batch by batch (a candidate's outputs are not
@@ -106,18 +122,21 @@ class Evaluator:
         for r, b in zip(self.ref, self.batches):
             q = run(s, b, what="candidate model")[0]
             fid.update(r, q)
-            if self.labels is not None:
+            if self.kind == "labels":
                 correct += topk_correct(q, self.labels[start:start + len(q)], 1)
-            elif np.ndim(r) >= 3:  # sequences, maps: per position (one flipped CTC step is not a wrong sample)
+            elif self.kind == "positions":
                 same, positions = token_agreement_count(r, q)
                 agree, total = agree + same, total + positions
-            else:
-                agree += agreement_count(r, q) if np.ndim(r) >= 2 else 0
+            elif self.kind in ("decision", "samples"):
+                agree += decision_agreement_count(r, q) if self.kind == "decision" else agreement_count(r, q)
                 total += len(r)
             start += len(q)
         if self.labels is not None:
             metric = 100.0 * correct / len(self.labels)
             return Score(self.ref_metric - metric, fid.sqnr_db, metric)
+        if self.kind == "cosine":
+            metric = 100.0 if fid.cosine >= 0.999 else 100.0 * max(fid.cosine, 0.0)
+            return Score(100.0 - metric, fid.sqnr_db, metric)
         metric = 100.0 * agree / max(total, 1)
         return Score(100.0 - metric, fid.sqnr_db, metric)
 

@@ -149,3 +149,48 @@ def test_agreement_on_sequences_counts_positions_not_whole_samples():
     score = ev.score(model(5.0))
     assert abs(score.metric - 95.0) < 1e-9 and abs(score.drop - 5.0) < 1e-9
     assert len(ev.subset(3).batches) == 1 and ev.subset(3).score(model(5.0)).metric == score.metric
+
+
+def _scorer(bias: float):
+    """x [N, 8] -> MatMul -> Sigmoid -> Reshape to [N]: one probability per sample (a voice-activity score)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.linspace(-1, 1, 8, dtype=np.float32).reshape(8, 1)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Add", ["z", "b"], ["zb"]),
+         helper.make_node("Sigmoid", ["zb"], ["p"]), helper.make_node("Reshape", ["p", "flat"], ["prob"])],
+        "scorer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N"])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([bias], np.float32), "b"),
+         numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_one_probability_per_sample_is_scored_by_its_decision(tmp_path):
+    """An output of one probability per sample: agreement is the same decision at 0.5 (an argmax over one value
+    always agrees: the search scored silero-vad's speech score as 0% agreement, 100-pt drop, at 137 dB SQNR),
+    the same in the search's Evaluator and in compare."""
+    import numpy as np
+
+    from quantcli.recipe import CompareSettings
+    from quantcli.sensitivity import Evaluator
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    ref, shifted = _scorer(0.0), _scorer(0.3)
+    z = x @ np.linspace(-1, 1, 8, dtype=np.float32)
+    expected = 100.0 * np.mean((z > 0) == (z + 0.3 > 0))
+    assert 50 < expected < 100
+    ev = Evaluator(ref, [{"x": x[:32]}, {"x": x[32:]}])
+    assert ev.kind == "decision" and ev.metric_name.startswith("decision agreement")
+    assert ev.score(ref).drop == 0.0
+    s = ev.score(shifted)
+    assert abs(s.metric - expected) < 1e-9 and abs(s.drop - (100 - expected)) < 1e-9
+    import onnx
+
+    onnx.save(ref, tmp_path / "a.onnx")
+    onnx.save(shifted, tmp_path / "b.onnx")
+    np.savez(tmp_path / "e.npz", x=x)
+    c = pipeline.compare(tmp_path / "a.onnx", tmp_path / "b.onnx", CompareSettings(data=str(tmp_path / "e.npz"), runs=3))
+    assert abs(100 * c.outputs[0].agreement - expected) < 1e-9 and abs(c.drop - (100 - expected)) < 1e-9
