@@ -64,6 +64,10 @@ class _Reader:
     def rewind(self):
         self.i = 0
 
+    def __iter__(self):
+        self.rewind()
+        return iter(self.rows)
+
 
 def quantize(name: str, model: Path, calib: Path, out: Path) -> None:
     tool, *algo, block = name.split()
@@ -161,6 +165,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=None, help="keep the quantized models here (default: a temp dir)")
+    ap.add_argument("--reuse", action="store_true", help="re-use the models (and their quantization time) in --work")
     ap.add_argument("--quantize-one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--calib", type=Path, default=None, help=argparse.SUPPRESS)
@@ -196,7 +201,12 @@ def main() -> None:
     quant: dict[str, dict] = {"FP32": {}}
     for name in names:
         out = work / (name.replace(" ", "_").replace("+", "_") + ".onnx")
-        r = run_quantizer(name, model, calib, out, args.timeout)
+        meta = out.with_suffix(".json")
+        if args.reuse and meta.exists() and out.exists():
+            r = json.loads(meta.read_text())
+        else:
+            r = run_quantizer(name, model, calib, out, args.timeout)
+            meta.write_text(json.dumps(r))
         console.print(f"  {name}: " + (r["error"] if "error" in r else f"{r['seconds']:.1f} s, {r['rss_mb']:.0f} MB"),
                       markup=False, highlight=False)
         quant[name] = r
