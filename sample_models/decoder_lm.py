@@ -4,7 +4,8 @@
     python sample_models/decoder_lm.py [--out DIR] [--steps N]   # needs torch==2.13.0, tokenizers, onnx, numpy
 
 Text: CPython's pydoc topics (prose) followed by the standard library's top-level ``*.py`` modules, sorted by name
-(code); the last 5% of the token stream is held out.  Training: seeded, deterministic algorithms, 2 torch threads,
+(code); the last 5% of the token stream is held out.  Training starts from the text's bigram statistics
+(:func:`_bigram_init`) and is seeded, deterministic algorithms, 2 torch threads,
 AdamW with warmup and cosine decay (``--steps`` x 8 sequences x 128 tokens: 160 steps took 20 minutes on 2 cores of
 an AMD EPYC shared with other jobs; an under-trained model, see build.json's perplexity).  The ONNX graphs are written node by node with onnx.helper from the trained weights (:func:`decoder_graph`
 needs only numpy and onnx, so tests build small random-weight decoders with it):
