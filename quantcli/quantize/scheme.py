@@ -76,10 +76,12 @@ def int4(prep: Prepared, res: Resolved, progress: Progress = no_progress) -> Sch
     grams, how = None, "round to nearest"
     planned = plan_int4(prep.model, res)
     if s.algorithm != WeightAlgorithm.RTN:
-        grams, samples = _input_grams(prep.model, planned[0], res, progress)
+        grams, samples = _input_grams(prep.model, [n for n in planned[0] if n.op_type != "Gather"], res, progress)
         how = f"{s.algorithm.value.upper()} on {samples} calibration samples"
     model, quantized, kept, notes = quantize_int4(prep.model, res, grams, planned)
-    note = (f"int4 weight-only: {len(quantized)} MatMul/Gemm weight(s) in {s.block_size}-value blocks "
+    gathers = sum(op == "Gather" for op in quantized.values())
+    note = (f"int4 weight-only: {len(quantized) - gathers} MatMul/Gemm weight(s)"
+            f"{f' and {gathers} embedding table(s) (GatherBlockQuantized)' if gathers else ''} in {s.block_size}-value blocks "
             f"({'symmetric' if s.symmetric_weights else 'zero point per block'}), {how}; "
             f"MatMulNBits accuracy_level {accuracy_level(res.cpu)} on this CPU")
     return SchemeResult(model, quantized, kept, notes=[note] + notes)
@@ -108,6 +110,10 @@ def _input_grams(model: onnx.ModelProto, nodes: list, res: Resolved, progress: P
 def static(model: onnx.ModelProto, prep: Prepared, res: Resolved, artifact: CalibrationArtifact, *,
            calibration: str | Path | None = None, progress: Progress = no_progress) -> SchemeResult:
     s = res.convert
+    if any(r.precision == NodePrecision.INT4 for r in s.nodes):
+        from ..errors import QuantcliError
+
+        raise QuantcliError("node rules with precision=int4 need --precision int4 (weight-only)")
     notes: list[str] = []
     build = StaticBuilder(model, prep, res, artifact, calibration=calibration, progress=progress)
     if s.weights == Weights.AUTO and res.per_channel:
