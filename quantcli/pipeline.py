@@ -114,8 +114,11 @@ def _calibrate_model(model: onnx.ModelProto, model_path: str, settings: Calibrat
     if not tensors:
         raise QuantcliError(f"{model_path}: nothing to calibrate (no quantizable Conv/MatMul/Gemm with float inputs)")
     advance = progress("calibrating", used)
+    # a batch size the user did not choose may be split where a run's tapped outputs would be too large
+    split = settings.batch_size is None and all(s.batch_dim is None for s in dataset.specs)
     stats = collect_statistics(prep.model, tensors, dataset.batches(bs, settings.samples), bins=settings.bins,
-                               expected_batches=-(-used // bs), on_batch=advance)
+                               expected_batches=-(-used // bs), on_batch=advance, split=split)
+    bs = stats.batch_size or bs
     observers, seen, pass_seconds = stats.histograms, stats.samples, stats.seconds
     # the data by absolute path and hash: convert finds it from any folder and notices if it changed
     cal_settings = {"method": settings.method.value, "percentile": settings.percentile, "bins": settings.bins,

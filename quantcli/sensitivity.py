@@ -95,7 +95,7 @@ class Evaluator:
         for b in self.batches:
             if max_values is not None and outs and held >= max_values:
                 break
-            outs.append(run(s, b, what="candidate model")[0])
+            outs.append(run(s, b, what="candidate model", keep=True)[0])
             held += outs[-1].size
         return outs
 

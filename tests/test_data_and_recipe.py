@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from models import small_cnn, small_mlp
+from quantcli.data.config import SampleBy
 from quantcli.data.sources import Dataset, input_specs
 from quantcli.errors import QuantcliError
 from quantcli.recipe import Method, Weights, load_recipe, merge
@@ -29,6 +30,45 @@ def test_folder_of_chunks_streams_across_files(tmp_path):
     batches = list(ds.batches(4))
     assert [len(b["x"]) for b in batches] == [4, 4, 4, 3]
     assert batches[1]["x"][:, 0, 0, 0].tolist() == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_data_is_read_a_block_at_a_time_never_whole(tmp_path, monkeypatch, save):
+    """A pass holds a block of rows and a batch, not the file's arrays: 128 samples of 800x608 images are 747 MB
+    (PicoDet's calibration set), which np.load held for the whole of calibrate."""
+    import tracemalloc
+
+    from quantcli.data import npyfile, sources
+
+    monkeypatch.setattr(npyfile, "BLOCK_BYTES", 1 << 18)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 1 << 18)
+    x = np.random.default_rng(0).normal(size=(4096, 3, 16, 16)).astype(np.float32)  # 12.6 MB
+    save(tmp_path / "d.npz", x=x, labels=np.arange(4096) % 10)
+    tracemalloc.start()
+    try:
+        ds = Dataset(tmp_path / "d.npz", _specs())
+        same, seen = True, 0
+        for b in ds.batches(16):
+            same &= np.array_equal(b["x"], x[seen:seen + len(b["x"])])  # the same samples, in order
+            seen += len(b["x"])
+        ds.select(40, SampleBy.RANDOM, seed=3)
+        chosen = np.concatenate([b["x"] for b in ds.batches(16)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert same and seen == len(x)
+    assert np.array_equal(chosen, x[ds.selection]) and len(ds.labels) == 40
+    assert peak < x.nbytes / 4, f"peak {peak / 1e6:.1f} MB for {x.nbytes / 1e6:.1f} MB of data"
+
+
+def test_npy_folder_and_a_truncated_file(tmp_path):
+    x = np.arange(6 * 3 * 16 * 16, dtype=np.float32).reshape(6, 3, 16, 16)
+    np.save(tmp_path / "x.npy", np.asfortranarray(x))  # Fortran order: read whole, still right
+    assert np.array_equal(np.concatenate(list(b["x"] for b in Dataset(tmp_path, _specs()).batches(4))), x)
+    raw = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "x.npy").write_bytes(raw[:-100])
+    with pytest.raises(QuantcliError, match="cannot read data.*truncated|cannot read data"):
+        Dataset(tmp_path, _specs())
 
 
 def test_fixed_batch_model_gets_exact_batches(tmp_path):

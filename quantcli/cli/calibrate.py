@@ -28,7 +28,7 @@ def calibrate(
                                                  "else random.", show_default=False),
     seed: int = typer.Option(None, "--seed", help="Seed of --sample-by random/class (default 0).", show_default=False),
     data_preset: o.OptStr = o.DataPreset,
-    batch_size: int = typer.Option(None, "--batch-size", help="Samples per run (default 16, fewer where 16 would exceed 1M input values, or the model's fixed batch).",
+    batch_size: int = typer.Option(None, "--batch-size", help="Samples per run (default 16, fewer where 16 would exceed 1M input values or 256 MB of observed activations, or the model's fixed batch).",
                                    show_default=False),
     method: o.OptMethod = o.MethodOpt,
     percentile: float = o.Percentile,

@@ -37,6 +37,7 @@ from ..errors import QuantcliError
 from . import sampling
 from .config import DataSettings, SampleBy
 from .decoded import Decoded, class_layout, sha256_of
+from .npyfile import BLOCK_BYTES, NpyArray, open_npy, open_npz
 from .specs import InputSpec, class_count, fmt_shape, input_specs, max_lengths, vocab_sizes  # noqa: F401
 
 LABELS_KEY = "labels"
@@ -146,15 +147,17 @@ class Dataset:
         labels: list[np.ndarray] = []
         has_labels: list[bool] = []
         for chunk in self._chunks:
-            arrays = chunk.load()
-            n = self._check_chunk(chunk, arrays)
+            arrays: dict = chunk.open()
+            if LABELS_KEY in arrays:  # small: read now
+                arrays[LABELS_KEY] = chunk.read(arrays[LABELS_KEY].read)
+            n = chunk.read(lambda: self._check_chunk(chunk, arrays))
             self._counts.append(n)
             if n and not self.sample_values:
-                self.sample_values = sum(int(np.size(arrays[sp.name])) // n for sp in self.specs)
+                self.sample_values = sum(_size(arrays[sp.name]) // n for sp in self.specs)
             self.num_samples += n
             has_labels.append(LABELS_KEY in arrays)
             if LABELS_KEY in arrays:
-                labels.append(np.atleast_1d(np.asarray(arrays[LABELS_KEY])))
+                labels.append(np.atleast_1d(arrays[LABELS_KEY]))
         if any(has_labels) and not all(has_labels):
             raise QuantcliError(f"{self.path}: some files have a '{LABELS_KEY}' array and others do not")
         return np.concatenate(labels) if labels and all(has_labels) else None
@@ -257,21 +260,19 @@ class Dataset:
                 if isinstance(want, int) and got != want:
                     raise QuantcliError(f"{where} has shape {arr.shape}, the model expects "
                                         f"{fmt_shape(spec.shape)} (axis {i}: {got} != {want})")
-            if arr.dtype.kind == "f" and arr.size:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    cast = np.asarray(arr).astype(spec.dtype, copy=False)
-                finite = np.isfinite(cast)
-                if not finite.all():
-                    bad = int(np.size(arr) - np.count_nonzero(finite))
-                    beyond = int(np.count_nonzero(np.isfinite(arr))) - int(np.count_nonzero(finite))
-                    why = f" ({beyond} beyond {spec.dtype}'s range)" if beyond > 0 else ""
-                    raise QuantcliError(f"{where} contains {bad} NaN/Inf value(s) as {spec.dtype}{why}")
+            if arr.dtype.kind == "f" and _size(arr):
+                _check_finite(where, arr, spec.dtype)
             for axis, longest in spec.max_len:
                 if 0 < axis < arr.ndim and arr.shape[axis] > longest:
                     raise QuantcliError(f"{where} has length {arr.shape[axis]} on axis {axis}, longer than the "
                                         f"{longest} positions the model supports (its position table)")
-            if spec.vocab is not None and arr.dtype.kind in "iu" and arr.size:
-                lo, hi = int(arr.min()), int(arr.max())
+            if spec.vocab is not None and arr.dtype.kind in "iu" and _size(arr):
+                lo = hi = None
+                for block in _blocks(arr):
+                    if np.size(block):
+                        b_lo, b_hi = int(block.min()), int(block.max())
+                        lo = b_lo if lo is None else min(lo, b_lo)
+                        hi = b_hi if hi is None else max(hi, b_hi)
                 if lo < -spec.vocab or hi >= spec.vocab:
                     bad = hi if hi >= spec.vocab else lo
                     raise QuantcliError(f"{where} has id {bad}, outside the vocabulary of the embedding it indexes "
@@ -310,15 +311,16 @@ class Dataset:
             yield from self._chosen_samples(limit)
             return
         left = self.num_samples if limit is None else min(limit, self.num_samples)
-        for chunk in self._chunks:
+        for chunk, count in zip(self._chunks, self._counts):
             if left <= 0:
                 return
-            arrays = chunk.load()
-            out = {}
-            for spec in self.specs:
-                out[spec.name] = np.asarray(arrays[spec.name])[:left].astype(spec.dtype, copy=False)
-            left -= len(next(iter(out.values())))
-            yield out
+            arrays = chunk.open()
+            n = min(left, count)
+            step = self._block_rows(arrays)
+            for start in range(0, n, step):
+                yield chunk.read(lambda: {spec.name: arrays[spec.name].rows(start, min(n, start + step)).astype(
+                    spec.dtype, copy=False) for spec in self.specs})
+            left -= n
 
     def _chosen_samples(self, limit: int | None) -> Iterator[dict[str, np.ndarray]]:
         """Decoded sources, and .npz/.npy with a selection: only the chosen samples are decoded / kept."""
@@ -334,8 +336,16 @@ class Dataset:
             rows = chosen[(chosen >= start) & (chosen < start + n)] - start
             start += n
             if len(rows):
-                arrays = chunk.load()
-                yield {sp.name: np.asarray(arrays[sp.name])[rows].astype(sp.dtype, copy=False) for sp in self.specs}
+                arrays = chunk.open()
+                step = self._block_rows(arrays)
+                for i in range(0, len(rows), step):
+                    part = rows[i:i + step]
+                    yield chunk.read(lambda: {sp.name: arrays[sp.name].take(part).astype(sp.dtype, copy=False)
+                                              for sp in self.specs})
+
+    def _block_rows(self, arrays: dict[str, NpyArray]) -> int:
+        """Samples read from a file at a time: about BLOCK_BYTES of all inputs together (at least one)."""
+        return max(1, BLOCK_BYTES // max(1, sum(arrays[sp.name].row_bytes for sp in self.specs)))
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield model feeds of ``batch_size`` samples (the last one may be smaller unless the model's batch is fixed)."""
@@ -391,18 +401,57 @@ class _Chunk:
     files: tuple[Path, ...]
     single_input: str | None = None
 
-    def load(self) -> dict[str, np.ndarray]:
-        try:
+    def open(self) -> dict[str, NpyArray]:
+        """The chunk's arrays by name, headers read, rows read on demand (:mod:`.npyfile`)."""
+        def arrays() -> dict[str, NpyArray]:
             if self.kind == "npz":
-                with np.load(self.path, allow_pickle=False) as z:
-                    return {k: z[k] for k in z.files}
+                return open_npz(self.path)
             if self.kind == "npy-single":
-                return {self.single_input: np.load(self.path, allow_pickle=False)}
-            return {f.stem: np.load(f, allow_pickle=False, mmap_mode="r") for f in self.files}
+                return {self.single_input: open_npy(self.path)}
+            return {f.stem: open_npy(f) for f in self.files}
+        return self.read(arrays)
+
+    def read(self, fn):
+        """``fn()``, with a failure to read the file as one clear error."""
+        try:
+            return fn()
         except QuantcliError:
             raise
         except Exception as exc:
             raise QuantcliError(f"{self.path}: cannot read data ({type(exc).__name__}: {exc})") from None
+
+
+def _check_finite(where: str, arr, dtype: np.dtype) -> None:
+    """No NaN/Inf in ``arr`` once cast to ``dtype``; read a block at a time (the data is never held whole)."""
+    bad = beyond = 0
+    for block in _blocks(arr):
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = np.asarray(block).astype(dtype, copy=False)
+        finite = int(np.count_nonzero(np.isfinite(cast)))
+        if finite != np.size(block):
+            bad += int(np.size(block)) - finite
+            beyond += int(np.count_nonzero(np.isfinite(block))) - finite
+    if bad:
+        why = f" ({beyond} beyond {dtype}'s range)" if beyond > 0 else ""
+        raise QuantcliError(f"{where} contains {bad} NaN/Inf value(s) as {dtype}{why}")
+
+
+def _size(arr) -> int:
+    return int(np.prod(arr.shape, dtype=np.int64))
+
+
+def _blocks(arr) -> Iterator[np.ndarray]:
+    """An array (in memory or an :class:`NpyArray`) a block of about BLOCK_BYTES at a time."""
+    if isinstance(arr, NpyArray):
+        yield from arr.blocks()
+        return
+    arr = np.asarray(arr)
+    if arr.ndim == 0:
+        yield arr
+        return
+    step = max(1, BLOCK_BYTES // max(1, arr.itemsize * _size(arr) // max(1, len(arr))))
+    for start in range(0, len(arr), step):
+        yield arr[start:start + step]
 
 
 def _discover_chunks(path: Path, specs: Sequence[InputSpec]) -> list[_Chunk]:

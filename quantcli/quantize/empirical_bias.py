@@ -140,7 +140,8 @@ class Frontier:
         names = [o.name for o in seg.graph.output]
         feed_names = [i.name for i in seg.graph.input]
         for values in self.values:
-            got = dict(zip(names, run(session, {k: values[k] for k in feed_names}, what="bias-correction model")))
+            got = dict(zip(names, run(session, {k: values[k] for k in feed_names}, what="bias-correction model",
+                                          keep=True)))
             for o in obs:
                 o.update(got.pop(o.request.tensor) if not settle else got[o.request.tensor])
             values.update(got)  # a moving layer's output is not kept: its bias is about to change

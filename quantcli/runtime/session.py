@@ -92,14 +92,18 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, threads: int = 0
 
 
 def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], *, what: str = "model",
-        outputs: list[str] | None = None) -> list[np.ndarray]:
+        outputs: list[str] | None = None, keep: bool = False) -> list[np.ndarray]:
+    """``session``'s outputs on ``feeds``.  ``keep``: they are kept after the session is gone, so they are
+    returned as copies: an output of ONNX Runtime lives in its session's memory arena and holds all of it,
+    however small the output (a 4-byte output held a 100 MB arena after its session was deleted)."""
     ro = ort.RunOptions()
     ro.log_severity_level = QUIET
     _active_runs.add(ro)
     try:
         if _terminating:
             raise KeyboardInterrupt
-        return session.run(outputs, feeds, ro)
+        got = session.run(outputs, feeds, ro)
+        return [np.array(v) for v in got] if keep else got
     except Exception as exc:
         if _terminating:
             raise KeyboardInterrupt from None

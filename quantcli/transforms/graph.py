@@ -41,7 +41,7 @@ class PassResult:
     """What a graph pass returns: the new model, typed events (what it changed, what it skipped and why) and
     pass-specific data (e.g. folded BatchNorm statistics, CLE scales)."""
 
-    model: onnx.ModelProto
+    model: onnx.ModelProto | None  # None once a Prepared has taken it
     events: list[Event] = dataclasses.field(default_factory=list)
     data: dict = dataclasses.field(default_factory=dict)
 

@@ -55,7 +55,8 @@ def reference_outputs(reference: onnx.ModelProto, feeds: dict[str, np.ndarray]) 
     """The FP32 model's outputs on the check sample (a model with external data: from a session that reads its
     weights in place, released before anything else is built)."""
     big = external.has_external(reference)
-    return run_session(make_session(reference, what="input model", prepack=not big), feeds, what="input model")
+    return run_session(make_session(reference, what="input model", prepack=not big), feeds, what="input model",
+                       keep=True)
 
 
 def write_validated(new_model: onnx.ModelProto, reference: onnx.ModelProto, out: Path,
