@@ -212,3 +212,45 @@ def test_empirical_bias_correction_is_left_out_where_it_lowers_the_held_sqnr(tmp
     assert inits(tmp_path / "q.onnx") == inits(tmp_path / "off.onnx")
     kept = pipeline.convert(tmp_path / "m.onnx", tmp_path / "k.onnx", ConvertSettings(), calib_settings=calib)
     assert any(n.startswith("bias correction (empirical)") for n in kept.notes)
+
+
+def _two_part(big_err: float, small_err: float, scale: float = 100.0) -> onnx.ModelProto:
+    """y = Concat(scale * x + big_err, x + small_err) along axis 1: one output in two units (boxes and scores)."""
+    nodes = [helper.make_node("Mul", ["x", "s"], ["xb"], name="big"),
+             helper.make_node("Add", ["xb", "eb"], ["yb"], name="big_err"),
+             helper.make_node("Add", ["x", "es"], ["ys"], name="small_err"),
+             helper.make_node("Concat", ["yb", "ys"], ["y"], name="cat", axis=1)]
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n)
+             for n, v in (("s", scale), ("eb", big_err), ("es", small_err))]
+    g = helper.make_graph(nodes, "two_part", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 64])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_slice_sqnr_weighs_each_part_of_a_concatenated_output():
+    """The whole-output SQNR is the large-unit part's; the mean per-slice SQNR sees the small part too (YOLOv8n:
+    boxes in pixels next to class scores in 0..1)."""
+    from quantcli.sensitivity import Evaluator
+
+    batches = [{"x": np.random.default_rng(s).normal(size=(4, 1, 64)).astype(np.float32)} for s in range(3)]
+    ev = Evaluator(_two_part(0.0, 0.0), batches)
+    small_broken, big_shifted = ev.score(_two_part(0.1, 0.5)), ev.score(_two_part(2.0, 0.01))
+    assert small_broken.sqnr_db > big_shifted.sqnr_db + 10            # the whole output prefers the broken scores
+    assert small_broken.slice_sqnr_db < big_shifted.slice_sqnr_db - 3  # per part: 33 vs 37 dB
+    assert ev.score(_two_part(0.0, 0.0)).slice_sqnr_db == pytest.approx(120.0)  # exact: capped, not inf
+
+
+def test_bias_correction_guard_measures_samples_the_correction_did_not_fit(tmp_path):
+    """Where the evaluation data is the calibration data, the guard scores the samples after those bias correction
+    fitted its shifts on (small_cnn: all of the first 256): here they come from another distribution (20x smaller),
+    so the correction is left out; measured on the fitted samples it looked better and was kept."""
+    from quantcli import pipeline
+    from quantcli.recipe import CalibrateSettings, ConvertSettings
+
+    onnx.save(small_cnn(), tmp_path / "m.onnx")
+    x = np.concatenate([cnn_data(256), cnn_data(40, seed=5) * 0.05]).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(),
+                         calib_settings=CalibrateSettings(data=str(tmp_path / "c.npz")))
+    note = next(n for n in r.notes if n.startswith("bias correction left out"))
+    assert "on 32 held samples" in note
