@@ -1,5 +1,7 @@
 """Cross-layer equalization and bias correction: function preserved, skips explained, errors reduced."""
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -202,8 +204,8 @@ def test_empirical_bias_correction_is_left_out_where_it_lowers_the_held_sqnr(tmp
     r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx",
                          ConvertSettings(eval_data=str(tmp_path / "small.npz")), calib_settings=calib)
     note = next(n for n in r.notes if n.startswith("bias correction left out"))
-    with_bc, without = (float(x) for x in note.split("(")[1].replace(" dB with it,", "").split()[:2])
-    assert with_bc < without
+    merit = {int(k): float(v) for k, v in re.findall(r"(\d+): (-?[\d.]+)", note.split("corrected,")[1].split(" dB")[0])}
+    assert merit[max(merit)] < merit[0]
     off = pipeline.convert(tmp_path / "m.onnx", tmp_path / "off.onnx",
                            ConvertSettings(eval_data=str(tmp_path / "small.npz"),
                                            bias_correction=BiasCorrection.OFF), calib_settings=calib)
@@ -254,3 +256,42 @@ def test_bias_correction_guard_measures_samples_the_correction_did_not_fit(tmp_p
                          calib_settings=CalibrateSettings(data=str(tmp_path / "c.npz")))
     note = next(n for n in r.notes if n.startswith("bias correction left out"))
     assert "on 32 held samples" in note
+
+
+def test_bias_prefix_keeps_exactly_the_shifts_of_the_leading_layers(tmp_path):
+    """The guard's candidates 'first k layers corrected' reuse the full pass's shifts: the first k layers' int32
+    biases are the fully corrected model's, the others the uncorrected model's, everything else the same."""
+    from quantcli import pipeline
+    from quantcli.quantize.static import StaticBuilder
+    from quantcli.recipe import CalibrateSettings, ConvertSettings
+
+    model = small_cnn()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=cnn_data(32))
+    prep = pipeline.prepare(model, cle=True)
+    res = pipeline.resolve(ConvertSettings(), CalibrateSettings(data=str(tmp_path / "c.npz")))
+    res = res.for_opset(pipeline.modelio.model_opset(prep.model))
+    artifact, prep = pipeline._artifact_for(model, tmp_path / "m.onnx", prep, res, None, pipeline._no_progress)
+    build = StaticBuilder(model, prep, res.with_artifact_data(artifact.data_path(), artifact.data_settings()), artifact)
+    layers = build.corrected_layers()
+    assert len(layers) >= 3
+
+    def biases(m):
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+        return {n.name: inits[dq[n.input[2]].input[0]] for n in m.graph.node if n.name in layers}
+
+    full, none, one = build().model, build.probe()().model, build.bias_prefix(1)().model
+    b_full, b_none, b_one = biases(full), biases(none), biases(one)
+    assert not np.array_equal(b_full[layers[1]], b_none[layers[1]])
+    np.testing.assert_array_equal(b_one[layers[0]], b_full[layers[0]])
+    for name in layers[1:]:
+        np.testing.assert_array_equal(b_one[name], b_none[name])
+    def rest(m):
+        dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+        bias = {dq[n.input[2]].input[0] for n in m.graph.node if n.name in layers}
+        return {t.name: t.SerializeToString() for t in m.graph.initializer if t.name not in bias}
+
+    assert rest(one) == rest(full)
+    assert sum(e.kind.name == "BIAS_SHIFTED" for e in build.bias_prefix(1)().events) == 1
+    assert build.bias_prefix(len(layers)) is build and build.bias_prefix(0) is build.probe()

@@ -175,9 +175,9 @@ def guard_bias_correction(model: onnx.ModelProto, build: StaticBuilder) -> tuple
     what = "mean per-slice output SQNR" if np.isfinite(scores[best].slice_sqnr_db) else "output SQNR"
     head = ("bias correction left out" if best == 0 else
             f"bias correction kept for the first {best} of {n} corrected layers")
-    return build.bias_prefix(best), (f"{head}: {what} on {ev.samples} held samples by layers corrected {cand} dB "
-                                     f"(whole output {scores[best].sqnr_db:.1f} dB, all {scores[n].sqnr_db:.1f}, "
-                                     f"none {floor:.1f})")
+    return build.bias_prefix(best), (f"{head}: {what} on {ev.samples} held samples it did not fit, by leading "
+                                     f"layers corrected, {cand} dB (whole output {scores[best].sqnr_db:.1f} dB; "
+                                     f"all corrected {scores[n].sqnr_db:.1f}, none {floor:.1f})")
 
 
 def _unseen(build: StaticBuilder, data: str) -> tuple[list[dict], object]:
