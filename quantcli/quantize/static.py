@@ -29,7 +29,8 @@ from ..transforms.bias_correction import bias_tensor
 from ..transforms.graph import Event, EventKind, GraphIndex, set_initializer
 from ..transforms.passes import Need, PassContext, Prepared, bias_correction
 from . import reasons
-from .policy import HEAVY, PlanOptions, QuantPlan, is_excluded, plan, range_conflicts, resolve_presets
+from .policy import (HEAVY, MAX_DEPTHWISE_AMPLIFICATION, PlanOptions, QuantPlan, depthwise_amplification, is_depthwise,
+                     is_excluded, plan, range_conflicts, resolve_presets)
 from .qdq import QDQOptions, insert_qdq
 
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -166,6 +167,7 @@ class StaticBuilder:
         ranges = self._ranges(qplan)
         qdq_options = QDQOptions(symmetric_activations=self.res.symmetric, reduce_range=self.res.reduce_range)
         for check in (lambda: range_conflicts(work, qplan, ranges),
+                      lambda: self._amplified(work, qplan),
                       lambda: dict.fromkeys(_unfused(work, qplan, ranges, qdq_options, self.shared["fused"]),
                                             reasons.UNFUSED)):
             found = check()
@@ -176,6 +178,36 @@ class StaticBuilder:
                 qplan.float_nodes.update(why)
                 ranges = self._ranges(qplan)
         return qplan, self._node_method_ranges(work, qplan, ranges)
+
+    def _amplified(self, work: onnx.ModelProto, qplan: QuantPlan) -> dict[str, reasons.Why]:
+        """Quantized depthwise Convs that amplify their input's quantization noise past MAX_DEPTHWISE_AMPLIFICATION
+        times their output's step (:func:`~quantcli.quantize.policy.depthwise_amplification`), measured on the
+        samples bias correction reads; none without calibration data."""
+        idx = GraphIndex(work.graph)
+        dws = [n for n in work.graph.node if qplan.quantized_nodes.get(n.name) == "Conv" and is_depthwise(n, idx)]
+        data = self.res.calibration_data
+        if not dws or not data or not Path(data).exists():
+            return {}
+        cache = self.shared.setdefault("channel_ranges", {})
+        wanted = [t for n in dws for t in (n.input[0], n.output[0]) if t not in cache]
+        if wanted:
+            from ..calibration.collect import collect_statistics
+            from ..calibration.requests import Stat, StatRequest
+
+            reqs = [StatRequest(t, st, 1) for t in wanted for st in (Stat.CHANNEL_MIN, Stat.CHANNEL_MAX)]
+            got = collect_statistics(work, reqs, self._batches(data))
+            for t in wanted:
+                cache[t] = (got.channels[StatRequest(t, Stat.CHANNEL_MIN, 1)].result(),
+                            got.channels[StatRequest(t, Stat.CHANNEL_MAX, 1)].result())
+        out = {}
+        for n in dws:
+            rho = depthwise_amplification(*cache[n.input[0]], *cache[n.output[0]])
+            if rho >= MAX_DEPTHWISE_AMPLIFICATION:
+                out[n.name] = reasons.Why(reasons.Reason.AMPLIFIED, (
+                    f"depthwise: in a tenth of its channels the noise of its per-tensor quantized input comes out "
+                    f"{rho:.0f}x its output's quantization step (per-channel gains spread; limit "
+                    f"{MAX_DEPTHWISE_AMPLIFICATION:.0f}x)"))
+        return out
 
     def _ranges(self, qplan: QuantPlan) -> dict[str, tuple[float, float]]:
         artifact, s = self.artifact, self.res.convert
