@@ -295,3 +295,46 @@ def test_bias_prefix_keeps_exactly_the_shifts_of_the_leading_layers(tmp_path):
     assert rest(one) == rest(full)
     assert sum(e.kind.name == "BIAS_SHIFTED" for e in build.bias_prefix(1)().events) == 1
     assert build.bias_prefix(len(layers)) is build and build.bias_prefix(0) is build.probe()
+
+
+def _spread_depthwise(seed: int = 0) -> onnx.ModelProto:
+    """x -> Conv(3->16, channel gains 1/128..1) -> HardSwish -> depthwise Conv (gains 1/those) -> HardSwish ->
+    pointwise Conv -> Relu, as PicoDet's backbone: HardSwish keeps equalization away (not positively homogeneous)
+    and is not absorbed, so the depthwise input's channels, spread 128x, are quantized twice (the Conv's output
+    and the HardSwish's) with one scale and amplified back to one scale by the depthwise layer."""
+    rng = np.random.default_rng(seed)
+    k = np.exp(np.linspace(np.log(1 / 128), 0.0, 16)).astype(np.float32)
+    inits = [numpy_helper.from_array((rng.normal(size=(16, 3, 3, 3)) * 2.0 * k[:, None, None, None]).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.normal(size=(16, 1, 3, 3)) * 0.3 / k[:, None, None, None]).astype(np.float32), "w2"),
+             numpy_helper.from_array((rng.normal(size=(8, 16, 1, 1)) * 0.3).astype(np.float32), "w3")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("HardSwish", ["c1"], ["a1"], name="hs1"),
+             helper.make_node("Conv", ["a1", "w2"], ["c2"], name="dw", pads=[1] * 4, group=16),
+             helper.make_node("HardSwish", ["c2"], ["a2"], name="hs2"),
+             helper.make_node("Conv", ["a2", "w3"], ["c3"], name="pw"),
+             helper.make_node("Relu", ["c3"], ["y"], name="out")]
+    g = helper.make_graph(nodes, "spread_dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_depthwise_conv_amplifying_its_input_noise_stays_float(tmp_path, monkeypatch):
+    """The rule keeps the depthwise layer float, says why, and the output is closer to FP32 than with it in int8
+    (here 11.8 vs 11.0 dB; PicoDet: class-score SQNR 2.7 -> 4.3 dB, box 9.0 -> 10.6 dB over 96 pages)."""
+    from quantcli import pipeline
+    from quantcli.quantize import static
+    from quantcli.recipe import CalibrateSettings, ConvertSettings
+
+    m = _spread_depthwise()
+    onnx.save(m, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=np.abs(cnn_data(32)))
+    calib = CalibrateSettings(data=str(tmp_path / "c.npz"))
+    r = pipeline.convert(tmp_path / "m.onnx", tmp_path / "q.onnx", ConvertSettings(), calib_settings=calib)
+    assert r.float_nodes["dw"].reason.value == "amplified" and "conv1" in r.quantized_nodes and "pw" in r.quantized_nodes
+    monkeypatch.setattr(static, "MAX_DEPTHWISE_AMPLIFICATION", float("inf"))
+    forced = pipeline.convert(tmp_path / "m.onnx", tmp_path / "f.onnx", ConvertSettings(), calib_settings=calib)
+    assert "dw" in forced.quantized_nodes
+    x = np.abs(cnn_data(16, seed=7))
+    ref = make_session(m).run(None, {"x": x})[0]
+    sqnr = lambda p: 10 * np.log10((ref ** 2).sum() / ((ref - make_session(onnx.load(p)).run(None, {"x": x})[0]) ** 2).sum())
+    assert sqnr(tmp_path / "q.onnx") > sqnr(tmp_path / "f.onnx") + 0.5, (sqnr(tmp_path / "q.onnx"), sqnr(tmp_path / "f.onnx"))
