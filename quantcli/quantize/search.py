@@ -155,7 +155,8 @@ def guard_bias_correction(model: onnx.ModelProto, build: StaticBuilder) -> tuple
         return build, None
     try:
         data = eval_data(build.res, "bias correction")
-        ev = Evaluator(model, *_unseen(build, data), max_values=EVAL_VALUES)
+        batches, labels, unseen = _unseen(build, data)
+        ev = Evaluator(model, batches, labels, max_values=EVAL_VALUES)
     except QuantcliError:
         return build, None
     n = len(layers)
@@ -175,29 +176,31 @@ def guard_bias_correction(model: onnx.ModelProto, build: StaticBuilder) -> tuple
     what = "mean per-slice output SQNR" if np.isfinite(scores[best].slice_sqnr_db) else "output SQNR"
     head = ("bias correction left out" if best == 0 else
             f"bias correction kept for the first {best} of {n} corrected layers")
-    return build.bias_prefix(best), (f"{head}: {what} on {ev.samples} held samples it did not fit, by leading "
+    held = f"{ev.samples} held samples" + (" it did not fit" if unseen else " (the ones it fitted: no others)")
+    return build.bias_prefix(best), (f"{head}: {what} on {held}, by leading "
                                      f"layers corrected, {cand} dB (whole output {scores[best].sqnr_db:.1f} dB; "
                                      f"all corrected {scores[n].sqnr_db:.1f}, none {floor:.1f})")
 
 
-def _unseen(build: StaticBuilder, data: str) -> tuple[list[dict], object]:
+def _unseen(build: StaticBuilder, data: str) -> tuple[list[dict], object, bool]:
     """The held samples the guard measures on, as many as bias correction fitted its shifts on, at most
     BC_GUARD_SAMPLES (8 for inputs of 250k values and more: 6 candidates x 32 PicoDet pages took minutes): where
     ``data`` is the calibration data, those after the ones it fitted (on YOLOv8n those 8 images said the opposite of
     the next ones: mean per-slice SQNR 12.0 dB with it vs 10.4 without, against 9.6 vs 10.2 on 31; the first 16 of
-    64 layers corrected won on 8, 13 and 31 unseen images alike); the fitted ones where the data holds no others."""
+    64 layers corrected won on 8, 13 and 31 unseen images alike); the first fitted ones where the data holds no
+    others (magika's 128 samples, all fitted).  Returns the batches, their labels and whether they are unseen."""
     fitted = build.bias_correction_samples(data)
     count = min(BC_GUARD_SAMPLES, fitted)  # as many as bias correction's budget takes (PicoDet at 800x608: 8)
     if data != build.res.calibration_data:
-        return build.held(data, count)
+        return *build.held(data, count), True
     batches, labels = build.held(data, fitted + count)
     skip, seen = 0, 0
     while skip < len(batches) and seen < fitted:
         seen += len(next(iter(batches[skip].values())))
         skip += 1
     if skip >= len(batches):
-        return build.held(data, fitted)
-    return batches[skip:], (labels[seen:] if labels is not None else None)
+        return *build.held(data, count), False
+    return batches[skip:], (labels[seen:] if labels is not None else None), True
 
 
 def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder) -> tuple[Built, SearchResult, str]:
