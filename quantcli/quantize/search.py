@@ -161,7 +161,7 @@ def guard_bias_correction(model: onnx.ModelProto, build: StaticBuilder) -> tuple
         return build, None
     n = len(layers)
     ks = sorted({n, 0} | {max(1, int(np.ceil(n * f))) for f in BC_PREFIX_FRACTIONS}, reverse=True)
-    scores = {k: ev.score(build.bias_prefix(k)().model) for k in ks}
+    scores = {k: ev.score(build.bias_prefix(k)().model, slices=True) for k in ks}
     floor = scores[0].sqnr_db
 
     def merit(k: int) -> float:
