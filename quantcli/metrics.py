@@ -80,6 +80,49 @@ def decision_agreement_count(ref: np.ndarray, test: np.ndarray) -> int:
     return int(np.count_nonzero((np.ravel(ref) > 0.5) == (np.ravel(test) > 0.5)))
 
 
+class SliceFidelity:
+    """Streams the SQNR of each slice of one output along its shortest non-batch axis (of size > 1) and averages
+    them in dB: an output concatenated from parts in different units weighs each part alike.  YOLOv8's
+    [1, 4 + classes, anchors] output puts box coordinates (pixels, up to ~320) next to class scores (0..1): its
+    SQNR is the boxes' (empirical bias correction raised it 28.1 -> 29.0 dB on 32 held images), while the 18
+    score rows fell (mean per-slice SQNR 10.2 -> 9.6 dB) and so did detection F1 vs FP32 (81.9 -> 72.4%)."""
+
+    CAP_DB = 120.0  # an exact slice counts as this, not as +inf
+
+    def __init__(self) -> None:
+        self.axis: int | None = None
+        self.ref2: np.ndarray | None = None
+        self.err2: np.ndarray | None = None
+
+    def update(self, ref: np.ndarray, test: np.ndarray) -> None:
+        r, t = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+        if self.axis is None:
+            dims = [(r.shape[a], a) for a in range(1, r.ndim) if r.shape[a] > 1]
+            self.axis = min(dims)[1] if dims else -1
+        if self.axis < 0 or r.ndim <= self.axis:
+            r, t, axis = r.reshape(1, -1), t.reshape(1, -1), 0
+        else:
+            axis = self.axis
+        r, t = np.moveaxis(r, axis, 0), np.moveaxis(t, axis, 0)
+        r, t = r.reshape(len(r), -1), t.reshape(len(t), -1)
+        ok = np.isfinite(r) & np.isfinite(t)
+        r, t = np.where(ok, r, 0.0), np.where(ok, t, 0.0)
+        ref2, err2 = (r * r).sum(1), ((r - t) ** 2).sum(1)
+        if self.ref2 is None or len(self.ref2) != len(ref2):
+            self.ref2, self.err2 = ref2, err2
+        else:
+            self.ref2, self.err2 = self.ref2 + ref2, self.err2 + err2
+
+    @property
+    def mean_db(self) -> float:
+        if self.ref2 is None or not np.any(self.ref2 > 0):
+            return float("nan")
+        live = self.ref2 > 0
+        with np.errstate(divide="ignore"):
+            db = 10.0 * np.log10(self.ref2[live] / self.err2[live])
+        return float(np.mean(np.minimum(db, self.CAP_DB)))
+
+
 class FidelityAccumulator:
     """Streams cosine similarity, SQNR and max abs error of one output over batches."""
 

@@ -22,8 +22,8 @@ import onnx
 
 from .data.sources import Dataset
 from .errors import QuantcliError
-from .metrics import (FidelityAccumulator, agreement_count, decision_agreement_count, is_probability_per_sample,
-                      token_agreement_count, topk_correct)
+from .metrics import (FidelityAccumulator, SliceFidelity, agreement_count, decision_agreement_count,
+                      is_probability_per_sample, token_agreement_count, topk_correct)
 from .runtime.session import make_session, run, tap_model
 
 
@@ -32,6 +32,7 @@ class Score:
     drop: float       # points of accuracy (labels) or of agreement with FP32
     sqnr_db: float    # first output vs FP32
     metric: float     # the accuracy or agreement itself, in %
+    slice_sqnr_db: float = float("nan")  # first output: mean over its slices along the shortest non-batch axis
 
 
 def held_batches(dataset: Dataset, limit: int | None = None) -> tuple[list[dict], np.ndarray | None]:
@@ -112,16 +113,19 @@ class Evaluator:
         return {"labels": "top-1 accuracy", "decision": "decision agreement (at 0.5)",
                 "cosine": "100 x cosine (0.999 and above count as 100)"}.get(self.kind, "top-1 agreement")
 
-    def score(self, model: onnx.ModelProto) -> Score:
+    def score(self, model: onnx.ModelProto, *, slices: bool = False) -> Score:
         """One pass of ``model`` over the held batches, scored batch by batch (a candidate's outputs are not
-        kept: PP-OCRv6 rec's 40 x 18710 scores per line held 380 MB per candidate over 128 lines)."""
+        kept: PP-OCRv6 rec's 40 x 18710 scores per line held 380 MB per candidate over 128 lines); ``slices``: also
+        the mean per-slice SQNR (float64 per slice: only the bias-correction guard asks for it)."""
         self.evaluations += 1
         s = make_session(model, what="candidate model")
-        fid = FidelityAccumulator()
+        fid, parts = FidelityAccumulator(), (SliceFidelity() if slices else None)
         agree = total = correct = start = 0
         for r, b in zip(self.ref, self.batches):
             q = run(s, b, what="candidate model")[0]
             fid.update(r, q)
+            if parts is not None:
+                parts.update(r, q)
             if self.kind == "labels":
                 correct += topk_correct(q, self.labels[start:start + len(q)], 1)
             elif self.kind == "positions":
@@ -131,14 +135,15 @@ class Evaluator:
                 agree += decision_agreement_count(r, q) if self.kind == "decision" else agreement_count(r, q)
                 total += len(r)
             start += len(q)
+        sl = parts.mean_db if parts is not None else float("nan")
         if self.labels is not None:
             metric = 100.0 * correct / len(self.labels)
-            return Score(self.ref_metric - metric, fid.sqnr_db, metric)
+            return Score(self.ref_metric - metric, fid.sqnr_db, metric, sl)
         if self.kind == "cosine":
             metric = 100.0 if fid.cosine >= 0.999 else 100.0 * max(fid.cosine, 0.0)
-            return Score(100.0 - metric, fid.sqnr_db, metric)
+            return Score(100.0 - metric, fid.sqnr_db, metric, sl)
         metric = 100.0 * agree / max(total, 1)
-        return Score(100.0 - metric, fid.sqnr_db, metric)
+        return Score(100.0 - metric, fid.sqnr_db, metric, sl)
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ class Reason(str, enum.Enum):
     INPUTS_NOT_QUANTIZED = "inputs-not-quantized"  # a cheap op whose inputs are float anyway
     RANGE_CONFLICT = "range-conflict"          # Concat inputs whose ranges differ too much for one scale
     UNFUSED = "unfused"                        # ONNX Runtime would not fuse it into an integer kernel here
+    AMPLIFIED = "amplified"                    # a depthwise Conv that amplifies its input's quantization noise
     MAX_DROP = "max-drop"                      # kept float by the --max-drop search
     NOT_FOLDED = "not-folded"                  # a BatchNormalization that could not be folded
     HALF_KEPT = "half-kept"                    # kept FP32 by the FP16/BF16 conversion

@@ -20,14 +20,17 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from .. import external
 from ..calibration.artifact import CalibrationArtifact
 from ..errors import QuantcliError
 from ..recipe import BiasCorrection, NodePrecision, Weights
 from ..settings import Resolved
-from ..transforms.graph import Event
+from ..transforms.bias_correction import bias_tensor
+from ..transforms.graph import Event, EventKind, GraphIndex, set_initializer
 from ..transforms.passes import Need, PassContext, Prepared, bias_correction
 from . import reasons
-from .policy import HEAVY, PlanOptions, QuantPlan, is_excluded, plan, range_conflicts, resolve_presets
+from .policy import (HEAVY, MAX_DEPTHWISE_AMPLIFICATION, PlanOptions, QuantPlan, depthwise_amplification, is_depthwise,
+                     is_excluded, plan, range_conflicts, resolve_presets)
 from .qdq import QDQOptions, insert_qdq
 
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -60,6 +63,7 @@ class StaticBuilder:
         self.shared = _shared if _shared is not None else {"fused": {}, "held": {}, "float_means": {}}
         self._cache: dict[tuple, Built] = {}
         self._probe: StaticBuilder | None = None
+        self._bc_parts: tuple | None = None  # the default build's model before / after bias correction (bias_prefix)
 
     def __call__(self, extra: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> Built:
         key = (tuple(extra), only)
@@ -105,12 +109,48 @@ class StaticBuilder:
                               act_matmul_min_dim=self.res.act_matmul_min_dim)
         qplan, ranges = self._plan(work, options)
         qdq_options = QDQOptions(symmetric_activations=self.res.symmetric, reduce_range=self.res.reduce_range)
+        plain = work
         work, events, bc_note = self._bias_correction(work, qplan, ranges, qdq_options, only)
         notes = self._range_notes() + ([bc_note] if bc_note else [])
+        if not extra and only is None and any(e.kind == EventKind.BIAS_SHIFTED for e in events):
+            self._bc_parts = (plain, work, qplan, ranges, qdq_options, fp16)
         qdq = insert_qdq(work, qplan, ranges, qdq_options).model
         if fp16:
             qdq = _half_nodes(qdq, fp16)
         return Built(qplan, qdq, events, notes)
+
+    def corrected_layers(self) -> list[str]:
+        """The layers bias correction shifted in the default build, in the order it corrected them."""
+        return [e.node for e in self().events if e.kind == EventKind.BIAS_SHIFTED]
+
+    def bias_prefix(self, k: int) -> StaticBuilder:
+        """This builder with the bias shifts of only the first ``k`` corrected layers kept.  Empirical correction
+        goes in graph order, each layer measured with the corrections before it, so these are exactly the shifts
+        correcting ``k`` layers would make: no data pass is repeated."""
+        layers = self.corrected_layers()
+        if k >= len(layers) or self._bc_parts is None:
+            return self
+        if k <= 0:
+            return self.probe()
+        plain, work, qplan, ranges, qdq_options, fp16 = self._bc_parts
+        model = copy.deepcopy(work)
+        idx = GraphIndex(model.graph)
+        before = GraphIndex(plain.graph)
+        nodes = {n.name: n for n in model.graph.node}
+        for name in layers[k:]:
+            bias, _ = bias_tensor(model, nodes[name], idx)
+            old = before.initializers.get(bias)
+            set_initializer(model.graph, bias, external.array(old) if old is not None else
+                            np.zeros_like(external.array(idx.initializers[bias])))
+        qdq = insert_qdq(model, qplan, ranges, qdq_options).model
+        if fp16:
+            qdq = _half_nodes(qdq, fp16)
+        full = self()
+        kept = set(layers[:k])
+        events = [e for e in full.events if e.kind != EventKind.BIAS_SHIFTED or e.node in kept]
+        variant = self._variant()
+        variant._cache[((), None)] = Built(full.plan, qdq, events, list(full.notes))
+        return variant
 
     def _plan(self, work: onnx.ModelProto, options: PlanOptions) -> tuple[QuantPlan, dict]:
         """Plan, then plan again with the nodes that must stay float (each with its reason); the ranges."""
@@ -127,6 +167,7 @@ class StaticBuilder:
         ranges = self._ranges(qplan)
         qdq_options = QDQOptions(symmetric_activations=self.res.symmetric, reduce_range=self.res.reduce_range)
         for check in (lambda: range_conflicts(work, qplan, ranges),
+                      lambda: self._amplified(work, qplan),
                       lambda: dict.fromkeys(_unfused(work, qplan, ranges, qdq_options, self.shared["fused"]),
                                             reasons.UNFUSED)):
             found = check()
@@ -137,6 +178,36 @@ class StaticBuilder:
                 qplan.float_nodes.update(why)
                 ranges = self._ranges(qplan)
         return qplan, self._node_method_ranges(work, qplan, ranges)
+
+    def _amplified(self, work: onnx.ModelProto, qplan: QuantPlan) -> dict[str, reasons.Why]:
+        """Quantized depthwise Convs that amplify their input's quantization noise past MAX_DEPTHWISE_AMPLIFICATION
+        times their output's step (:func:`~quantcli.quantize.policy.depthwise_amplification`), measured on the
+        samples bias correction reads; none without calibration data."""
+        idx = GraphIndex(work.graph)
+        dws = [n for n in work.graph.node if qplan.quantized_nodes.get(n.name) == "Conv" and is_depthwise(n, idx)]
+        data = self.res.calibration_data
+        if not dws or not data or not Path(data).exists():
+            return {}
+        cache = self.shared.setdefault("channel_ranges", {})
+        wanted = [t for n in dws for t in (n.input[0], n.output[0]) if t not in cache]
+        if wanted:
+            from ..calibration.collect import collect_statistics
+            from ..calibration.requests import Stat, StatRequest
+
+            reqs = [StatRequest(t, st, 1) for t in wanted for st in (Stat.CHANNEL_MIN, Stat.CHANNEL_MAX)]
+            got = collect_statistics(work, reqs, self._batches(data))
+            for t in wanted:
+                cache[t] = (got.channels[StatRequest(t, Stat.CHANNEL_MIN, 1)].result(),
+                            got.channels[StatRequest(t, Stat.CHANNEL_MAX, 1)].result())
+        out = {}
+        for n in dws:
+            rho = depthwise_amplification(*cache[n.input[0]], *cache[n.output[0]])
+            if rho >= MAX_DEPTHWISE_AMPLIFICATION:
+                out[n.name] = reasons.Why(reasons.Reason.AMPLIFIED, (
+                    f"depthwise: in a tenth of its channels the noise of its per-tensor quantized input comes out "
+                    f"{rho:.0f}x its output's quantization step (per-channel gains spread; limit "
+                    f"{MAX_DEPTHWISE_AMPLIFICATION:.0f}x)"))
+        return out
 
     def _ranges(self, qplan: QuantPlan) -> dict[str, tuple[float, float]]:
         artifact, s = self.artifact, self.res.convert
