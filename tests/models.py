@@ -147,3 +147,19 @@ def audio_classifier(window: int = 400, seed: int = 0) -> onnx.ModelProto:
              _init("wg", rng.normal(size=(3, 8))), _init("bg", np.zeros(3))]
     return _model(nodes, [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 1, window])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], inits)
+
+
+def correlated_layer(k: int, n: int, seed: int = 0):
+    """A [k, n] linear layer whose k inputs are correlated and unevenly scaled (where GPTQ's Hessian feedback
+    matters): the weight, 1024 fitting inputs, and the output SQNR (dB) of a quantized weight on 1024 held inputs."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(2048, 16)) @ rng.normal(size=(16, k)) + 0.1 * rng.normal(size=(2048, k))) * np.exp(
+        rng.normal(size=k))
+    w = rng.normal(size=(k, n)).astype(np.float32)
+    fit, held = x[:1024], x[1024:]
+    ref = held @ w
+
+    def sqnr(bq) -> float:
+        return 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - held @ bq.dequantize()) ** 2))
+
+    return w, fit, sqnr

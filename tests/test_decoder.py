@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from models import _model
+from models import _model, correlated_layer
 from quantcli.cli.app import app
 from quantcli.quantize.blockwise import block_params, quantize_blockwise
 from quantcli.runtime.session import make_session
@@ -155,16 +155,7 @@ def test_clip_search_never_rounds_worse_and_lowers_the_weighted_error():
 def test_gptq_act_order_beats_natural_order_where_input_energy_is_uneven():
     from quantcli.quantize.gptq import gptq_quantize
 
-    rng = np.random.default_rng(0)
-    k, n = 256, 64
-    x = (rng.normal(size=(2048, 16)) @ rng.normal(size=(16, k)) + 0.1 * rng.normal(size=(2048, k))) * np.exp(
-        rng.normal(size=k))
-    w = rng.normal(size=(k, n)).astype(np.float32)
-    fit, held = x[:1024], x[1024:]
-    ref = held @ w
-
-    def sqnr(bq):
-        return 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - held @ bq.dequantize()) ** 2))
+    w, fit, sqnr = correlated_layer(256, 64)
 
     natural = gptq_quantize(w, fit.T @ fit, len(fit), 32)
     ordered = gptq_quantize(w, fit.T @ fit, len(fit), 32, act_order=True)

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from models import _model, small_mlp
+from models import _model, correlated_layer, small_mlp
 from quantcli.cli.app import app
 from quantcli.quantize.blockwise import quantize_blockwise
 from quantcli.runtime.session import make_session
@@ -120,16 +120,7 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs():
     """GPTQ's error feedback through the input Hessian: lower output error on held-out inputs than RTN, same packing."""
     from quantcli.quantize.gptq import gptq_quantize
 
-    rng = np.random.default_rng(0)
-    k, n = 128, 64
-    x = (rng.normal(size=(2048, 16)) @ rng.normal(size=(16, k)) + 0.1 * rng.normal(size=(2048, k))) * np.exp(
-        rng.normal(size=k))
-    w = rng.normal(size=(k, n)).astype(np.float32)
-    fit, held = x[:1024], x[1024:]
-    ref = held @ w
-
-    def sqnr(bq):
-        return 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - held @ bq.dequantize()) ** 2))
+    w, fit, sqnr = correlated_layer(128, 64)
 
     for symmetric in (False, True):
         rtn = quantize_blockwise(w, 32, symmetric=symmetric)
