@@ -60,11 +60,12 @@ def calibration_tensors(prepared: onnx.ModelProto, activations: Activations = Ac
     inputs of MatMuls of two activations are observed only where convert will quantize them (``act_matmul``,
     default: what ``--act-matmul auto`` decides on this CPU).
     """
-    default = resolve(ConvertSettings())
-    p = plan(prepared, PlanOptions(
-        symmetric_activations=activations == Activations.SYMMETRIC,
-        act_matmul=default.act_matmul if act_matmul is None else act_matmul,
-        act_matmul_min_dim=default.act_matmul_min_dim if act_matmul_min_dim is None else act_matmul_min_dim))
+    if act_matmul is None or act_matmul_min_dim is None:
+        default = resolve(ConvertSettings())
+        act_matmul = default.act_matmul if act_matmul is None else act_matmul
+        act_matmul_min_dim = default.act_matmul_min_dim if act_matmul_min_dim is None else act_matmul_min_dim
+    p = plan(prepared, PlanOptions(symmetric_activations=activations == Activations.SYMMETRIC, act_matmul=act_matmul,
+                                   act_matmul_min_dim=act_matmul_min_dim))
     return sorted(set(p.calibrated_tensors()) | set(p.shared))
 
 

@@ -26,11 +26,16 @@ class Resolved:
     cpu: CpuInfo
     reduce_range: bool          # 7-bit weights (x86 u8s8 kernels without VNNI saturate full-range int8)
     act_matmul: bool            # quantize MatMuls of two activations (attention)
-    act_matmul_min_dim: int = 0  # ... only those whose head dimension is at least this (0: all; see below)
     per_channel: bool = True    # per-channel weights (needs opset 13; set by :meth:`for_opset`)
     calibration_data: str | None = None
     notes: tuple[str, ...] = ()  # what resolving decided that the report should say
     data: DataSettings = dataclasses.field(default_factory=DataSettings)  # how raw data files become inputs
+
+    @property
+    def act_matmul_min_dim(self) -> int:
+        """MatMuls of two activations are quantized only where their head dimension is at least this (0: all):
+        ACT_MATMUL_MIN_DIM under --act-matmul auto (see below)."""
+        return ACT_MATMUL_MIN_DIM if self.convert.act_matmul == ActMatmul.AUTO else 0
 
     @property
     def symmetric(self) -> bool:
@@ -102,5 +107,4 @@ def resolve(convert: ConvertSettings, calibrate: CalibrateSettings | None = None
     data_settings = data
     data = calibrate.data if calibrate is not None and calibrate.data else None
     return Resolved(convert, calibrate, cpu, reduce_range, quantize_act_matmul(convert, cpu),
-                    ACT_MATMUL_MIN_DIM if convert.act_matmul == ActMatmul.AUTO else 0,
                     calibration_data=data, notes=tuple(notes), data=data_settings or DataSettings())
