@@ -46,7 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CACHE = Path(os.environ.get("QUANTCLI_ZOO_CACHE", "~/.cache/quantcli-zoo")).expanduser()
 MEM_LIMIT = 8 << 30  # address space of a quantizing worker (ONNX Runtime alone reserves ~1-2 GB of it)
-VARIANTS = ("quantcli", "ort-default", "ort-pc-u8", "nncf", "nncf-mixed")
+VARIANTS = ("quantcli", "ort-default", "ort-pc-u8", "nncf", "nncf-mixed", "quantcli-maxdrop")
+# quantcli-maxdrop: `convert --max-drop 1 --eval-data EVAL --metric bench/zoo_metric.py:MODEL`, the model's own task
+# metric bounding the search (on the evaluation samples: the budget is judged where the table measures it)
+MAX_DROP = 1.0
 # run only on transformer models (Zoo.transformer): NNCF's transformer preset (model_type=TRANSFORMER, which
 # applies SmoothQuant), quantcli with --smoothquant on / off, and onnxruntime's quantize_dynamic (its defaults)
 TRANSFORMER_VARIANTS = ("nncf-transformer", "quantcli-sq-on", "quantcli-sq-off", "ort-dynamic")
@@ -761,12 +764,21 @@ def worker(kind: str, model: str, data: str, n: int, out: str) -> None:
     if kind.startswith("quantcli"):
         # the CLI a user runs; its peak is the larger of the two commands' (children's maxrss)
         sq = ["--smoothquant", kind.rsplit("-", 1)[-1]] if kind.startswith("quantcli-sq-") else []
+        search = (["--eval-data", os.environ["ZOO_EVAL"], "--max-drop", f"{MAX_DROP:g}", "--metric",
+                   f"{Path(__file__).resolve().parent / 'zoo_metric.py'}:{os.environ['ZOO_MODEL'].replace('-', '_')}",
+                   "--json", "convert.json"] if kind == "quantcli-maxdrop" else [])
+        extra = {}
         for args in (["calibrate", model, "--data", data, "--samples", str(n), "-o", "calib.json", *sq],
-                     ["convert", model, "--calibration", "calib.json", "-o", out, *sq]):
+                     ["convert", model, "--calibration", "calib.json", "-o", out, *sq, *search]):
+            t1 = time.perf_counter()
             res = subprocess.run([sys.executable, "-m", "quantcli", *args, "--quiet"], capture_output=True, text=True)
             if res.returncode != 0:
                 msg = (res.stderr.strip() or res.stdout.strip() or f"exit {res.returncode}").splitlines()[-1]
                 raise SystemExit(f"quantcli {args[0]}: {msg} (exit {res.returncode})")
+        if search:
+            found = json.loads(Path("convert.json").read_text()).get("search") or {}
+            extra = {"convert_s": time.perf_counter() - t1, "float_nodes": len(found.get("float_nodes") or []),
+                     "search_drop": found.get("drop"), "all_int8_drop": found.get("all_int8_drop")}
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     elif kind == "ort-dynamic":
         from onnxruntime.quantization import quantize_dynamic
@@ -807,20 +819,21 @@ def worker(kind: str, model: str, data: str, n: int, out: str) -> None:
         q = nncf.quantize(m, nncf.Dataset(samples), subset_size=len(samples), **kw)
         onnx.save(q, out)
         peak = _peak_mb()
-    print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak}))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak, **(extra if kind.startswith("quantcli")
+                                                                              else {})}))
 
 
 def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEM_LIMIT, MEM_LIMIT))
 
 
-def run_worker(kind: str, model: Path, data: Path, n: int, out: Path, timeout: float) -> dict:
+def run_worker(kind: str, model: Path, data: Path, n: int, out: Path, timeout: float, env: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, str(model), str(data), str(n), str(out)]
     with tempfile.TemporaryDirectory(prefix="quantcli-zoo-run-") as scratch:
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, cwd=scratch, timeout=timeout,
                                  preexec_fn=_limit_memory,
-                                 env=dict(os.environ, CI="1", TMPDIR=scratch,
+                                 env=dict(os.environ, CI="1", TMPDIR=scratch, **(env or {}),
                                           PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
                                                                                    os.environ.get("PYTHONPATH")]))))
         except subprocess.TimeoutExpired:
@@ -953,13 +966,15 @@ def main() -> None:
             console.print(f"{z.name}: cannot fetch or build data: {type(exc).__name__}: {exc}", markup=False)
             results["models"][z.name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        calib_npz = work / f"{z.name}-calib.npz"
+        calib_npz, eval_npz = work / f"{z.name}-calib.npz", work / f"{z.name}-eval.npz"
         np.savez(calib_npz, **calib)
+        np.savez(eval_npz, **feeds, **({} if labels is None else {"labels": labels}))
         paths, stats = {"fp32": path}, {}
         mine = [v for v in variants if v not in TRANSFORMER_VARIANTS or z.transformer]
         for v in mine:
             out = work / "models" / f"{z.name}.{v}.onnx"
-            stats[v] = run_worker(v, path, calib_npz, n_cal, out, args.timeout)
+            stats[v] = run_worker(v, path, calib_npz, n_cal, out, args.timeout,
+                                  {"ZOO_EVAL": str(eval_npz), "ZOO_MODEL": z.name})
             if "error" not in stats[v]:
                 paths[v] = out
         try:
@@ -984,11 +999,20 @@ def main() -> None:
                           z.metric_name if first else "", f"{r['metric']:.1f}", f"{r.get('cosine', float('nan')):.4f}",
                           f"{r['lat_ratio']:.2f}",
                           f"{r['size_mb']:.2f}", f"{st['seconds']:.1f}" if "seconds" in st else "",
-                          f"{st['peak_mb']:.0f}" if "peak_mb" in st else "", "")
+                          f"{st['peak_mb']:.0f}" if "peak_mb" in st else "", _search_note(st))
         table.add_section()
         out_json.write_text(json.dumps(results, indent=1, default=float))
     console.print(table)
     console.print(f"JSON: {out_json}", highlight=False, markup=False)
+
+
+def _search_note(st: dict) -> str:
+    """quantcli-maxdrop's row: what the search kept float and how long convert took."""
+    if "convert_s" not in st:
+        return ""
+    drop = st.get("search_drop")
+    return (f"--max-drop {MAX_DROP:g}: {st['float_nodes']} float, drop {drop if drop is not None else 0:.2f} (all-INT8 "
+            f"{st.get('all_int8_drop') or 0:.2f}) on the eval data; convert {st['convert_s']:.0f} s")
 
 
 def markdown(paths: list[str]) -> str:
@@ -1001,7 +1025,8 @@ def markdown(paths: list[str]) -> str:
     lines = [f"CPU: {runs[0]['cpu']}; " + ", ".join(f"{k} {v}" for k, v in runs[0]["versions"].items())
              + f"; {runs[0]['samples']} calibration samples", "",
              "| model (exporter) | metric (eval samples) | FP32 | " + " | ".join(c for _, c in cols)
-             + " | quantcli s / peak MB |", "|---" * (len(cols) + 4) + "|"]
+             + " | quantcli s / peak MB | quantcli --max-drop 1 (--metric: the task's): metric / lat, float nodes, "
+             "convert s |", "|---" * (len(cols) + 5) + "|"]
 
     def cell(r: dict | None) -> str:
         if not r:
@@ -1015,17 +1040,20 @@ def markdown(paths: list[str]) -> str:
     for run in runs:
         for name, m in run["models"].items():
             if "rows" not in m:
-                lines.append(f"| {name} | {m.get('error', 'failed')[:60]} |" + " |" * (len(cols) + 2))
+                lines.append(f"| {name} | {m.get('error', 'failed')[:60]} |" + " |" * (len(cols) + 3))
                 continue
             rows, q = m["rows"], m["rows"].get("quantcli", {})
             cost = f"{q['seconds']:.0f} / {q['peak_mb']:.0f}" if "seconds" in q else ""
+            md = rows.get("quantcli-maxdrop")
+            search = (cell(md) + (f", {md['float_nodes']} float, {md['convert_s']:.0f} s" if "convert_s" in md else "")
+                      if md else "")
             fp = rows.get("fp32", {})
             lines.append(f"| {name} ({m['exporter']}) | {m['metric']} ({m.get('eval', run['eval'])}) | "
                          f"{fp.get('metric', float('nan')):.1f} | " + " | ".join(cell(rows.get(k)) for k, _ in cols)
-                         + f" | {cost} |")
+                         + f" | {cost} | {search} |")
             more = [f"{c} {cell(rows[k])}" for k, c in extra if k in rows]
             if more:
-                lines.append(f"| {name}: transformer variants | | | " + "; ".join(more) + " |" + " |" * (len(cols)))
+                lines.append(f"| {name}: transformer variants | | | " + "; ".join(more) + " |" + " |" * (len(cols) + 1))
     return "\n".join(lines)
 
 

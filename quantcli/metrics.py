@@ -75,6 +75,19 @@ def is_probability_per_sample(ref: np.ndarray) -> bool:
     return a.ndim >= 1 and a.size == len(a) and a.size > 0 and bool(np.all((a >= 0) & (a <= 1)))
 
 
+def is_distribution(ref: np.ndarray, tol: float = 1e-3) -> bool:
+    """Every position's values along the last axis are probabilities summing to 1 (a Softmax's output), or their
+    exponentials are (a LogSoftmax's): the last axis holds class scores, so top-1 agreement over it is meaningful.
+    Detector rows (box pixels next to scores), maps and embeddings are not (and neither, as far as data can tell,
+    are raw logits)."""
+    a = np.asarray(ref, dtype=np.float64)
+    if a.ndim < 2 or a.shape[-1] < 2 or a.size == 0:
+        return False
+    if np.all((a >= 0) & (a <= 1 + tol)) and np.allclose(a.sum(axis=-1), 1.0, atol=tol * a.shape[-1] ** 0.5):
+        return True
+    return bool(np.all(a <= tol)) and bool(np.allclose(np.exp(a).sum(axis=-1), 1.0, atol=tol * a.shape[-1] ** 0.5))
+
+
 def decision_agreement_count(ref: np.ndarray, test: np.ndarray) -> int:
     """Samples whose decision (probability > 0.5) agrees, for one probability per sample."""
     return int(np.count_nonzero((np.ravel(ref) > 0.5) == (np.ravel(test) > 0.5)))

@@ -253,6 +253,8 @@ def check_convert_options(settings: ConvertSettings, calibration=None) -> None:
             "only static INT8 reads " + it)
         raise QuantcliError(f"{flags}: not used with {ctx} ({who}); remove {it} from the command line or the "
                             "recipe's [convert]")
+    if settings.metric and settings.max_drop is None:
+        raise QuantcliError(f"--metric {settings.metric}: only --max-drop reads it; add --max-drop PCT or remove it")
 
 
 def _plain(settings) -> dict:
@@ -536,6 +538,7 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
     """Per-node sensitivity: (a) each node quantized alone, (b) each node's SQNR inside the all-INT8 model."""
     from .results import AnalyzeResult
     from .sensitivity import Evaluator, node_output_sqnr
+    from .task_metric import load_task_metric
 
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)
@@ -545,7 +548,8 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
     artifact, prep = _artifact_for(model, model_path, prep, res, calibration, progress)
     res = res.with_artifact_data(artifact.data_path(), artifact.data_settings())
     build = StaticBuilder(model, prep, res, artifact, calibration=calibration, progress=progress)
-    ev = Evaluator(model, *build.held(eval_data(res, "analyze"), None, labels))
+    ev = Evaluator(model, *build.held(eval_data(res, "analyze"), None, labels),
+                   task=load_task_metric(settings.metric) if settings.metric else None)
     built = build()
     full = ev.score(built.model)
     shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}

@@ -149,6 +149,7 @@ class ConvertSettings:
     bias_correction: BiasCorrection = BiasCorrection.EMPIRICAL  # analytic when no calibration data is at hand
     max_drop: float | None = None       # mixed precision: keep the fewest sensitive nodes float within this budget
     eval_data: str | None = None        # data to measure that drop on (default: the calibration data)
+    metric: str | None = None           # FILE.py:FUNCTION scoring that drop (default: accuracy or agreement)
     nodes: list[NodeRule] = dataclasses.field(default_factory=list)  # [[convert.nodes]] per-node overrides
     block_size: int = 32                # int4: weights per scale along K (16, 32, 64, 128 or 256)
     symmetric_weights: bool = False     # int4: zero point fixed at 8 (default: a zero point per block)
@@ -256,7 +257,7 @@ LIMITS: dict[str, Limit] = {
 
 
 _STATIC_ONLY = ("method", "percentile", "activations", "act_matmul", "bias_correction", "max_drop", "eval_data",
-                "nodes", "smoothquant")
+                "metric", "nodes", "smoothquant")
 _INT8_ONLY = ("weights", "reduce_range", "cle")
 _INT4_ONLY = ("block_size", "symmetric_weights", "algorithm", "clip_search", "act_order")
 

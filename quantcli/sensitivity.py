@@ -50,25 +50,34 @@ class Evaluator:
     """Scores candidate models against cached FP32 outputs on one evaluation set (held batches, labels)."""
 
     def __init__(self, fp32: onnx.ModelProto | None, batches: list[dict], labels: np.ndarray | None = None, *,
-                 ref: list[np.ndarray] | None = None, max_values: int | None = None) -> None:
+                 ref: list[np.ndarray] | None = None, max_values: int | None = None, task=None,
+                 ref_outputs: list[list[np.ndarray]] | None = None) -> None:
         """``ref``: FP32's outputs on ``batches`` when already known (then ``fp32`` is not run).  ``max_values``:
-        keep only the leading batches whose FP32 outputs hold about this many values (at least one batch)."""
+        keep only the leading batches whose FP32 outputs hold about this many values (at least one batch).
+        ``task``: a :class:`~quantcli.task_metric.TaskMetric` (``--metric``) that scores every output; then all
+        of FP32's outputs are held (``ref_outputs``), not only the first."""
         self.batches = batches
-        self.ref = ref if ref is not None else self._outputs(fp32, max_values)
+        self.task = task
+        if ref is None:
+            ref, ref_outputs = self._outputs(fp32, max_values)
+        self.ref, self.ref_outputs = ref, ref_outputs
         self.batches = self.batches[:len(self.ref)]
         self.labels = labels[:self.samples] if labels is not None else None
         self.classes = int(np.prod(self.ref[0].shape[1:])) if self.ref[0].ndim > 1 else 1
         lab = self.labels
-        if lab is not None and len(lab) and (lab.min() < 0 or lab.max() >= self.classes):
+        if task is None and lab is not None and len(lab) and (lab.min() < 0 or lab.max() >= self.classes):
             raise QuantcliError(f"evaluation labels: class ids must be in 0..{self.classes - 1} for this model's "
                                 f"{self.classes} classes, found {int(lab.min())}..{int(lab.max())}")
-        self.ref_metric = self._accuracy(self.ref) if self.labels is not None else 100.0
-        self.evaluations = 0
         self.kind = self._kind()
+        self.ref_metric = (task(ref_outputs, ref_outputs, self.labels) if task is not None
+                           else self._accuracy(self.ref) if self.labels is not None else 100.0)
+        self.evaluations = 0
 
     def _kind(self) -> str:
         """What agreement with FP32 means for this model's first output (without labels)."""
         r = self.ref[0]
+        if self.task is not None:
+            return "task"
         if self.labels is not None:
             return "labels"
         if all(is_probability_per_sample(o) for o in self.ref):
@@ -87,18 +96,24 @@ class Evaluator:
             n += len(self.ref[k])
             k += 1
         return Evaluator(None, self.batches[:k], self.labels[:n] if self.labels is not None else None,
-                         ref=self.ref[:k])
+                         ref=self.ref[:k], task=self.task,
+                         ref_outputs=self.ref_outputs[:k] if self.ref_outputs is not None else None)
 
-    def _outputs(self, model: onnx.ModelProto, max_values: int | None = None) -> list[np.ndarray]:
+    def _outputs(self, model: onnx.ModelProto, max_values: int | None = None):
+        """FP32's first output per batch, and all its outputs per batch where a task metric needs them."""
         s = make_session(model, what="candidate model")
-        outs: list[np.ndarray] = []
+        first: list[np.ndarray] = []
+        every: list[list[np.ndarray]] | None = [] if self.task is not None else None
         held = 0
         for b in self.batches:
-            if max_values is not None and outs and held >= max_values:
+            if max_values is not None and first and held >= max_values:
                 break
-            outs.append(run(s, b, what="candidate model", keep=True)[0])
-            held += outs[-1].size
-        return outs
+            outs = run(s, b, what="candidate model", keep=True)
+            first.append(outs[0])
+            if every is not None:
+                every.append(outs)
+            held += sum(o.size for o in outs) if every is not None else outs[0].size
+        return first, every
 
     def _accuracy(self, outs: list[np.ndarray]) -> float:
         logits = np.concatenate([o.reshape(len(o), -1) for o in outs])
@@ -110,6 +125,8 @@ class Evaluator:
 
     @property
     def metric_name(self) -> str:
+        if self.task is not None:
+            return self.task.name
         return {"labels": "top-1 accuracy", "decision": "decision agreement (at 0.5)",
                 "cosine": "100 x cosine (0.999 and above count as 100)"}.get(self.kind, "top-1 agreement")
 
@@ -121,12 +138,16 @@ class Evaluator:
         s = make_session(model, what="candidate model")
         fid, parts = FidelityAccumulator(), (SliceFidelity() if slices else None)
         agree = total = correct = start = 0
+        every: list[list[np.ndarray]] = []
         for r, b in zip(self.ref, self.batches):
-            q = run(s, b, what="candidate model")[0]
+            outs = run(s, b, what="candidate model", keep=self.task is not None)
+            q = outs[0]
             fid.update(r, q)
             if parts is not None:
                 parts.update(r, q)
-            if self.kind == "labels":
+            if self.kind == "task":
+                every.append(outs)
+            elif self.kind == "labels":
                 correct += topk_correct(q, self.labels[start:start + len(q)], 1)
             elif self.kind == "positions":
                 same, positions = token_agreement_count(r, q)
@@ -136,14 +157,15 @@ class Evaluator:
                 total += len(r)
             start += len(q)
         sl = parts.mean_db if parts is not None else float("nan")
-        if self.labels is not None:
+        if self.task is not None:
+            metric = self.task(self.ref_outputs, every, self.labels)
+        elif self.labels is not None:
             metric = 100.0 * correct / len(self.labels)
-            return Score(self.ref_metric - metric, fid.sqnr_db, metric, sl)
-        if self.kind == "cosine":
+        elif self.kind == "cosine":
             metric = 100.0 if fid.cosine >= 0.999 else 100.0 * max(fid.cosine, 0.0)
-            return Score(100.0 - metric, fid.sqnr_db, metric, sl)
-        metric = 100.0 * agree / max(total, 1)
-        return Score(100.0 - metric, fid.sqnr_db, metric, sl)
+        else:
+            metric = 100.0 * agree / max(total, 1)
+        return Score(self.ref_metric - metric, fid.sqnr_db, metric, sl)
 
 
 @dataclasses.dataclass

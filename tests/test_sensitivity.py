@@ -242,3 +242,51 @@ def test_outputs_kept_past_their_session_do_not_hold_its_memory_arena():
     frontier.channel_means(model, [("dwconv", 1)])  # conv1 -> relu1 are final now: r1 is kept per batch
     kept = [v for values in frontier.values for k, v in values.items() if k != "x"]
     assert kept and all(v.flags.owndata for v in kept)
+
+
+METRICS = '''
+import numpy as np
+
+def top1(reference, candidate, labels):
+    assert len(reference) == len(candidate) and all(len(r) == len(c) for r, c in zip(reference, candidate))
+    pred = np.concatenate([outs[0].argmax(-1) for outs in candidate])
+    return 100.0 * float((pred == labels).mean())
+
+def indifferent(reference, candidate, labels):
+    return 50.0
+
+def broken(reference, candidate, labels):
+    raise ValueError("boxes and scores differ in length")
+'''
+
+
+def test_max_drop_with_a_task_metric_drives_the_search(tmp_path):
+    """--metric FILE.py:FUNCTION: the user's function, given every output per batch and the labels, decides the
+    drop; the built-in top-1 accuracy re-written as a task metric keeps the same nodes float."""
+    (tmp_path / "metrics.py").write_text(METRICS)
+    builtin = pipeline.convert(MODEL, tmp_path / "a.onnx", ConvertSettings(max_drop=1.0, eval_data=EVAL),
+                               calib_settings=CALIB).search
+    task = pipeline.convert(MODEL, tmp_path / "b.onnx", ConvertSettings(
+        max_drop=1.0, eval_data=EVAL, metric=f"{tmp_path / 'metrics.py'}:top1"), calib_settings=CALIB).search
+    assert task.metric.endswith("metrics.py:top1")
+    assert task.float_nodes == builtin.float_nodes and task.float_nodes
+    assert abs(task.all_int8_drop - builtin.all_int8_drop) < 1e-9 and abs(task.drop - builtin.drop) < 1e-9
+    flat = pipeline.convert(MODEL, tmp_path / "c.onnx", ConvertSettings(
+        max_drop=1.0, eval_data=EVAL, metric=f"{tmp_path / 'metrics.py'}:indifferent"), calib_settings=CALIB).search
+    assert flat.all_int8_drop == 0.0 and flat.float_nodes == []  # the metric sees no loss: nothing kept float
+
+
+def test_task_metric_errors_are_one_line_usage_errors(tmp_path):
+    (tmp_path / "metrics.py").write_text(METRICS)
+    runner = CliRunner()
+    base = ["convert", str(MODEL), "--data", CALIB.data, "--eval-data", EVAL, "-o", str(tmp_path / "q.onnx")]
+    cases = {f"{tmp_path / 'metrics.py'}:broken": "raised ValueError: boxes and scores differ in length",
+             f"{tmp_path / 'metrics.py'}:nope": "no function 'nope' (it defines: broken, indifferent, top1)",
+             f"{tmp_path / 'missing.py'}:top1": "missing.py: no such file",
+             "metrics.py": "expected FILE.py:FUNCTION"}
+    for spec, message in cases.items():
+        r = runner.invoke(app, base + ["--max-drop", "1", "--metric", spec])
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "q.onnx").exists()
+    r = runner.invoke(app, base + ["--metric", f"{tmp_path / 'metrics.py'}:top1"])
+    assert r.exit_code == 2 and "only --max-drop reads it" in r.output

@@ -23,6 +23,7 @@ def analyze(
                                           show_default=False),
     data: o.OptPath = o.Data,
     eval_data: o.OptPath = o.EvalData,
+    metric: o.OptStr = o.Metric,
     labels: o.OptPath = typer.Option(None, "--labels", help="Labels, if not in the evaluation data.",
                                      show_default=False),
     weights: Optional[Weights] = typer.Option(None, "--weights", help="per-channel (default; auto analyzes per-channel) or per-tensor.",
@@ -43,7 +44,7 @@ def analyze(
         check_limit("top", top, "--top")
         r = load_recipe(recipe)
         settings = merge(r.convert, weights=weights, activations=activations, cle=cle,
-                         eval_data=str(eval_data) if eval_data else None)
+                         eval_data=str(eval_data) if eval_data else None, metric=metric)
         calib = merge(r.calibrate, data=str(data) if data else None)
         check_io([("model", model), ("calibration", calibration), ("data", calib.data),
                   ("calibration data", None if calib.data else recorded_data(calibration)),

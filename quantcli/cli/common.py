@@ -39,20 +39,20 @@ class UI:
         self.quiet = False
         self.no_color = False
         self.interrupt_reported = False  # an interrupt inside a command already said so
-        self.out = Console()
-        self.err = Console(stderr=True)
+        self.out = Console(emoji=False)  # ":boom:" in a user's path or function name stays text
+        self.err = Console(stderr=True, emoji=False)
 
     def configure(self, quiet: bool, no_color: bool) -> None:
         self.quiet = quiet
         self.no_color = no_color
         plain = no_color or _plain_env()
         style = {"color_system": None, "no_color": True} if plain else {}
-        self.out = Console(highlight=not plain, quiet=quiet, **style)
-        self.err = Console(stderr=True, highlight=False, **style)
+        self.out = Console(highlight=not plain, quiet=quiet, emoji=False, **style)
+        self.err = Console(stderr=True, highlight=False, emoji=False, **style)
 
     def reserve_stdout(self) -> None:
         """A report goes to stdout: everything else (tables too) goes to stderr."""
-        self.out = Console(stderr=True, highlight=False, quiet=self.quiet,
+        self.out = Console(stderr=True, highlight=False, quiet=self.quiet, emoji=False,
                            **({"color_system": None, "no_color": True} if self.no_color or _plain_env() else {}))
 
     def warn(self, message: str) -> None:

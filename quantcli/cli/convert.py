@@ -72,6 +72,7 @@ def convert(
                                                             "nodes in float so the drop stays within PCT points.",
                                    show_default=False),
     eval_data: o.OptPath = o.EvalData,
+    metric: o.OptStr = o.Metric,
     recipe_out: o.OptPath = typer.Option(None, "--recipe-out", help="Write the exclusions --max-drop chose as a "
                                                                     "recipe fragment (TOML).", show_default=False),
     min_int8_coverage: float = o.MinCoverage,
@@ -89,7 +90,7 @@ def convert(
                          act_matmul=act_matmul, cle=cle, smoothquant=smoothquant, bias_correction=bias_correction,
                          max_drop=max_drop,
                          nodes=[parse_node_rule(t) for t in node] if node else None,
-                         eval_data=str(eval_data) if eval_data else None, block_size=block_size,
+                         eval_data=str(eval_data) if eval_data else None, metric=metric, block_size=block_size,
                          symmetric_weights=symmetric_weights, algorithm=algorithm, clip_search=clip_search,
                          act_order=act_order)
         calib = merge(r.calibrate, data=str(data) if data else None)

@@ -47,6 +47,11 @@ Cle = typer.Option(None, "--cle/--no-cle", help="Cross-layer equalization (calib
                    show_default=False)
 EvalData = typer.Option(None, "--eval-data", help="Data to measure accuracy (labels) or agreement on "
                                                   "(default: the calibration data).", show_default=False)
+Metric = typer.Option(None, "--metric", metavar="FILE.py:FUNCTION",
+                      help="Your task metric for the drop (detection F1, mask IoU, ...): FUNCTION(reference, "
+                           "candidate, labels) -> percent, higher is better; reference/candidate: per batch, the "
+                           "list of output arrays (see README). Default: top-1 accuracy with labels, else agreement.",
+                      show_default=False)
 OptSmoothQuant = Optional[SmoothQuant]
 SmoothQuantOpt = typer.Option(
     None, "--smoothquant", help="SmoothQuant: move activation channel ranges into the weights of MatMul/Gemm layers, "
