@@ -199,15 +199,18 @@ def rank(rows: list[NodeSensitivity]) -> list[NodeSensitivity]:
 
 
 def search_exclusions(ranking: list[str], build: Callable[[tuple[str, ...]], onnx.ModelProto], evaluator: Evaluator,
-                      max_drop: float, on_step: Callable[[str], None] | None = None
-                      ) -> tuple[tuple[str, ...], Score, onnx.ModelProto, list[dict]]:
-    """Fewest top-ranked nodes to keep float so that the drop is within ``max_drop`` (bisection over k)."""
+                      max_drop: float, on_step: Callable[[str], None] | None = None,
+                      known: dict[int, Score] | None = None
+                      ) -> tuple[tuple[str, ...], Score, onnx.ModelProto | None, list[dict]]:
+    """Fewest top-ranked nodes to keep float so that the drop is within ``max_drop`` (bisection over k).
+    ``known``: scores already measured for some k (the all-INT8 model's, k = 0): not built or run again (then the
+    returned model is None where the answer is such a k)."""
     steps: list[dict] = []
 
     def trial(k: int):
         excluded = tuple(ranking[:k])
-        model = build(excluded)
-        score = evaluator.score(model)
+        model = None if known and k in known else build(excluded)
+        score = known[k] if model is None else evaluator.score(model)
         steps.append({"float_nodes": k, "drop": score.drop, "sqnr_db": score.sqnr_db})
         if on_step:
             on_step(f"{k} node(s) in float: drop {score.drop:.2f} pts")

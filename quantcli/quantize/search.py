@@ -35,7 +35,12 @@ EVAL_VALUES = 1 << 24      # ...and on the leading samples whose FP32 outputs ho
 BC_GUARD_SAMPLES = 32      # empirical bias correction is checked against leaving it out on this many held samples
 BC_PREFIX_FRACTIONS = (1 / 4, 1 / 2)  # ...and against keeping it for these shares of the leading layers
 BC_PREFIX_MARGIN_DB = 1.0  # a share wins only by this much over both all and none (PP-OCRv6 det: +0.7 dB, but -1.1 IoU)
-RANK_SAMPLES = 64          # --max-drop ranks nodes (each quantized alone) on this many samples, bisects on all
+RANK_SAMPLES = 64          # --max-drop ranks nodes (each quantized alone) on at most this many samples, bisects on
+RANK_MIN_SAMPLES = 8       # all; at least this many, and fewer than 64 where the ranking would run more than
+RANK_GMACS = 2000.0        # this many giga-MACs of the model in all (nodes x samples x GMACs a sample): counted, so
+#                            the choice is deterministic.  YOLOX (83 Convs, 3.2 GMACs an image, its detection F1 as
+#                            --metric, 96 eval images, machine loaded ~4.5): ranked on 64 images ~180 of 220 s quiet;
+#                            on 16: 9 Convs float, 375 s loaded; on 8: 7 float (drop 0.73), 295 s loaded.
 
 
 @dataclasses.dataclass
@@ -49,7 +54,8 @@ class SearchResult:
     float_nodes: list[str] = dataclasses.field(default_factory=list)
     steps: list[dict] = dataclasses.field(default_factory=list)
     evaluations: int = 0            # on the whole evaluation set
-    rank_evaluations: int = 0       # nodes quantized alone, on the first RANK_SAMPLES samples
+    rank_evaluations: int = 0       # nodes quantized alone, on the first rank_samples samples
+    rank_samples: int = 0
     seconds: float = 0.0
     recipe_fragment: str = ""
     # the ranking the bisection walked, worst first (node, op, mac_share, alone_drop, alone_sqnr_db on the first
@@ -71,15 +77,15 @@ def eval_data(res: Resolved, what: str) -> str:
 
 
 def sensitivities_alone(prep: Prepared, built: Built, build: StaticBuilder, evaluator, feeds_shape: dict,
-                        progress: Progress) -> list:
-    """Each weighted node quantized alone: its metric drop and output SQNR."""
+                        progress: Progress, macs: dict[str, int] | None = None) -> list:
+    """Each weighted node quantized alone: its metric drop and output SQNR (``macs``: each node's, if known)."""
     from ..sensitivity import NodeSensitivity
     from ..validate.coverage import heavy_macs
 
-    macs = heavy_macs(prep.model, feeds_shape)
+    macs = macs if macs is not None else heavy_macs(prep.model, feeds_shape)
     total = sum(macs.values()) or 1
     quantized = built.plan.quantized_nodes
-    nodes = [n for n, op in quantized.items() if op in ("Conv", "MatMul", "Gemm")]
+    nodes = ranked_nodes(built)
     advance = progress("sensitivity", len(nodes))
     rows = []
     for name in nodes:
@@ -87,6 +93,19 @@ def sensitivities_alone(prep: Prepared, built: Built, build: StaticBuilder, eval
         rows.append(NodeSensitivity(name, quantized[name], macs.get(name, 0) / total, score.drop, score.sqnr_db, None))
         advance(1)
     return rows
+
+
+def ranked_nodes(built: Built) -> list[str]:
+    """The nodes a sensitivity ranking quantizes one at a time: the weighted ones."""
+    return [n for n, op in built.plan.quantized_nodes.items() if op in ("Conv", "MatMul", "Gemm")]
+
+
+def rank_samples(nodes: int, gmacs_per_sample: float) -> int:
+    """How many evaluation samples the ranking of ``nodes`` candidates runs on: RANK_SAMPLES, fewer (down to
+    RANK_MIN_SAMPLES) where that many would run more than RANK_GMACS."""
+    if nodes <= 0 or gmacs_per_sample <= 0:
+        return RANK_SAMPLES
+    return int(min(RANK_SAMPLES, max(RANK_MIN_SAMPLES, RANK_GMACS / (gmacs_per_sample * nodes))))
 
 
 def ranked_dicts(rows: list) -> list[dict]:
@@ -234,12 +253,15 @@ def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder
     probe = build.probe()
     if full.drop > s.max_drop + 1e-9:
         shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
-        ranker = ev.subset(RANK_SAMPLES)
-        rows = sensitivities_alone(prep, built, build, ranker, shapes, no_progress)
+        from ..validate.coverage import heavy_macs
+
+        macs = heavy_macs(prep.model, shapes)
+        ranker = ev.subset(rank_samples(len(ranked_nodes(built)), sum(macs.values()) / 1e9))
+        rows = sensitivities_alone(prep, built, build, ranker, shapes, no_progress, macs)
         search.ranking = ranked_dicts(rows)
         ranking = [r["node"] for r in search.ranking]
-        search.rank_evaluations = ranker.evaluations
-        built, excluded, score, steps, bc_note = _bisect(build, probe, ranking, ev, s.max_drop)
+        search.rank_evaluations, search.rank_samples = ranker.evaluations, ranker.samples
+        built, excluded, score, steps, bc_note = _bisect(build, probe, ranking, ev, s.max_drop, full)
         search.float_nodes, search.drop, search.steps = list(excluded), score.drop, steps
         search.recipe_fragment = "[convert]\nexclude = [" + ", ".join(
             f'"{n}"' for n in list(s.exclude) + list(excluded)) + "]\n"
@@ -271,18 +293,25 @@ def _metric_hint(ev) -> str:
             "FILE.py:FUNCTION)")
 
 
-def _bisect(build: StaticBuilder, probe: StaticBuilder, ranking: list[str], ev, budget: float):
+def _bisect(build: StaticBuilder, probe: StaticBuilder, ranking: list[str], ev, budget: float, full):
     """Fewest float nodes within budget, with bias correction; without it where only that meets the budget
-    (or does better when nothing does)."""
+    (or does better when nothing does).  ``full``: the all-INT8 model's score (not measured again)."""
     from ..sensitivity import search_exclusions
 
-    excluded, score, _, steps = search_exclusions(ranking, lambda ex: build(ex).model, ev, budget)
+    excluded, score, _, steps = search_exclusions(ranking, lambda ex: build(ex).model, ev, budget, known={0: full})
     if probe is build:
         return build(excluded), excluded, score, steps, ""
     p_excluded, p_score, _, p_steps = search_exclusions(ranking[:len(excluded)], lambda ex: probe(ex).model, ev,
                                                         min(budget, score.drop))
     if p_score.drop < score.drop - 1e-9 or (p_score.drop <= budget + 1e-9 and len(p_excluded) < len(excluded)):
-        return probe(p_excluded), p_excluded, p_score, steps + p_steps, (
+        return probe(p_excluded), p_excluded, p_score, _label(steps, "on") + _label(p_steps, "off"), (
             f"; bias correction left out (with it: {len(excluded)} node(s) float, drop {score.drop:.2f} pts; "
             f"without: {len(p_excluded)}, drop {p_score.drop:.2f})")
-    return build(excluded), excluded, score, steps, ""
+    return build(excluded), excluded, score, _label(steps, "on") + _label(p_steps, "off"), ""
+
+
+def _label(steps: list[dict], correction: str) -> list[dict]:
+    """Each bisection step says whether its candidate had bias correction."""
+    for step in steps:
+        step["bias_shifts"] = correction
+    return steps

@@ -173,7 +173,8 @@ def _search(s) -> str:
              _cards([("all-INT8 drop", f"{s.all_int8_drop:.2f} pts"), ("drop now", f"{s.drop:.2f} pts"),
                      ("kept in float", str(len(s.float_nodes))), ("budget met", "yes" if s.met else "no")])]
     if s.steps:
-        heads = {"float_nodes": "top-ranked nodes kept float", "drop": "drop pts", "sqnr_db": "output SQNR dB"}
+        heads = {"float_nodes": "top-ranked nodes kept float", "drop": "drop pts", "sqnr_db": "output SQNR dB",
+                 "bias_shifts": "bias correction"}
         t = Table("Bisection over the ranking", [heads.get(k, k) for k in s.steps[0]], right=(0, 1, 2))
         for step in s.steps:
             t.add(*(_num(v) if isinstance(v, float) else v for v in step.values()))
