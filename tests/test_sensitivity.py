@@ -290,3 +290,47 @@ def test_task_metric_errors_are_one_line_usage_errors(tmp_path):
         assert not (tmp_path / "q.onnx").exists()
     r = runner.invoke(app, base + ["--metric", f"{tmp_path / 'metrics.py'}:top1"])
     assert r.exit_code == 2 and "only --max-drop reads it" in r.output
+
+
+def test_ranking_samples_shrink_with_the_model_cost_and_known_scores_are_not_rerun():
+    from quantcli.quantize.search import RANK_MIN_SAMPLES, RANK_SAMPLES, rank_samples
+    from quantcli.sensitivity import Score
+
+    assert rank_samples(54, 0.016) == RANK_SAMPLES                 # a 16 MMAC classifier: all 64
+    assert RANK_MIN_SAMPLES < rank_samples(70, 1.0) < RANK_SAMPLES  # PP-OCRv6 rec-sized: fewer
+    assert rank_samples(83, 3.2) == RANK_MIN_SAMPLES               # YOLOX-sized: the floor
+    assert rank_samples(0, 1.0) == rank_samples(5, 0.0) == RANK_SAMPLES
+
+    class CountingEval:
+        def __init__(self):
+            self.runs = []
+
+        def score(self, model):
+            self.runs.append(len(model))
+            return Score(drop=max(0.0, 5.0 - 2.0 * len(model)), sqnr_db=0.0, metric=0.0)
+
+    ev = CountingEval()
+    excluded, score, _, steps = search_exclusions(list("abcdefgh"), lambda ex: ex, ev, 1.0,
+                                                  known={0: Score(drop=5.0, sqnr_db=0.0, metric=95.0)})
+    assert excluded == ("a", "b") and 0 not in ev.runs and steps[0] == {"float_nodes": 0, "drop": 5.0, "sqnr_db": 0.0}
+
+
+def test_agreement_over_a_last_axis_that_holds_no_probabilities_is_flagged():
+    import numpy as np
+
+    from quantcli.metrics import is_distribution
+    from quantcli.quantize.search import _metric_hint
+    from quantcli.sensitivity import Evaluator
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 10, 6)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    assert is_distribution(probs) and is_distribution(np.log(probs)) and not is_distribution(logits)
+    rows = np.concatenate([rng.uniform(0, 320, (4, 10, 4)), rng.uniform(0, 1, (4, 10, 2))], -1)  # YOLOX-like
+    hint = _metric_hint(Evaluator(None, [{"x": rows}], ref=[rows]))
+    assert "--metric FILE.py:FUNCTION" in hint and "[4, 10, 6]" in hint
+    assert _metric_hint(Evaluator(None, [{"x": probs}], ref=[probs])) == ""
+    emb = rng.normal(size=(8, 16))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    assert "embeddings" in _metric_hint(Evaluator(None, [{"x": emb}], ref=[emb]))
+    assert _metric_hint(Evaluator(None, [{"x": emb}], ref=[emb * 3])) == ""  # classifier logits: no hint
