@@ -39,6 +39,7 @@ from .results import (CalibrationResult, CompareResult, ConvertResult, CoverageS
 from .runtime.bench import compare_latency
 from .runtime.session import make_session
 from .runtime.session import run as run_session
+from .task_metric import load_task_metric
 from .quantize.qdq import QDQOptions
 from .transforms.passes import CLE, SMOOTHQUANT, SMOOTHQUANT_PASS, PassContext, Prepared, prepare
 
@@ -337,9 +338,16 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
     out_names = [o.name for o in sa.get_outputs()]
     if [o.name for o in sb.get_outputs()] != out_names:
         raise QuantcliError(f"{quant_path}: outputs differ from the FP32 model's ({', '.join(out_names)})")
+    task = load_task_metric(settings.metric) if settings.metric else None
+    kept: list | None = [] if task is not None else None
     outputs, top1, top5, seen, first, classes, lm_metrics = _evaluate(ds, sa, sb, out_names, str(fp32_path),
-                                                                      str(quant_path), progress)
-    why = degenerate_reference(top1[0], classes or 1) if top1 else None
+                                                                      str(quant_path), progress, kept)
+    if task is not None:
+        ref, cand = [a for a, _ in kept], [b for _, b in kept]
+        labels = ds.labels[:seen] if ds.labels is not None else None
+        task_values = (task.name, task(ref, ref, labels), task(ref, cand, labels))
+        kept.clear()
+    why = degenerate_reference(top1[0], classes or 1) if top1 and task is None else None
     if why and (settings.max_drop is not None or gate is not None):
         raise QuantcliError(f"{settings.labels or settings.data}: the --max-drop gate cannot be judged: {why}")
     lat_a, lat_b = compare_latency(sa, sb, first, runs=settings.runs, warmup=settings.warmup)
@@ -353,12 +361,14 @@ def compare(fp32_path: str | Path, quant_path: str | Path, settings: CompareSett
                          (modelio.model_size_bytes(fp32_path), modelio.model_size_bytes(quant_path)),
                          settings.max_drop,
                          build_manifest(fp32_path, modelio.model_sha256(fp32_path, fp32), {"compare": _plain(settings)}),
-                         notes, ratio, *(lm_metrics or (None, None)))
+                         notes, ratio, *(lm_metrics or (None, None)), task_values if task is not None else None)
 
 
-def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: str, progress: Progress):
+def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: str, progress: Progress,
+              kept: list | None = None):
     """Both models over the evaluation data: per-output fidelity and agreement, top-1/top-5 with labels (checked
-    against the class count seen). Returns (outputs, top1, top5, samples, latency feeds, classes)."""
+    against the class count seen). Returns (outputs, top1, top5, samples, latency feeds, classes); ``kept`` gets
+    each batch's (FP32 outputs, quantized outputs) for a task metric."""
     bs = ds.default_batch_size(None)
     total = ds.count_used(bs)
     advance = progress("evaluating", total)
@@ -376,8 +386,8 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
         n = len(next(iter(feeds.values())))
         if first is None:  # latency at batch 1, or at the model's fixed batch
             first = feeds if any(sp.batch_dim is not None for sp in ds.specs) else {k: v[:1] for k, v in feeds.items()}
-        ra = run_session(sa, feeds, what=name_a)
-        rb = run_session(sb, feeds, what=name_b)
+        ra, rb = run_session(sa, feeds, what=name_a), run_session(sb, feeds, what=name_b)
+        kept is not None and kept.append(([np.array(a) for a in ra], [np.array(b) for b in rb]))
         for i, (a, b) in enumerate(zip(ra, rb)):
             fid[i].update(a, b)
             if np.ndim(a) >= 2 and np.shape(a)[-1] > 1 and np.shape(a)[0] == n:
@@ -538,7 +548,6 @@ def analyze(model_path: str | Path, settings: ConvertSettings, *, calibration: s
     """Per-node sensitivity: (a) each node quantized alone, (b) each node's SQNR inside the all-INT8 model."""
     from .results import AnalyzeResult
     from .sensitivity import Evaluator, node_output_sqnr
-    from .task_metric import load_task_metric
 
     t0 = time.perf_counter()
     model = modelio.load_model(model_path)

@@ -163,6 +163,7 @@ class CompareSettings:
     data: str | None = None
     labels: str | None = None
     max_drop: float | None = None
+    metric: str | None = None           # FILE.py:FUNCTION: the task metric the drop is measured with
     threads: int = 1
     runs: int = 200
     warmup: int = 20

@@ -100,9 +100,12 @@ class CompareResult:
     latency_ratio: float = math.nan
     perplexity: tuple[float, float] | None = None  # (fp32, quantized) next-token perplexity (language models)
     token_agreement: float | None = None           # share of positions whose next-token argmax agrees
+    task: tuple[str, float, float] | None = None   # --metric FILE.py:FUNCTION: (it, FP32's value, quantized's)
 
     @property
     def metric(self) -> str:
+        if self.task:
+            return self.task[0]
         return "perplexity" if self.perplexity else "top-1 accuracy" if self.top1 else "top-1 agreement"
 
     @property
@@ -117,7 +120,9 @@ class CompareResult:
     @property
     def drop(self) -> float:
         """Perplexity increase in % (language models), else accuracy drop in points (labels), else
-        100 - agreement of the first output, in points."""
+        100 - agreement of the first output, in points; with --metric, the task metric's drop."""
+        if self.task:
+            return self.task[1] - self.task[2]
         if self.perplexity:
             return 100.0 * (self.perplexity[1] / self.perplexity[0] - 1.0)
         if self.top1:

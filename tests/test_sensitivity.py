@@ -274,6 +274,17 @@ def test_max_drop_with_a_task_metric_drives_the_search(tmp_path):
     flat = pipeline.convert(MODEL, tmp_path / "c.onnx", ConvertSettings(
         max_drop=1.0, eval_data=EVAL, metric=f"{tmp_path / 'metrics.py'}:indifferent"), calib_settings=CALIB).search
     assert flat.all_int8_drop == 0.0 and flat.float_nodes == []  # the metric sees no loss: nothing kept float
+    # compare gates on the same metric: its values are the built-in top-1 accuracies
+    settings = pipeline.CompareSettings(data=EVAL, runs=2, warmup=1, max_drop=1.0)
+    plain = pipeline.compare(MODEL, tmp_path / "b.onnx", settings)
+    task_cmp = pipeline.compare(MODEL, tmp_path / "b.onnx", pipeline.CompareSettings(
+        data=EVAL, runs=2, warmup=1, max_drop=1.0, metric=f"{tmp_path / 'metrics.py'}:top1"))
+    assert task_cmp.task[1:] == pytest.approx(plain.top1) and task_cmp.drop == pytest.approx(plain.drop)
+    assert task_cmp.metric.endswith("metrics.py:top1") and bool(task_cmp)
+    r = CliRunner().invoke(app, ["compare", "accuracy", str(MODEL), str(tmp_path / "c.onnx"), "--data", EVAL,
+                                 "--runs", "2", "--max-drop", "1", "--metric", f"{tmp_path / 'metrics.py'}:top1"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "FAIL: " in text and "metrics.py:top1 drop 12.78 pts (max 1 pts)" in text, r.output
 
 
 def test_task_metric_errors_are_one_line_usage_errors(tmp_path):

@@ -27,6 +27,7 @@ def accuracy(
                                                             "if not in the data file.", show_default=False),
     max_drop: float = typer.Option(None, "--max-drop", help="Fail (exit 1) if accuracy / agreement drops by more "
                                                             "than PCT points.", show_default=False),
+    metric: o.OptStr = o.Metric,
     threads: int = typer.Option(None, "--threads", help="Intra-op threads for both models (default 1).",
                                 show_default=False),
     runs: int = typer.Option(None, "--runs", help="Timed runs per model for latency (default 200).",
@@ -44,7 +45,7 @@ def accuracy(
     with error_boundary():
         r = load_recipe(recipe)
         settings = merge(r.compare, data=str(data) if data else None, labels=str(labels) if labels else None,
-                         max_drop=max_drop, threads=threads, runs=runs)
+                         max_drop=max_drop, metric=metric, threads=threads, runs=runs)
         check_io([("FP32 model", fp32), ("quantized model", quant), ("data", settings.data),
                   ("labels", settings.labels), ("recipe", recipe)],
                  [("--json", json_out), ("--report", report), ("--junit", junit), ("--markdown", markdown)])

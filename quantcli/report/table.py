@@ -62,6 +62,8 @@ def compare_table(r: CompareResult, coverage: float | None = None) -> Table:
     """FP32 vs quantized: accuracy, per-output fidelity, latency, size (and INT8 coverage when known)."""
     t = Table(f"Compare on {r.samples} samples (latency: batch 1, {r.threads} thread(s))",
               ["metric", "FP32", "quantized", "change"], right=(1, 2, 3))
+    if r.task:
+        t.add(r.task[0], f"{r.task[1]:.2f}", f"{r.task[2]:.2f}", f"{r.task[2] - r.task[1]:+.2f} pts")
     if r.top1:
         t.add("top-1 accuracy", f"{r.top1[0]:.2f}%", f"{r.top1[1]:.2f}%", f"{r.top1[1] - r.top1[0]:+.2f} pts")
     if r.perplexity:
