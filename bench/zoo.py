@@ -13,7 +13,9 @@ Per model, in one run: FP32; quantcli's default (`quantcli calibrate` + `quantcl
 runs); onnxruntime's quantize_static with its defaults (QDQ, per-tensor, int8 activations and weights, MinMax)
 and per-channel with uint8 activations (after quant_pre_process where that succeeds); NNCF's `nncf.quantize`
 (ONNX backend) with its default preset and with preset=MIXED; on transformer models also NNCF's transformer preset
-(model_type=TRANSFORMER), quantcli with --smoothquant on and off, and onnxruntime's quantize_dynamic.  Columns: the model's metric (labels where the
+(model_type=TRANSFORMER), quantcli with --smoothquant on and off, and onnxruntime's quantize_dynamic; and
+quantcli's `convert --max-drop 1` with the model's own metric as `--metric` (bench/zoo_metric.py), measured on the
+evaluation samples: its time is the convert's, the search included.  Columns: the model's metric (labels where the
 data has labels, else a task metric against FP32's own outputs), latency at batch 1 as a ratio to FP32 (all
 variants of a model timed in alternating blocks, quantcli.runtime.bench), file size, the quantizing wall time
 (calibration + conversion) and the quantizing worker's peak RSS.  Each quantizer runs in its own subprocess,
