@@ -3,8 +3,8 @@
 * :class:`Evaluator` runs the FP32 model once over the evaluation data and caches its outputs; each candidate
   model then costs one session and one pass: the metric drop (top-1 accuracy with labels, else top-1
   agreement with FP32: per sample for [batch, classes] outputs, per position for sequences and maps, where
-  requiring every step of a sample to agree made a CTC recogniser with unchanged text score 35%) and the
-  output SQNR.
+  requiring every step of a sample to agree made a CTC recogniser with unchanged text score 35%), or the
+  user's task metric over every output (``--metric``, :mod:`quantcli.task_metric`), and the output SQNR.
 * :func:`analyze` -- (a) each quantizable node quantized alone, everything else FP32: its metric drop and
   output SQNR; (b) in the fully quantized model, each node's own output SQNR against the FP32 model's, which
   shows how error accumulates along the graph.  Ranked worst first.
