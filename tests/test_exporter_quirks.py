@@ -308,3 +308,55 @@ def test_default_batch_shrinks_for_large_inputs(tmp_path):
     big_spec = [dataclasses.replace(specs[0], shape=(None, 3, 300, 300))]
     assert Dataset(tmp_path / "big.npz", big_spec).default_batch_size(None) == BATCH_VALUES // big[0].size
     assert Dataset(tmp_path / "big.npz", big_spec).default_batch_size(5) == 5
+
+
+@pytest.mark.parametrize("op", ["Reshape", "Unsqueeze", "Squeeze"])
+def test_bias_shaped_at_run_time_is_folded_into_the_conv(tmp_path, op):
+    """Older Paddle2ONNX exports: the SE convs' bias [C] reshaped to [1, C, 1, 1] by a node of constants, then
+    added.  The shape op folds into an initializer, so the Add folds into the Conv's bias and stays no float op."""
+    from quantcli.transforms.passes import prepare
+    from quantcli.transforms.prepare import fold_constant_shapes
+
+    m = _bias_add_cnn()
+    g = m.graph
+    cb = next(t for t in g.initializer if t.name == "cb")
+    vec = numpy_helper.to_array(cb).reshape(-1)
+    g.initializer.remove(cb)
+    add = next(n for n in g.node if n.name == "conv1_bias")
+    if op == "Reshape":
+        g.initializer.extend([numpy_helper.from_array(vec, "cb_vec"),
+                              numpy_helper.from_array(np.array([1, -1, 1, 1], np.int64), "cb_shape")])
+        shape_node = helper.make_node("Reshape", ["cb_vec", "cb_shape"], ["cb"], name="cb_reshape")
+    elif op == "Unsqueeze":  # opset 13: axes as an input
+        g.initializer.extend([numpy_helper.from_array(vec, "cb_vec"),
+                              numpy_helper.from_array(np.array([0, 2, -1], np.int64), "cb_axes")])
+        shape_node = helper.make_node("Unsqueeze", ["cb_vec", "cb_axes"], ["cb"], name="cb_unsqueeze")
+    else:  # [1, 1, 16, 1, 1] -> [1, 16, 1, 1]
+        g.initializer.append(numpy_helper.from_array(vec.reshape(1, 1, 16, 1, 1), "cb_vec"))
+        g.initializer.append(numpy_helper.from_array(np.array([0], np.int64), "cb_axes"))
+        shape_node = helper.make_node("Squeeze", ["cb_vec", "cb_axes"], ["cb"], name="cb_squeeze")
+    g.node.insert(list(g.node).index(add), shape_node)
+    onnx.checker.check_model(m, full_check=True)
+    r = fold_constant_shapes(m)
+    assert [e.node for e in r.events] == [shape_node.name]
+    folded = next(t for t in r.model.graph.initializer if t.name == "cb")
+    np.testing.assert_array_equal(numpy_helper.to_array(folded), vec.reshape(1, 16, 1, 1))
+    x = cnn_data(8)
+    ref = make_session(m).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(make_session(r.model).run(None, {"x": x})[0], ref)
+    assert not any(n.name == "conv1_bias" for n in prepare(m).model.graph.node)
+    q = _convert(tmp_path, m)
+    assert q.coverage.mac_share == 1.0 and "conv1_bias" not in q.float_nodes and q.coverage.dq_left == 0
+
+
+def test_shape_op_of_an_activation_or_a_graph_output_is_left_alone():
+    from quantcli.transforms.prepare import fold_constant_shapes
+
+    m = small_cnn()
+    g = m.graph
+    g.initializer.extend([numpy_helper.from_array(np.ones(4, np.float32), "k"),
+                          numpy_helper.from_array(np.array([2, 2], np.int64), "k_shape")])
+    g.node.append(helper.make_node("Reshape", ["k", "k_shape"], ["k2"], name="k_reshape"))
+    g.output.append(helper.make_tensor_value_info("k2", onnx.TensorProto.FLOAT, [2, 2]))
+    r = fold_constant_shapes(m)
+    assert not r.events and any(n.name == "k_reshape" for n in r.model.graph.node)

@@ -112,6 +112,8 @@ def _preparation_passes() -> list[Pass]:
     return [
         Pass("name-nodes", g(p.name_nodes), _count("{n} unnamed node(s) given names"), agree=True),
         Pass("constants-to-initializers", g(p.constants_to_initializers), p.constants_summary, agree=True),
+        Pass("fold-constant-shapes", g(p.fold_constant_shapes),
+             _count("{n} Reshape/Squeeze/Unsqueeze of constants folded into initializers"), agree=True),
         Pass("matmul-add-to-gemm", g(p.matmul_add_to_gemm), _count("{n} MatMul + bias Add pair(s) turned into Gemm"),
              agree=True),
         Pass("fold-bias-add", g(p.fold_bias_add), _count("{n} bias Add(s) folded into the preceding Conv/Gemm"),

@@ -4,6 +4,12 @@
   quantizing a weight needs it as an initializer).
 * Initializers also listed as graph inputs (IR < 4 style) are dropped from the inputs, so they are
   treated as the constants they are.
+* ``Reshape`` / ``Squeeze`` / ``Unsqueeze`` of constants become the constants they compute (older Paddle2ONNX
+  exports shape each SE block's bias ``[C]`` to ``[1, C, 1, 1]`` at run time, so the bias Add after the
+  Conv did not see a constant and stayed float behind an extra Q/DQ: ppocr-cls's 18).  Folded, ppocr-cls runs
+  36 nodes fewer (18 float Adds, 9 Q/DQ pairs): batch-1 latency x1.51 / x1.62 / x1.56 -> x1.42 / x1.54 / x1.47
+  of FP32 in three paired runs; its accuracy and agreement with FP32 stay within what another calibration draw
+  moves them (4 x 1000 lines, 6 draws: 95.83 -> 95.69%, agreement 98.98 -> 98.94%).  No other zoo model has one.
 * Nodes without a name get a stable one (``<OpType>_<index>``) so reports and ``--exclude`` can name them.
 * A 2-D ``MatMul`` followed by the ``Add`` of a bias vector becomes one ``Gemm`` (as ONNX Runtime's own
   MatMulAddFusion would do at load time, but then *after* the Q/DQ are in place, leaving a float Gemm
@@ -83,6 +89,56 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     if a.name == "value_ints":
         return np.array(list(a.ints), dtype=np.int64)
     return None
+
+
+SHAPE_OPS = ("Reshape", "Squeeze", "Unsqueeze")
+
+
+def fold_constant_shapes(model: onnx.ModelProto) -> PassResult:
+    """A Reshape, Squeeze or Unsqueeze whose inputs are all initializers becomes an initializer holding its
+    output (same values, same dtype: only the shape changes), in graph order so chains fold too.  Graph outputs
+    are left alone."""
+    model = copy.deepcopy(model)
+    g = model.graph
+    idx = GraphIndex(g)
+    outputs = {o.name for o in g.output}
+    keep, folded = [], []
+    for node in g.node:
+        ins = [i for i in node.input if i]
+        if (node.op_type in SHAPE_OPS and node.domain in ("", "ai.onnx") and ins and node.output[0] not in outputs
+                and all(i in idx.initializers for i in ins)):
+            value = _shape_op(node, [idx.const(i) if i else None for i in node.input])
+            if value is not None:
+                t = numpy_helper.from_array(np.ascontiguousarray(value), node.output[0])
+                g.initializer.append(t)
+                idx.initializers[t.name] = t
+                folded.append(node.name or node.output[0])
+                continue
+        keep.append(node)
+    if folded:
+        del g.node[:]
+        g.node.extend(keep)
+        remove_unused_initializers(g)
+    return PassResult(model, [Event(EventKind.CHANGED, n, "shape op on constants folded into an initializer")
+                              for n in folded])
+
+
+def _shape_op(node: onnx.NodeProto, args: list) -> np.ndarray | None:
+    """The output of a Reshape / Squeeze / Unsqueeze on constant inputs, None where it is not well defined."""
+    data = args[0]
+    axes = args[1] if len(args) > 1 and args[1] is not None else attr(node, "axes")
+    try:
+        if node.op_type == "Reshape":
+            shape = [int(d) for d in np.asarray(axes).reshape(-1)]
+            if not attr(node, "allowzero", 0):
+                shape = [data.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+            return data.reshape(shape)
+        if node.op_type == "Squeeze":
+            return np.squeeze(data, axis=None if axes is None else tuple(int(a) for a in np.reshape(axes, -1)))
+        rank = data.ndim + len(np.reshape(axes, -1))
+        return np.expand_dims(data, tuple(sorted(int(a) % rank for a in np.reshape(axes, -1))))
+    except (ValueError, IndexError, TypeError):
+        return None
 
 
 def name_nodes(model: onnx.ModelProto) -> PassResult:
