@@ -200,9 +200,9 @@ def rank(rows: list[NodeSensitivity]) -> list[NodeSensitivity]:
 
 def search_exclusions(ranking: list[str], build: Callable[[tuple[str, ...]], onnx.ModelProto], evaluator: Evaluator,
                       max_drop: float, on_step: Callable[[str], None] | None = None,
-                      known: dict[int, Score] | None = None, start: int = 0
+                      known: dict[int, Score] | None = None
                       ) -> tuple[tuple[str, ...], Score, onnx.ModelProto | None, list[dict]]:
-    """Fewest top-ranked nodes to keep float so that the drop is within ``max_drop`` (bisection over k >= ``start``).
+    """Fewest top-ranked nodes to keep float so that the drop is within ``max_drop`` (bisection over k).
     ``known``: scores already measured for some k (the all-INT8 model's, k = 0): not built or run again (then the
     returned model is None where the answer is such a k)."""
     steps: list[dict] = []
@@ -216,10 +216,10 @@ def search_exclusions(ranking: list[str], build: Callable[[tuple[str, ...]], onn
             on_step(f"{k} node(s) in float: drop {score.drop:.2f} pts")
         return excluded, score, model
 
-    best = trial(start)
+    best = trial(0)
     if best[1].drop <= max_drop + 1e-9:
         return best[0], best[1], best[2], steps
-    lo, hi = start, len(ranking)      # lo fails; find the smallest k in (lo, hi] that holds
+    lo, hi = 0, len(ranking)          # lo fails; find the smallest k in (lo, hi] that holds
     top = trial(hi)
     if top[1].drop > max_drop + 1e-9:
         return top[0], top[1], top[2], steps  # even all ranked nodes in float do not meet it: say so upstream

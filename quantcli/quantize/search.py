@@ -36,10 +36,6 @@ BC_GUARD_SAMPLES = 32      # empirical bias correction is checked against leavin
 BC_PREFIX_FRACTIONS = (1 / 4, 1 / 2)  # ...and against keeping it for these shares of the leading layers
 BC_PREFIX_MARGIN_DB = 1.0  # a share wins only by this much over both all and none (PP-OCRv6 det: +0.7 dB, but -1.1 IoU)
 RANK_SAMPLES = 64          # --max-drop ranks nodes (each quantized alone) on at most this many samples, bisects on
-SEARCH_GMACS = 100.0       # the bisection scores candidates on the leading evaluation samples holding this many
-SEARCH_MIN_SAMPLES = 32    # giga-MACs (at least this many samples; the chosen one on all of them): PicoDet /
-#                            YOLOX (3.2-3.3 GMACs an image) on 32 of their 96 or 384 images; PP-OCRv6 rec's
-#                            96 lines (1 GMAC each) all
 RANK_MIN_SAMPLES = 8       # all; at least this many, and fewer than 64 where the ranking would run more than
 RANK_GMACS = 2000.0        # this many giga-MACs of the model in all (nodes x samples x GMACs a sample): counted, so
 #                            the choice is deterministic.  YOLOX (83 Convs, 3.2 GMACs an image, its detection F1 as
@@ -60,7 +56,6 @@ class SearchResult:
     evaluations: int = 0            # on the whole evaluation set
     rank_evaluations: int = 0       # nodes quantized alone, on the first rank_samples samples
     rank_samples: int = 0
-    search_samples: int = 0         # the bisection's candidates were scored on this many (the choice on all)
     seconds: float = 0.0
     recipe_fragment: str = ""
     # the ranking the bisection walked, worst first (node, op, mac_share, alone_drop, alone_sqnr_db on the first
@@ -111,14 +106,6 @@ def rank_samples(nodes: int, gmacs_per_sample: float) -> int:
     if nodes <= 0 or gmacs_per_sample <= 0:
         return RANK_SAMPLES
     return int(min(RANK_SAMPLES, max(RANK_MIN_SAMPLES, RANK_GMACS / (gmacs_per_sample * nodes))))
-
-
-def search_samples(gmacs_per_sample: float) -> int:
-    """How many evaluation samples the bisection scores candidates on (SEARCH_GMACS of them, at least
-    SEARCH_MIN_SAMPLES; all where the model's cost is not known)."""
-    if gmacs_per_sample <= 0:
-        return 1 << 62
-    return int(max(SEARCH_MIN_SAMPLES, SEARCH_GMACS / gmacs_per_sample))
 
 
 def ranked_dicts(rows: list) -> list[dict]:
@@ -248,7 +235,7 @@ def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder
     bias correction, outlier_cnn needed 4 float nodes instead of 3).  Where bias correction is what breaks the budget
     (measured: on YOLOv8n empirical bias correction lowered detection F1 by 9 points), the uncorrected model
     is used instead when it meets the budget or does better."""
-    from ..sensitivity import Evaluator
+    from ..sensitivity import Evaluator, rank, search_exclusions
 
     t0 = time.perf_counter()
     s = build.res.convert
@@ -263,9 +250,19 @@ def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder
     built = build()
     full = ev.score(built.model)
     search = SearchResult(ev.metric_name, s.max_drop, full.drop, full.drop)
+    probe = build.probe()
     if full.drop > s.max_drop + 1e-9:
-        built, excluded, score, bc_note = _search(prep, build, built, ev, full, search)
-        search.float_nodes, search.drop = list(excluded), score.drop
+        shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
+        from ..validate.coverage import heavy_macs
+
+        macs = heavy_macs(prep.model, shapes)
+        ranker = ev.subset(rank_samples(len(ranked_nodes(built)), sum(macs.values()) / 1e9))
+        rows = sensitivities_alone(prep, built, build, ranker, shapes, no_progress, macs)
+        search.ranking = ranked_dicts(rows)
+        ranking = [r["node"] for r in search.ranking]
+        search.rank_evaluations, search.rank_samples = ranker.evaluations, ranker.samples
+        built, excluded, score, steps, bc_note = _bisect(build, probe, ranking, ev, s.max_drop, full)
+        search.float_nodes, search.drop, search.steps = list(excluded), score.drop, steps
         search.recipe_fragment = "[convert]\nexclude = [" + ", ".join(
             f'"{n}"' for n in list(s.exclude) + list(excluded)) + "]\n"
         if not search.met:
@@ -279,42 +276,6 @@ def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder
         note = f"--max-drop {s.max_drop:g}: all-INT8 drop {full.drop:.2f} pts is within budget"
     search.evaluations, search.seconds = ev.evaluations, time.perf_counter() - t0
     return built, search, note + _metric_hint(ev)
-
-
-def _search(prep: Prepared, build: StaticBuilder, built: Built, ev, full, search: SearchResult):
-    """Rank the weighted nodes (each quantized alone, on few samples where the model is costly), then bisect over
-    the ranking: on the leading samples holding SEARCH_GMACS where the whole set holds more, the candidate chosen
-    there scored on the whole set, and the bisection continued upwards on it where that breaks the budget."""
-    from ..sensitivity import search_exclusions
-    from ..validate.coverage import heavy_macs
-
-    budget = build.res.convert.max_drop
-    shapes = {k: v[:1].shape for k, v in ev.batches[0].items()}
-    macs = heavy_macs(prep.model, shapes)
-    gmacs = sum(macs.values()) / 1e9
-    ranker = ev.subset(rank_samples(len(ranked_nodes(built)), gmacs))
-    rows = sensitivities_alone(prep, built, build, ranker, shapes, no_progress, macs)
-    search.ranking = ranked_dicts(rows)
-    ranking = [r["node"] for r in search.ranking]
-    search.rank_evaluations, search.rank_samples = ranker.evaluations, ranker.samples
-    sub = ev.subset(search_samples(gmacs))
-    sub = sub if sub.samples < ev.samples else ev
-    chooser, excluded, score, steps, bc_note = _bisect(build, build.probe(), ranking, sub, budget,
-                                                       full if sub is ev else sub.score(built.model))
-    search.search_samples = sub.samples
-    if sub is not ev:  # the choice, on every sample
-        score = ev.score(chooser(excluded).model)
-        more = [{"float_nodes": len(excluded), "drop": score.drop, "sqnr_db": score.sqnr_db}]
-        if score.drop > budget + 1e-9 and len(excluded) < len(ranking):
-            excluded, score, _, upwards = search_exclusions(ranking, lambda ex: chooser(ex).model, ev, budget,
-                                                            known={len(excluded): score}, start=len(excluded))
-            more += upwards[1:]
-        labelled = "bias_shifts" in steps[0]
-        steps += [{**m, "samples": ev.samples} for m in more]
-        if labelled:
-            _label(steps[-len(more):], "on" if chooser is build else "off")
-    search.steps = steps
-    return chooser(excluded), excluded, score, bc_note
 
 
 def _metric_hint(ev) -> str:
@@ -334,22 +295,19 @@ def _metric_hint(ev) -> str:
 
 def _bisect(build: StaticBuilder, probe: StaticBuilder, ranking: list[str], ev, budget: float, full):
     """Fewest float nodes within budget, with bias correction; without it where only that meets the budget
-    (or does better when nothing does).  ``full``: the all-INT8 model's score on ``ev`` (not measured again).
-    Returns the builder chosen, the nodes, their score, the steps and a note."""
+    (or does better when nothing does).  ``full``: the all-INT8 model's score (not measured again)."""
     from ..sensitivity import search_exclusions
 
     excluded, score, _, steps = search_exclusions(ranking, lambda ex: build(ex).model, ev, budget, known={0: full})
-    steps = [{**st, "samples": ev.samples} for st in steps]
     if probe is build:
-        return build, excluded, score, steps, ""
+        return build(excluded), excluded, score, steps, ""
     p_excluded, p_score, _, p_steps = search_exclusions(ranking[:len(excluded)], lambda ex: probe(ex).model, ev,
                                                         min(budget, score.drop))
-    steps = _label(steps, "on") + _label([{**st, "samples": ev.samples} for st in p_steps], "off")
     if p_score.drop < score.drop - 1e-9 or (p_score.drop <= budget + 1e-9 and len(p_excluded) < len(excluded)):
-        return probe, p_excluded, p_score, steps, (
+        return probe(p_excluded), p_excluded, p_score, _label(steps, "on") + _label(p_steps, "off"), (
             f"; bias correction left out (with it: {len(excluded)} node(s) float, drop {score.drop:.2f} pts; "
             f"without: {len(p_excluded)}, drop {p_score.drop:.2f})")
-    return build, excluded, score, steps, ""
+    return build(excluded), excluded, score, _label(steps, "on") + _label(p_steps, "off"), ""
 
 
 def _label(steps: list[dict], correction: str) -> list[dict]:
