@@ -163,3 +163,20 @@ def correlated_layer(k: int, n: int, seed: int = 0):
         return 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - held @ bq.dequantize()) ** 2))
 
     return w, fit, sqnr
+
+
+def silu_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv -> SiLU (Sigmoid + Mul, as PyTorch exports it) -> Conv -> Identity; the first conv's biases push
+    half its channels far below 0 (a YOLO backbone's [-205, 191]), where the SiLU gives ~0."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32)
+    b1 = np.where(np.arange(8) % 2 == 0, -40.0, 1.0).astype(np.float32)
+    w2 = rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig1"),
+             helper.make_node("Mul", ["c1", "s1"], ["a1"], name="silu1"),
+             helper.make_node("Conv", ["a1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Identity", ["c2"], ["y"], name="out")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
+                  [_init("w1", w1), _init("b1", b1), _init("w2", w2)])

@@ -19,6 +19,9 @@ the range will be used as ``[-a, a]`` so a single threshold on ``|x|`` is search
 * ``mse`` -- for shrink factors ``s`` in (0, 1], the range ``s * [lo, hi]``; expected squared error per
   element = clipping error ``(x - clip(x))**2`` outside plus rounding error ``step**2 / 12`` inside, from the
   histogram, as one [candidates x bins] array; the argmin wins.
+
+:func:`silu_range` is not a method but a refinement of a range for a tensor whose only reader is a SiLU
+(``x * sigmoid(x)``): its lower bound raised to minimize the expected squared error of the SiLU's *output*.
 """
 
 from __future__ import annotations
@@ -179,6 +182,44 @@ def mse_range(obs: TensorObserver, num_levels: int = 256, symmetric: bool = Fals
     if not symmetric:
         lo_b, hi_b = max(lo_b, obs.min), min(hi_b, obs.max)
     return lo_b, hi_b
+
+
+SILU_CANDIDATES = 100  # shrink factors of the lower bound tried by silu_range
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def _silu_slope(x: np.ndarray) -> np.ndarray:
+    s = 1.0 / (1.0 + np.exp(-x))
+    return s * (1.0 + x * (1.0 - s))
+
+
+def silu_range(obs: TensorObserver, lo: float, hi: float, num_levels: int = 256) -> tuple[float, float]:
+    """``[lo', hi]`` with ``lo'`` in ``[min(lo, 0), 0)`` minimizing the expected squared error of ``silu(x)`` after
+    ``x`` is quantized with it, from the histogram: rounding error ``silu'(x)**2 * step**2 / 12`` inside,
+    ``(silu(x) - silu(lo'))**2`` below (SILU_CANDIDATES shrink factors of ``lo`` tried at once).
+
+    SiLU maps all of x < -4 into [-0.08, 0]: a minmax range spends most of its levels there on a conv output
+    like YOLOv8n's second one ([-205, 191] -> [-4.1, 191]; the error after the SiLU 4x lower).  Only the lower
+    side: above 0 the SiLU is nearly the identity, and narrowing ``hi`` by the same error (plain MSE clipping
+    there) lowered PP-OCRv6 rec (text accuracy 99.2 -> 98.7% on 384 lines) though it helped the detectors."""
+    _check(obs)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if lo >= 0 or obs.width <= 0:
+        return lo, hi
+    c = obs.edges()[:-1] + obs.width / 2
+    h = obs.hist.astype(np.float64)
+    keep = h > 0
+    c, h = c[keep], h[keep]
+    los = lo * np.linspace(1.0 / SILU_CANDIDATES, 1.0, SILU_CANDIDATES)
+    below = c[None, :] < los[:, None]                                               # [candidates x bins]
+    clip = np.where(below, (_silu(c)[None, :] - _silu(los)[:, None]) ** 2 * h[None, :], 0.0).sum(1)
+    inside = np.where(below, 0.0, (h * _silu_slope(c) ** 2)[None, :]).sum(1)
+    step = (hi - los) / (num_levels - 1)
+    err = step ** 2 / 12.0 * inside + clip
+    return float(los[int(np.argmin(err))]), hi
 
 
 ESTIMATORS: dict[str, Callable[..., tuple[float, float]]] = {

@@ -16,6 +16,9 @@ The plan follows how ONNX Runtime's CPU graph optimizer fuses QDQ groups into in
 * **Concat** whose inputs' calibrated ranges differ widely (box coordinates next to class scores) stays float:
   QLinearConcat gives all inputs the output's one scale, which would leave the narrow input a few levels
   (:func:`range_conflicts`, applied once ranges are known).
+* A quantized tensor read only by a **SiLU** (``x * sigmoid(x)``, :func:`silu_inputs`) gets the range that
+  minimizes the error of the SiLU's output, not of the tensor itself
+  (:func:`~quantcli.calibration.estimators.silu_range`, applied once ranges are known).
 * Everything else stays float.  Graph outputs are never re-quantized, so a model's outputs keep FP32
   values; a Conv whose output is a graph output stays float (it would need a lossy Q to fuse).
 """
@@ -291,6 +294,21 @@ def range_conflicts(model: onnx.ModelProto, qplan: QuantPlan,
             out[node.name] = Why(r.Reason.RANGE_CONFLICT, (
                 f"inputs' ranges differ x{ratio:.0f} ('{wide}' spans {spans[wide]:.4g}, '{narrow}' "
                 f"{spans[narrow]:.4g}): one shared scale would leave '{narrow}' {bits:.1f} of 8 bits"))
+    return out
+
+
+def silu_inputs(model: onnx.ModelProto) -> set[str]:
+    """Tensors whose only readers are a Sigmoid and a Mul of the tensor by that Sigmoid's output (a SiLU as
+    exported from PyTorch), not graph outputs."""
+    idx = GraphIndex(model.graph)
+    out = set()
+    for t, readers in idx.consumers.items():
+        if len(readers) != 2 or t in idx.graph_outputs:
+            continue
+        sig = next((n for n in readers if n.op_type == "Sigmoid"), None)
+        mul = next((n for n in readers if n.op_type == "Mul"), None)
+        if sig is not None and mul is not None and sorted(mul.input) == sorted([t, sig.output[0]]):
+            out.add(t)
     return out
 
 
