@@ -33,8 +33,9 @@ def per_sample(batches: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
 
 
 def _take(o: np.ndarray, i: int, n: int) -> np.ndarray:
+    """Sample ``i`` of ``o`` as a view (PP-OCRv6 rec's 96 lines of 40 x 18710 scores are 287 MB a copy)."""
     axis = next((a for a, d in enumerate(o.shape) if d == n), None)
-    return o if axis is None else np.take(o, [i], axis=axis)
+    return o if axis is None else o[(slice(None),) * axis + (slice(i, i + 1),)]
 
 
 def _hook(z: zoo.Zoo):
