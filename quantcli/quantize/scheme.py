@@ -119,9 +119,8 @@ def static(model: onnx.ModelProto, prep: Prepared, res: Resolved, artifact: Cali
     if s.weights == Weights.AUTO and res.per_channel:
         build, note = auto_weight_granularity(model, build)
         notes += [note] if note else []
-    if s.max_drop is None:  # (--max-drop measures with and without it itself)
-        build, note = guard_bias_correction(model, build)
-        notes += [note] if note else []
+    build, note = guard_bias_correction(model, build)  # with --max-drop --metric, by that metric
+    notes += [note] if note else []
     built = build()
     search = None
     if s.max_drop is not None:
