@@ -370,8 +370,7 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
     against the class count seen). Returns (outputs, top1, top5, samples, latency feeds, classes); ``kept`` gets
     each batch's (FP32 outputs, quantized outputs) for a task metric."""
     bs = ds.default_batch_size(None)
-    total = ds.count_used(bs)
-    advance = progress("evaluating", total)
+    advance = progress("evaluating", ds.count_used(bs))
     fid = [FidelityAccumulator() for _ in out_names]
     agree = [0 for _ in out_names]
     argmaxable = [True for _ in out_names]
@@ -386,8 +385,9 @@ def _evaluate(ds: Dataset, sa, sb, out_names: list[str], name_a: str, name_b: st
         n = len(next(iter(feeds.values())))
         if first is None:  # latency at batch 1, or at the model's fixed batch
             first = feeds if any(sp.batch_dim is not None for sp in ds.specs) else {k: v[:1] for k, v in feeds.items()}
-        ra, rb = run_session(sa, feeds, what=name_a), run_session(sb, feeds, what=name_b)
-        kept is not None and kept.append(([np.array(a) for a in ra], [np.array(b) for b in rb]))
+        ra, rb = (run_session(s, feeds, what=name, keep=kept is not None) for s, name in ((sa, name_a), (sb, name_b)))
+        if kept is not None:  # copies (keep=True): an ONNX Runtime output holds its session's arena
+            kept.append((ra, rb))
         for i, (a, b) in enumerate(zip(ra, rb)):
             fid[i].update(a, b)
             if np.ndim(a) >= 2 and np.shape(a)[-1] > 1 and np.shape(a)[0] == n:
