@@ -184,7 +184,7 @@ def guard_bias_correction(model: onnx.ModelProto, build: StaticBuilder) -> tuple
     except QuantcliError:
         return build, None
     n = len(layers)
-    ks = sorted({n, 0} | {max(1, int(np.ceil(n * f))) for f in BC_PREFIX_FRACTIONS}, reverse=True)
+    ks = _prefix_counts(n)
     scores = {k: ev.score(build.bias_prefix(k)().model, slices=True) for k in ks}
     floor = scores[0].sqnr_db
 
@@ -209,6 +209,11 @@ def guard_bias_correction(model: onnx.ModelProto, build: StaticBuilder) -> tuple
                                      f"all corrected {scores[n].sqnr_db:.1f}, none {floor:.1f})")
 
 
+def _prefix_counts(n: int) -> list[int]:
+    """How many leading corrected layers the guard tries: all, BC_PREFIX_FRACTIONS of them, none (most first)."""
+    return sorted({n, 0} | {max(1, int(np.ceil(n * f))) for f in BC_PREFIX_FRACTIONS}, reverse=True)
+
+
 def task_evaluator(model: onnx.ModelProto, build: StaticBuilder):
     """``--max-drop``'s evaluator (its task metric, if any, on the whole evaluation set), made once per convert:
     the bias-correction guard and the search share its FP32 outputs."""
@@ -231,9 +236,10 @@ def _guard_by_task(model: onnx.ModelProto, build: StaticBuilder, layers: list[st
     judged on."""
     ev = task_evaluator(model, build)
     n = len(layers)
-    ks = sorted({n, 0} | {max(1, int(np.ceil(n * f))) for f in BC_PREFIX_FRACTIONS}, reverse=True)
+    ks = _prefix_counts(n)
     scores = {k: ev.score(build.bias_prefix(k)().model) for k in ks}
     best = max(ks, key=lambda k: (round(scores[k].metric, 6), scores[k].sqnr_db))  # first maximum: more layers
+    build.shared["guarded_score"] = scores[best]  # the all-INT8 model the search starts from: not scored again
     if best == n:
         return build, None
     head = ("bias correction left out" if best == 0 else
@@ -280,7 +286,7 @@ def mixed_precision(model: onnx.ModelProto, prep: Prepared, build: StaticBuilder
     if why:
         raise QuantcliError(f"convert --max-drop: {why}")
     built = build()
-    full = ev.score(built.model)
+    full = build.shared.pop("guarded_score", None) or ev.score(built.model)
     search = SearchResult(ev.metric_name, s.max_drop, full.drop, full.drop)
     probe = build.probe()
     if full.drop > s.max_drop + 1e-9:
