@@ -297,6 +297,13 @@ def test_bias_prefix_keeps_exactly_the_shifts_of_the_leading_layers(tmp_path):
     assert sum(e.kind.name == "BIAS_SHIFTED" for e in build.bias_prefix(1)().events) == 1
     assert build.bias_prefix(len(layers)) is build and build.bias_prefix(0) is build.probe()
 
+    # the prefixed builder's other builds (--max-drop candidates, nodes alone) correct only those layers too
+    two = build.bias_prefix(2)
+    shifted = lambda built: [e.node for e in built.events if e.kind.name == "BIAS_SHIFTED"]  # noqa: E731
+    assert shifted(two((layers[-1],))) == layers[:2] and shifted(build((layers[-1],)))[2:]
+    assert shifted(two((), (layers[-1],))) == [] and shifted(two((), (layers[0],))) == [layers[0]]
+    assert shifted(build((), (layers[-1],))) == [layers[-1]]
+
 
 def _spread_depthwise(seed: int = 0) -> onnx.ModelProto:
     """x -> Conv(3->16, channel gains 1/128..1) -> HardSwish -> depthwise Conv (gains 1/those) -> HardSwish ->

@@ -58,7 +58,18 @@ def test_search_bisects_over_the_ranking():
 
     excluded, score, _, steps = search_exclusions(list("abcdefgh"), lambda ex: ex, FakeEval(), 1.0)
     assert excluded == ("a", "b") and score.drop == 1.0
-    assert len(steps) <= 5  # 0, all, then log2 bisection
+    assert [s["float_nodes"] for s in steps] == [0, 4, 2, 1]  # 0, then bisection: all 8 float is not needed
+
+    class Unreachable(FakeEval):  # only all 8 in float meets it: measured once nothing smaller holds
+        def score(self, model):
+            from quantcli.sensitivity import Score
+
+            return Score(drop=0.0 if len(model) == 8 else 3.0, sqnr_db=0.0, metric=0.0)
+
+    excluded, score, _, steps = search_exclusions(list("abcdefgh"), lambda ex: ex, Unreachable(), 1.0)
+    assert len(excluded) == 8 and score.drop == 0.0 and [s["float_nodes"] for s in steps] == [0, 4, 6, 7, 8]
+    excluded, score, _, steps = search_exclusions(list("abcdefgh"), lambda ex: ex, Unreachable(), -1.0)
+    assert len(excluded) == 8 and score.drop == 0.0  # not reachable at all: the most it can do, said upstream
 
 
 def test_presets_first_and_last():
@@ -345,3 +356,34 @@ def test_agreement_over_a_last_axis_that_holds_no_probabilities_is_flagged():
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     assert "embeddings" in _metric_hint(Evaluator(None, [{"x": emb}], ref=[emb]))
     assert _metric_hint(Evaluator(None, [{"x": emb}], ref=[emb * 3])) == ""  # classifier logits: no hint
+
+
+def test_with_a_task_metric_the_sqnr_is_the_worst_outputs(tmp_path):
+    """A node that changes only a second output (PicoDet: one stride's branch) must not score "exact" by the first
+    output's SQNR: with a task metric (every output held) a score's SQNR is the lowest over the float outputs."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from quantcli.sensitivity import Evaluator, worst_output_sqnr
+    from quantcli.task_metric import TaskMetric
+
+    def two_outputs(gain: float) -> onnx.ModelProto:
+        g = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Mul", ["x", "k"], ["b"]),
+             helper.make_node("ArgMax", ["x"], ["c"], axis=1)], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+            [helper.make_tensor_value_info(n, t, None) for n, t in (("a", TensorProto.FLOAT),
+                                                                    ("b", TensorProto.FLOAT), ("c", TensorProto.INT64))],
+            [helper.make_tensor("k", TensorProto.FLOAT, [], [gain])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    batches = [{"x": x[:3]}, {"x": x[3:]}]
+    task = TaskMetric("t.py:f", lambda ref, cand, labels: 100.0, "0")
+    ev = Evaluator(two_outputs(2.0), batches, task=task)
+    score = ev.score(two_outputs(2.02))
+    assert score.sqnr_db == pytest.approx(40.0, abs=0.01)  # 1% error on b; a is exact, c is an integer output
+    assert ev.score(two_outputs(2.0)).sqnr_db == float("inf")
+    assert Evaluator(two_outputs(2.0), batches).score(two_outputs(2.02)).sqnr_db == float("inf")  # first output only
+    assert worst_output_sqnr([[x]], [[x * 0.99]]) == pytest.approx(40.0, abs=0.01)
