@@ -352,3 +352,39 @@ def test_depthwise_conv_amplifying_its_input_noise_stays_float(tmp_path, monkeyp
 
     rule, forced_int8 = sqnr(tmp_path / "q.onnx"), sqnr(tmp_path / "f.onnx")
     assert rule > forced_int8 + 0.5, (rule, forced_int8)
+
+
+def test_requantize_matches_a_fresh_qdq_model(tmp_path):
+    """Empirical bias correction keeps one Q/DQ model up to date as biases move (``requantize``) instead of
+    rebuilding it per layer: the initializers must be the ones ``insert_qdq`` writes for the moved biases, also
+    where a bias so large its int32 form needs a raised weight scale."""
+    from quantcli import pipeline
+    from quantcli.quantize.qdq import insert_qdq, requantize
+    from quantcli.quantize.static import StaticBuilder
+    from quantcli.recipe import CalibrateSettings, ConvertSettings
+    from quantcli.transforms.bias_correction import bias_tensor
+    from quantcli.transforms.graph import GraphIndex, set_initializer
+
+    model = small_cnn()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=cnn_data(32))
+    prep = pipeline.prepare(model, cle=True)
+    res = pipeline.resolve(ConvertSettings(), CalibrateSettings(data=str(tmp_path / "c.npz")))
+    res = res.for_opset(pipeline.modelio.model_opset(prep.model))
+    artifact, prep = pipeline._artifact_for(model, tmp_path / "m.onnx", prep, res, None, pipeline._no_progress)
+    build = StaticBuilder(model, prep, res.with_artifact_data(artifact.data_path(), artifact.data_settings()), artifact)
+    build()
+    plain, work, qplan, ranges, options, _ = build._bc_parts
+    idx = GraphIndex(work.graph)
+    nodes = {n.name: n for n in work.graph.node}
+    biases = {bias_tensor(work, nodes[name], idx)[0] for name in build.corrected_layers()}
+    big = sorted(biases)[0]
+    set_initializer(work.graph, big, np.full_like(idx.const(big), 3e7))  # int32 overflow at this scale: raised
+    inits = lambda m: {t.name: t.SerializeToString() for t in m.graph.initializer}  # noqa: E731
+
+    q = insert_qdq(plain, qplan, ranges, options).model
+    fresh = insert_qdq(work, qplan, ranges, options).model
+    assert inits(q) != inits(fresh)
+    requantize(q, work, qplan, ranges, options, biases)
+    assert inits(q) == inits(fresh)
+    assert [n.SerializeToString() for n in q.graph.node] == [n.SerializeToString() for n in fresh.graph.node]

@@ -26,7 +26,7 @@ from ..runtime.session import make_session, run
 from ..transforms.bias_correction import bias_tensor, shift_bias
 from ..transforms.graph import Event, EventKind, GraphIndex
 from .policy import QuantPlan
-from .qdq import QDQOptions, insert_qdq
+from .qdq import QDQOptions, insert_qdq, requantize
 
 
 MIN_SAMPLES = 8             # a per-channel mean over at least this many samples...
@@ -86,13 +86,21 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
     ref = [cache[name] for name in layers]
     frontier = Frontier(batches)
     report = []
+    q = None  # the Q/DQ model, kept up to date as biases move (requantize): built once
     for name, op, mean_fp in zip(layers, ops, ref):
-        if op == "MatMul" and bias_tensor(model, nodes[name], GraphIndex(model.graph))[0] is None:
+        idx = GraphIndex(model.graph)
+        bias = bias_tensor(model, nodes[name], idx)[0]
+        if op == "MatMul" and bias is None:
             report.append(Event(EventKind.SKIPPED, name, f"skipped ({name}: MatMul without a bias Add)"))
             continue  # nowhere to put a correction: not worth a pass of the quantized model
-        q = insert_qdq(model, plan, ranges, options).model
+        if q is None:
+            q = insert_qdq(model, plan, ranges, options).model
         (mean_q,) = frontier.channel_means(q, [(name, 1 if op == "Conv" else -1)])
         report.append(_shift(model, name, mean_q - mean_fp))
+        if bias is not None and bias in idx.initializers and len(idx.consumers.get(bias, ())) == 1:
+            requantize(q, model, plan, ranges, options, {bias})
+        else:  # a bias added, or read by other nodes too: the whole Q/DQ model again
+            q = None
         if on_layer:
             on_layer(1)
     return model, report
