@@ -387,3 +387,71 @@ def test_with_a_task_metric_the_sqnr_is_the_worst_outputs(tmp_path):
     assert ev.score(two_outputs(2.0)).sqnr_db == float("inf")
     assert Evaluator(two_outputs(2.0), batches).score(two_outputs(2.02)).sqnr_db == float("inf")  # first output only
     assert worst_output_sqnr([[x]], [[x * 0.99]]) == pytest.approx(40.0, abs=0.01)
+
+
+def _two_heads() -> "onnx.ModelProto":
+    """A backbone (two convs and a skip Add) feeding two heads, one output each: a node of one head changes only
+    its own output."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w = lambda name, *shape: numpy_helper.from_array((rng.normal(size=shape) * 0.3).astype(np.float32), name)  # noqa
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "r1"], ["s"], name="skip"),
+             helper.make_node("Conv", ["s", "wa", "ba"], ["ha"], name="head_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["s", "wb", "bb"], ["hb"], name="head_b", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["ha"], ["a"], name="out_a"),
+             helper.make_node("Sigmoid", ["hb"], ["b"], name="out_b")]
+    inits = [w("w1", 8, 3, 3, 3), w("b1", 8), w("w2", 8, 8, 3, 3), w("b2", 8), w("wa", 16, 8, 3, 3), w("ba", 16),
+             w("wb", 16, 8, 3, 3), w("bb", 16)]
+    g = helper.make_graph(nodes, "two_heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("held", [None, 1])
+def test_alone_scorer_runs_only_what_a_node_changes_and_scores_as_the_whole_model(tmp_path, monkeypatch, held):
+    """The ranking's models (each node quantized alone) are scored from base's held values through only the part
+    the node changes: the same scores as running each model whole, with a task metric over both outputs (all held
+    at once, or -- held=1 value -- a pass of the float model per node)."""
+    import numpy as np
+    import onnx
+
+    from quantcli import sensitivity
+    from quantcli.quantize.search import ranked_nodes
+    from quantcli.quantize.static import StaticBuilder
+    from quantcli.sensitivity import AloneScorer, Evaluator
+    from quantcli.task_metric import TaskMetric
+
+    if held:
+        monkeypatch.setattr(sensitivity, "ALONE_HELD_VALUES", held)
+    model = _two_heads()
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).normal(size=(24, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    prep = pipeline.prepare(model, cle=True)
+    res = pipeline.resolve(ConvertSettings(), CalibrateSettings(data=str(tmp_path / "c.npz")))
+    res = res.for_opset(pipeline.modelio.model_opset(prep.model))
+    artifact, prep = pipeline._artifact_for(model, tmp_path / "m.onnx", prep, res, None, pipeline._no_progress)
+    build = StaticBuilder(model, prep, res.with_artifact_data(artifact.data_path(), artifact.data_settings()), artifact)
+    nodes = ranked_nodes(build())
+    assert sorted(nodes) == ["c1", "c2", "head_a", "head_b"]
+
+    def close(ref, cand, labels):  # % of values within 0.05 of FP32, over both outputs
+        pairs = [(r, c) for rb, cb in zip(ref, cand) for r, c in zip(rb, cb)]
+        return 100.0 * sum(int((np.abs(r - c) < 0.05).sum()) for r, c in pairs) / sum(r.size for r, _ in pairs)
+
+    ev = Evaluator(model, [{"x": x[i:i + 8]} for i in range(0, 24, 8)], task=TaskMetric("t.py:f", close, "0"))
+    scorer = AloneScorer(build((), ()).model, ev, nodes)
+    for name in nodes:
+        quant = build((), (name,)).model
+        part, whole = scorer.score(quant, name), ev.score(quant)
+        assert part.metric == pytest.approx(whole.metric, abs=1e-9), name
+        assert part.sqnr_db == pytest.approx(whole.sqnr_db, abs=1e-3), name
+    assert scorer.parts == 4 and scorer.whole == 0
+    changed, _ = scorer._changed(build((), ("head_a",)).model)
+    assert "head_b" not in {n.name for n in changed} and "head_a" in {n.name for n in changed}
