@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models import cnn_data, small_cnn
+from models import cnn_data, small_cnn, static_builder
 from quantcli.quantize import params as qp
 from quantcli.quantize.policy import PlanOptions, plan
 from quantcli.quantize.qdq import insert_qdq
@@ -262,18 +262,8 @@ def test_bias_correction_guard_measures_samples_the_correction_did_not_fit(tmp_p
 def test_bias_prefix_keeps_exactly_the_shifts_of_the_leading_layers(tmp_path):
     """The guard's candidates 'first k layers corrected' reuse the full pass's shifts: the first k layers' int32
     biases are the fully corrected model's, the others the uncorrected model's, everything else the same."""
-    from quantcli import pipeline
-    from quantcli.quantize.static import StaticBuilder
-    from quantcli.recipe import CalibrateSettings, ConvertSettings
-
     model = small_cnn()
-    onnx.save(model, tmp_path / "m.onnx")
-    np.savez(tmp_path / "c.npz", x=cnn_data(32))
-    prep = pipeline.prepare(model, cle=True)
-    res = pipeline.resolve(ConvertSettings(), CalibrateSettings(data=str(tmp_path / "c.npz")))
-    res = res.for_opset(pipeline.modelio.model_opset(prep.model))
-    artifact, prep = pipeline._artifact_for(model, tmp_path / "m.onnx", prep, res, None, pipeline._no_progress)
-    build = StaticBuilder(model, prep, res.with_artifact_data(artifact.data_path(), artifact.data_settings()), artifact)
+    build = static_builder(tmp_path, model, cnn_data(32))
     layers = build.corrected_layers()
     assert len(layers) >= 3
 
@@ -358,21 +348,12 @@ def test_requantize_matches_a_fresh_qdq_model(tmp_path):
     """Empirical bias correction keeps one Q/DQ model up to date as biases move (``requantize``) instead of
     rebuilding it per layer: the initializers must be the ones ``insert_qdq`` writes for the moved biases, also
     where a bias so large its int32 form needs a raised weight scale."""
-    from quantcli import pipeline
     from quantcli.quantize.qdq import insert_qdq, requantize
-    from quantcli.quantize.static import StaticBuilder
-    from quantcli.recipe import CalibrateSettings, ConvertSettings
     from quantcli.transforms.bias_correction import bias_tensor
     from quantcli.transforms.graph import GraphIndex, set_initializer
 
     model = small_cnn()
-    onnx.save(model, tmp_path / "m.onnx")
-    np.savez(tmp_path / "c.npz", x=cnn_data(32))
-    prep = pipeline.prepare(model, cle=True)
-    res = pipeline.resolve(ConvertSettings(), CalibrateSettings(data=str(tmp_path / "c.npz")))
-    res = res.for_opset(pipeline.modelio.model_opset(prep.model))
-    artifact, prep = pipeline._artifact_for(model, tmp_path / "m.onnx", prep, res, None, pipeline._no_progress)
-    build = StaticBuilder(model, prep, res.with_artifact_data(artifact.data_path(), artifact.data_settings()), artifact)
+    build = static_builder(tmp_path, model, cnn_data(32))
     build()
     plain, work, qplan, ranges, options, _ = build._bc_parts
     idx = GraphIndex(work.graph)

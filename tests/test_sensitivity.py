@@ -389,7 +389,7 @@ def test_with_a_task_metric_the_sqnr_is_the_worst_outputs(tmp_path):
     assert worst_output_sqnr([[x]], [[x * 0.99]]) == pytest.approx(40.0, abs=0.01)
 
 
-def _two_heads() -> "onnx.ModelProto":
+def _two_heads():
     """A backbone (two convs and a skip Add) feeding two heads, one output each: a node of one head changes only
     its own output."""
     import numpy as np
@@ -419,25 +419,18 @@ def test_alone_scorer_runs_only_what_a_node_changes_and_scores_as_the_whole_mode
     the node changes: the same scores as running each model whole, with a task metric over both outputs (all held
     at once, or -- held=1 value -- a pass of the float model per node)."""
     import numpy as np
-    import onnx
+    from models import static_builder
 
     from quantcli import sensitivity
     from quantcli.quantize.search import ranked_nodes
-    from quantcli.quantize.static import StaticBuilder
     from quantcli.sensitivity import AloneScorer, Evaluator
     from quantcli.task_metric import TaskMetric
 
     if held:
         monkeypatch.setattr(sensitivity, "ALONE_HELD_VALUES", held)
     model = _two_heads()
-    onnx.save(model, tmp_path / "m.onnx")
     x = np.random.default_rng(0).normal(size=(24, 3, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "c.npz", x=x)
-    prep = pipeline.prepare(model, cle=True)
-    res = pipeline.resolve(ConvertSettings(), CalibrateSettings(data=str(tmp_path / "c.npz")))
-    res = res.for_opset(pipeline.modelio.model_opset(prep.model))
-    artifact, prep = pipeline._artifact_for(model, tmp_path / "m.onnx", prep, res, None, pipeline._no_progress)
-    build = StaticBuilder(model, prep, res.with_artifact_data(artifact.data_path(), artifact.data_settings()), artifact)
+    build = static_builder(tmp_path, model, x)
     nodes = ranked_nodes(build())
     assert sorted(nodes) == ["c1", "c2", "head_a", "head_b"]
 
