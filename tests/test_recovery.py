@@ -369,3 +369,33 @@ def test_requantize_matches_a_fresh_qdq_model(tmp_path):
     requantize(q, work, qplan, ranges, options, biases)
     assert inits(q) == inits(fresh)
     assert [n.SerializeToString() for n in q.graph.node] == [n.SerializeToString() for n in fresh.graph.node]
+
+
+def test_bias_correction_measures_independent_layers_in_one_pass(tmp_path, monkeypatch):
+    """Layers none of which depends on another (two heads on one backbone) are measured in one pass: the shifts
+    are those of correcting them one by one in graph order, with fewer passes."""
+    from test_sensitivity import _two_heads
+
+    from quantcli.quantize import empirical_bias
+
+    x = np.random.default_rng(0).normal(size=(24, 3, 8, 8)).astype(np.float32)
+    passes = []
+    real = empirical_bias.Frontier.channel_means
+
+    def counted(self, q, layers, **kw):
+        passes.append([name for name, _ in layers])
+        return real(self, q, layers, **kw)
+
+    monkeypatch.setattr(empirical_bias.Frontier, "channel_means", counted)
+    grouped = static_builder(tmp_path, _two_heads(), x)().model
+    measured = [p for p in passes if "head_a" in p or "head_b" in p]
+    monkeypatch.setattr(empirical_bias, "REF_LAYERS", 1)
+    passes.clear()
+    (tmp_path / "one").mkdir()
+    single = static_builder(tmp_path / "one", _two_heads(), x)().model
+    assert ["head_a", "head_b"] in measured and ["head_a"] in passes and ["head_b"] in passes
+    inits = lambda m: {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}  # noqa: E731
+    a, b = inits(grouped), inits(single)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-6, err_msg=name)

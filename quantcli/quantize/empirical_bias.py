@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from ..calibration.requests import ChannelObserver, Stat, StatRequest
-from ..runtime.segment import elem_types, node_key, subgraph_reads
+from ..runtime.segment import elem_types, node_key, reads, subgraph_reads
 from ..runtime.session import make_session, run
 from ..transforms.bias_correction import bias_tensor, shift_bias
 from ..transforms.graph import Event, EventKind, GraphIndex
@@ -76,25 +76,69 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
     del floats
     ref = [cache[name] for name in layers]
     frontier = Frontier(batches)
-    report = []
-    q = None  # the Q/DQ model, kept up to date as biases move (requantize): built once
+    events: dict[str, Event] = {}
+    todo = []
+    idx = GraphIndex(model.graph)
     for name, op, mean_fp in zip(layers, ops, ref):
-        idx = GraphIndex(model.graph)
-        bias = bias_tensor(model, nodes[name], idx)[0]
-        if op == "MatMul" and bias is None:
-            report.append(Event(EventKind.SKIPPED, name, f"skipped ({name}: MatMul without a bias Add)"))
+        if op == "MatMul" and bias_tensor(model, nodes[name], idx)[0] is None:
+            events[name] = Event(EventKind.SKIPPED, name, f"skipped ({name}: MatMul without a bias Add)")
             continue  # nowhere to put a correction: not worth a pass of the quantized model
+        todo.append((name, 1 if op == "Conv" else -1, mean_fp))
+    upstream = _upstream_layers(model, {name for name, _, _ in todo})
+    q = None  # the Q/DQ model, kept up to date as biases move (requantize): built once
+    i = 0
+    while i < len(todo):
+        group = _independent_run(todo, i, upstream)
+        i += len(group)
         if q is None:
             q = insert_qdq(model, plan, ranges, options).model
-        (mean_q,) = frontier.channel_means(q, [(name, 1 if op == "Conv" else -1)])
-        report.append(_shift(model, name, mean_q - mean_fp))
-        if bias is not None and bias in idx.initializers and len(idx.consumers.get(bias, ())) == 1:
-            requantize(q, model, plan, ranges, options, {bias})
-        else:  # a bias added, or read by other nodes too: the whole Q/DQ model again
+        means = frontier.channel_means(q, [(name, axis) for name, axis, _ in group])
+        idx = GraphIndex(model.graph)
+        moved, whole = set(), False
+        for (name, _, mean_fp), mean_q in zip(group, means):
+            bias = bias_tensor(model, nodes[name], idx)[0]
+            events[name] = _shift(model, name, mean_q - mean_fp)
+            if bias is not None and bias in idx.initializers and len(idx.consumers.get(bias, ())) == 1:
+                moved.add(bias)
+            else:  # a bias added, or read by other nodes too: the whole Q/DQ model again
+                whole = True
+            if on_layer:
+                on_layer(1)
+        if whole:
             q = None
-        if on_layer:
-            on_layer(1)
-    return model, report
+        else:
+            requantize(q, model, plan, ranges, options, moved)
+    return model, [events[name] for name in layers if name in events]
+
+
+def _upstream_layers(model: onnx.ModelProto, layers: set[str]) -> dict[str, set[str]]:
+    """Each layer -> the layers its input depends on (through any path), in one pass in graph order."""
+    above: dict[str, set[str]] = {}  # tensor -> layers upstream of it, itself produced by one included
+    out: dict[str, set[str]] = {}
+    for n in model.graph.node:
+        up = set().union(*(above.get(t, set()) for t in reads(n)))
+        if n.name in layers:
+            out[n.name] = up
+            up = up | {n.name}
+        for o in n.output:
+            if o:
+                above[o] = up
+    return out
+
+
+def _independent_run(todo: list, start: int, upstream: dict[str, set[str]]) -> list:
+    """The layers from ``start`` on, in order, that can be measured in one pass: none depends on another of them
+    (so none's correction changes another's measurement, as correcting them one by one in graph order would), at
+    most REF_LAYERS.  PicoDet's heads at four strides, YOLO's box and class branches: one pass per group instead of
+    one per layer (a session and a run each)."""
+    group = [todo[start]]
+    names = {todo[start][0]}
+    for item in todo[start + 1:start + REF_LAYERS]:
+        if upstream[item[0]] & names:
+            break
+        group.append(item)
+        names.add(item[0])
+    return group
 
 
 def _shift(model: onnx.ModelProto, name: str, shift: np.ndarray) -> Event:
@@ -182,8 +226,8 @@ def _segment(model: onnx.ModelProto, targets: list[onnx.NodeProto], known: set[s
     order = {node_key(n): i for i, n in enumerate(model.graph.node)}
     keep.sort(key=lambda n: order[node_key(n)])
     inside = {node_key(n) for n in keep}
-    reads = {t for n in keep for t in list(n.input) + sorted(subgraph_reads(n))}
-    feeds = sorted(t for t in reads if t in known and t not in {o for n in keep for o in n.output})
+    read = {t for n in keep for t in reads(n)}
+    feeds = sorted(t for t in read if t in known and t not in {o for n in keep for o in n.output})
     outside = _read_by_others(model, final | inside)
     wanted = [t.output[0] for t in targets]
     fixed = set(consts)  # tensors computed from constants alone (weights' DequantizeLinear): recomputed, not kept
@@ -193,7 +237,7 @@ def _segment(model: onnx.ModelProto, targets: list[onnx.NodeProto], known: set[s
     outs = wanted + [o for n in keep for o in n.output
                      if o not in wanted and o in outside and o in types and o not in known and o not in fixed]
     g = onnx.helper.make_graph(keep, "segment", [_info(t, types) for t in feeds], [_info(t, types) for t in outs],
-                               initializer=[t for t in model.graph.initializer if t.name in reads])
+                               initializer=[t for t in model.graph.initializer if t.name in read])
     return onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
