@@ -180,3 +180,18 @@ def silu_cnn(seed: int = 0) -> onnx.ModelProto:
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
                   [_init("w1", w1), _init("b1", b1), _init("w2", w2)])
+
+
+def static_builder(tmp_path, model: onnx.ModelProto, x: np.ndarray):
+    """The StaticBuilder ``quantcli convert`` would use on ``model`` calibrated on ``x`` (default settings)."""
+    from quantcli import pipeline
+    from quantcli.quantize.static import StaticBuilder
+    from quantcli.recipe import CalibrateSettings, ConvertSettings
+
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=x)
+    prep = pipeline.prepare(model, cle=True)
+    res = pipeline.resolve(ConvertSettings(), CalibrateSettings(data=str(tmp_path / "c.npz")))
+    res = res.for_opset(pipeline.modelio.model_opset(prep.model))
+    artifact, prep = pipeline._artifact_for(model, tmp_path / "m.onnx", prep, res, None, pipeline._no_progress)
+    return StaticBuilder(model, prep, res.with_artifact_data(artifact.data_path(), artifact.data_settings()), artifact)

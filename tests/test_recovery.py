@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models import cnn_data, small_cnn
+from models import cnn_data, small_cnn, static_builder
 from quantcli.quantize import params as qp
 from quantcli.quantize.policy import PlanOptions, plan
 from quantcli.quantize.qdq import insert_qdq
@@ -262,18 +262,8 @@ def test_bias_correction_guard_measures_samples_the_correction_did_not_fit(tmp_p
 def test_bias_prefix_keeps_exactly_the_shifts_of_the_leading_layers(tmp_path):
     """The guard's candidates 'first k layers corrected' reuse the full pass's shifts: the first k layers' int32
     biases are the fully corrected model's, the others the uncorrected model's, everything else the same."""
-    from quantcli import pipeline
-    from quantcli.quantize.static import StaticBuilder
-    from quantcli.recipe import CalibrateSettings, ConvertSettings
-
     model = small_cnn()
-    onnx.save(model, tmp_path / "m.onnx")
-    np.savez(tmp_path / "c.npz", x=cnn_data(32))
-    prep = pipeline.prepare(model, cle=True)
-    res = pipeline.resolve(ConvertSettings(), CalibrateSettings(data=str(tmp_path / "c.npz")))
-    res = res.for_opset(pipeline.modelio.model_opset(prep.model))
-    artifact, prep = pipeline._artifact_for(model, tmp_path / "m.onnx", prep, res, None, pipeline._no_progress)
-    build = StaticBuilder(model, prep, res.with_artifact_data(artifact.data_path(), artifact.data_settings()), artifact)
+    build = static_builder(tmp_path, model, cnn_data(32))
     layers = build.corrected_layers()
     assert len(layers) >= 3
 
@@ -296,6 +286,13 @@ def test_bias_prefix_keeps_exactly_the_shifts_of_the_leading_layers(tmp_path):
     assert rest(one) == rest(full)
     assert sum(e.kind.name == "BIAS_SHIFTED" for e in build.bias_prefix(1)().events) == 1
     assert build.bias_prefix(len(layers)) is build and build.bias_prefix(0) is build.probe()
+
+    # the prefixed builder's other builds (--max-drop candidates, nodes alone) correct only those layers too
+    two = build.bias_prefix(2)
+    shifted = lambda built: [e.node for e in built.events if e.kind.name == "BIAS_SHIFTED"]  # noqa: E731
+    assert shifted(two((layers[-1],))) == layers[:2] and shifted(build((layers[-1],)))[2:]
+    assert shifted(two((), (layers[-1],))) == [] and shifted(two((), (layers[0],))) == [layers[0]]
+    assert shifted(build((), (layers[-1],))) == [layers[-1]]
 
 
 def _spread_depthwise(seed: int = 0) -> onnx.ModelProto:
@@ -345,3 +342,60 @@ def test_depthwise_conv_amplifying_its_input_noise_stays_float(tmp_path, monkeyp
 
     rule, forced_int8 = sqnr(tmp_path / "q.onnx"), sqnr(tmp_path / "f.onnx")
     assert rule > forced_int8 + 0.5, (rule, forced_int8)
+
+
+def test_requantize_matches_a_fresh_qdq_model(tmp_path):
+    """Empirical bias correction keeps one Q/DQ model up to date as biases move (``requantize``) instead of
+    rebuilding it per layer: the initializers must be the ones ``insert_qdq`` writes for the moved biases, also
+    where a bias so large its int32 form needs a raised weight scale."""
+    from quantcli.quantize.qdq import insert_qdq, requantize
+    from quantcli.transforms.bias_correction import bias_tensor
+    from quantcli.transforms.graph import GraphIndex, set_initializer
+
+    model = small_cnn()
+    build = static_builder(tmp_path, model, cnn_data(32))
+    build()
+    plain, work, qplan, ranges, options, _ = build._bc_parts
+    idx = GraphIndex(work.graph)
+    nodes = {n.name: n for n in work.graph.node}
+    biases = {bias_tensor(work, nodes[name], idx)[0] for name in build.corrected_layers()}
+    big = sorted(biases)[0]
+    set_initializer(work.graph, big, np.full_like(idx.const(big), 3e7))  # int32 overflow at this scale: raised
+    inits = lambda m: {t.name: t.SerializeToString() for t in m.graph.initializer}  # noqa: E731
+
+    q = insert_qdq(plain, qplan, ranges, options).model
+    fresh = insert_qdq(work, qplan, ranges, options).model
+    assert inits(q) != inits(fresh)
+    requantize(q, work, qplan, ranges, options, biases)
+    assert inits(q) == inits(fresh)
+    assert [n.SerializeToString() for n in q.graph.node] == [n.SerializeToString() for n in fresh.graph.node]
+
+
+def test_bias_correction_measures_independent_layers_in_one_pass(tmp_path, monkeypatch):
+    """Layers none of which depends on another (two heads on one backbone) are measured in one pass: the shifts
+    are those of correcting them one by one in graph order, with fewer passes."""
+    from test_sensitivity import _two_heads
+
+    from quantcli.quantize import empirical_bias
+
+    x = np.random.default_rng(0).normal(size=(24, 3, 8, 8)).astype(np.float32)
+    passes = []
+    real = empirical_bias.Frontier.channel_means
+
+    def counted(self, q, layers, **kw):
+        passes.append([name for name, _ in layers])
+        return real(self, q, layers, **kw)
+
+    monkeypatch.setattr(empirical_bias.Frontier, "channel_means", counted)
+    grouped = static_builder(tmp_path, _two_heads(), x)().model
+    measured = [p for p in passes if "head_a" in p or "head_b" in p]
+    monkeypatch.setattr(empirical_bias, "REF_LAYERS", 1)
+    passes.clear()
+    (tmp_path / "one").mkdir()
+    single = static_builder(tmp_path / "one", _two_heads(), x)().model
+    assert ["head_a", "head_b"] in measured and ["head_a"] in passes and ["head_b"] in passes
+    inits = lambda m: {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}  # noqa: E731
+    a, b = inits(grouped), inits(single)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-6, err_msg=name)

@@ -58,7 +58,18 @@ def test_search_bisects_over_the_ranking():
 
     excluded, score, _, steps = search_exclusions(list("abcdefgh"), lambda ex: ex, FakeEval(), 1.0)
     assert excluded == ("a", "b") and score.drop == 1.0
-    assert len(steps) <= 5  # 0, all, then log2 bisection
+    assert [s["float_nodes"] for s in steps] == [0, 4, 2, 1]  # 0, then bisection: all 8 float is not needed
+
+    class Unreachable(FakeEval):  # only all 8 in float meets it: measured once nothing smaller holds
+        def score(self, model):
+            from quantcli.sensitivity import Score
+
+            return Score(drop=0.0 if len(model) == 8 else 3.0, sqnr_db=0.0, metric=0.0)
+
+    excluded, score, _, steps = search_exclusions(list("abcdefgh"), lambda ex: ex, Unreachable(), 1.0)
+    assert len(excluded) == 8 and score.drop == 0.0 and [s["float_nodes"] for s in steps] == [0, 4, 6, 7, 8]
+    excluded, score, _, steps = search_exclusions(list("abcdefgh"), lambda ex: ex, Unreachable(), -1.0)
+    assert len(excluded) == 8 and score.drop == 0.0  # not reachable at all: the most it can do, said upstream
 
 
 def test_presets_first_and_last():
@@ -345,3 +356,95 @@ def test_agreement_over_a_last_axis_that_holds_no_probabilities_is_flagged():
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     assert "embeddings" in _metric_hint(Evaluator(None, [{"x": emb}], ref=[emb]))
     assert _metric_hint(Evaluator(None, [{"x": emb}], ref=[emb * 3])) == ""  # classifier logits: no hint
+
+
+def test_with_a_task_metric_the_sqnr_is_the_worst_outputs(tmp_path):
+    """A node that changes only a second output (PicoDet: one stride's branch) must not score "exact" by the first
+    output's SQNR: with a task metric (every output held) a score's SQNR is the lowest over the float outputs."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from quantcli.sensitivity import Evaluator, worst_output_sqnr
+    from quantcli.task_metric import TaskMetric
+
+    def two_outputs(gain: float) -> onnx.ModelProto:
+        g = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Mul", ["x", "k"], ["b"]),
+             helper.make_node("ArgMax", ["x"], ["c"], axis=1)], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+            [helper.make_tensor_value_info(n, t, None) for n, t in (("a", TensorProto.FLOAT),
+                                                                    ("b", TensorProto.FLOAT), ("c", TensorProto.INT64))],
+            [helper.make_tensor("k", TensorProto.FLOAT, [], [gain])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    batches = [{"x": x[:3]}, {"x": x[3:]}]
+    task = TaskMetric("t.py:f", lambda ref, cand, labels: 100.0, "0")
+    ev = Evaluator(two_outputs(2.0), batches, task=task)
+    score = ev.score(two_outputs(2.02))
+    assert score.sqnr_db == pytest.approx(40.0, abs=0.01)  # 1% error on b; a is exact, c is an integer output
+    assert ev.score(two_outputs(2.0)).sqnr_db == float("inf")
+    assert Evaluator(two_outputs(2.0), batches).score(two_outputs(2.02)).sqnr_db == float("inf")  # first output only
+    assert worst_output_sqnr([[x]], [[x * 0.99]]) == pytest.approx(40.0, abs=0.01)
+
+
+def _two_heads():
+    """A backbone (two convs and a skip Add) feeding two heads, one output each: a node of one head changes only
+    its own output."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w = lambda name, *shape: numpy_helper.from_array((rng.normal(size=shape) * 0.3).astype(np.float32), name)  # noqa
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "r1"], ["s"], name="skip"),
+             helper.make_node("Conv", ["s", "wa", "ba"], ["ha"], name="head_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["s", "wb", "bb"], ["hb"], name="head_b", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["ha"], ["a"], name="out_a"),
+             helper.make_node("Sigmoid", ["hb"], ["b"], name="out_b")]
+    inits = [w("w1", 8, 3, 3, 3), w("b1", 8), w("w2", 8, 8, 3, 3), w("b2", 8), w("wa", 16, 8, 3, 3), w("ba", 16),
+             w("wb", 16, 8, 3, 3), w("bb", 16)]
+    g = helper.make_graph(nodes, "two_heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("held", [None, 1])
+def test_alone_scorer_runs_only_what_a_node_changes_and_scores_as_the_whole_model(tmp_path, monkeypatch, held):
+    """The ranking's models (each node quantized alone) are scored from base's held values through only the part
+    the node changes: the same scores as running each model whole, with a task metric over both outputs (all held
+    at once, or -- held=1 value -- a pass of the float model per node)."""
+    import numpy as np
+    from models import static_builder
+
+    from quantcli import sensitivity
+    from quantcli.quantize.search import ranked_nodes
+    from quantcli.sensitivity import AloneScorer, Evaluator
+    from quantcli.task_metric import TaskMetric
+
+    if held:
+        monkeypatch.setattr(sensitivity, "ALONE_HELD_VALUES", held)
+    model = _two_heads()
+    x = np.random.default_rng(0).normal(size=(24, 3, 8, 8)).astype(np.float32)
+    build = static_builder(tmp_path, model, x)
+    nodes = ranked_nodes(build())
+    assert sorted(nodes) == ["c1", "c2", "head_a", "head_b"]
+
+    def close(ref, cand, labels):  # % of values within 0.05 of FP32, over both outputs
+        pairs = [(r, c) for rb, cb in zip(ref, cand) for r, c in zip(rb, cb)]
+        return 100.0 * sum(int((np.abs(r - c) < 0.05).sum()) for r, c in pairs) / sum(r.size for r, _ in pairs)
+
+    ev = Evaluator(model, [{"x": x[i:i + 8]} for i in range(0, 24, 8)], task=TaskMetric("t.py:f", close, "0"))
+    scorer = AloneScorer(build((), ()).model, ev, nodes)
+    for name in nodes:
+        quant = build((), (name,)).model
+        part, whole = scorer.score(quant, name), ev.score(quant)
+        assert part.metric == pytest.approx(whole.metric, abs=1e-9), name
+        assert part.sqnr_db == pytest.approx(whole.sqnr_db, abs=1e-3), name
+    assert scorer.parts == 4 and scorer.whole == 0
+    changed, _ = scorer._changed(build((), ("head_a",)).model)
+    assert "head_b" not in {n.name for n in changed} and "head_a" in {n.name for n in changed}

@@ -22,11 +22,12 @@ import numpy as np
 import onnx
 
 from ..calibration.requests import ChannelObserver, Stat, StatRequest
+from ..runtime.segment import elem_types, node_key, reads, subgraph_reads
 from ..runtime.session import make_session, run
 from ..transforms.bias_correction import bias_tensor, shift_bias
 from ..transforms.graph import Event, EventKind, GraphIndex
 from .policy import QuantPlan
-from .qdq import QDQOptions, insert_qdq
+from .qdq import QDQOptions, insert_qdq, requantize
 
 
 MIN_SAMPLES = 8             # a per-channel mean over at least this many samples...
@@ -48,16 +49,6 @@ def sample_budget(batches: list[dict]) -> list[dict]:
         samples += len(first) if np.ndim(first) else 1
         values += sum(int(np.size(v)) for v in feeds.values())
     return kept
-
-
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    names: set[str] = set()
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for n in g.node:
-                names.update(n.input)
-                names.update(_subgraph_reads(n))
-    return names
 
 
 def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges: dict, options: QDQOptions,
@@ -85,17 +76,69 @@ def empirical_bias_correction(prepared: onnx.ModelProto, plan: QuantPlan, ranges
     del floats
     ref = [cache[name] for name in layers]
     frontier = Frontier(batches)
-    report = []
+    events: dict[str, Event] = {}
+    todo = []
+    idx = GraphIndex(model.graph)
     for name, op, mean_fp in zip(layers, ops, ref):
-        if op == "MatMul" and bias_tensor(model, nodes[name], GraphIndex(model.graph))[0] is None:
-            report.append(Event(EventKind.SKIPPED, name, f"skipped ({name}: MatMul without a bias Add)"))
+        if op == "MatMul" and bias_tensor(model, nodes[name], idx)[0] is None:
+            events[name] = Event(EventKind.SKIPPED, name, f"skipped ({name}: MatMul without a bias Add)")
             continue  # nowhere to put a correction: not worth a pass of the quantized model
-        q = insert_qdq(model, plan, ranges, options).model
-        (mean_q,) = frontier.channel_means(q, [(name, 1 if op == "Conv" else -1)])
-        report.append(_shift(model, name, mean_q - mean_fp))
-        if on_layer:
-            on_layer(1)
-    return model, report
+        todo.append((name, 1 if op == "Conv" else -1, mean_fp))
+    upstream = _upstream_layers(model, {name for name, _, _ in todo})
+    q = None  # the Q/DQ model, kept up to date as biases move (requantize): built once
+    i = 0
+    while i < len(todo):
+        group = _independent_run(todo, i, upstream)
+        i += len(group)
+        if q is None:
+            q = insert_qdq(model, plan, ranges, options).model
+        means = frontier.channel_means(q, [(name, axis) for name, axis, _ in group])
+        idx = GraphIndex(model.graph)
+        moved, whole = set(), False
+        for (name, _, mean_fp), mean_q in zip(group, means):
+            bias = bias_tensor(model, nodes[name], idx)[0]
+            events[name] = _shift(model, name, mean_q - mean_fp)
+            if bias is not None and bias in idx.initializers and len(idx.consumers.get(bias, ())) == 1:
+                moved.add(bias)
+            else:  # a bias added, or read by other nodes too: the whole Q/DQ model again
+                whole = True
+            if on_layer:
+                on_layer(1)
+        if whole:
+            q = None
+        else:
+            requantize(q, model, plan, ranges, options, moved)
+    return model, [events[name] for name in layers if name in events]
+
+
+def _upstream_layers(model: onnx.ModelProto, layers: set[str]) -> dict[str, set[str]]:
+    """Each layer -> the layers its input depends on (through any path), in one pass in graph order."""
+    above: dict[str, set[str]] = {}  # tensor -> layers upstream of it, itself produced by one included
+    out: dict[str, set[str]] = {}
+    for n in model.graph.node:
+        up = set().union(*(above.get(t, set()) for t in reads(n)))
+        if n.name in layers:
+            out[n.name] = up
+            up = up | {n.name}
+        for o in n.output:
+            if o:
+                above[o] = up
+    return out
+
+
+def _independent_run(todo: list, start: int, upstream: dict[str, set[str]]) -> list:
+    """The layers from ``start`` on, in order, that can be measured in one pass: none depends on another of them
+    (so none's correction changes another's measurement, as correcting them one by one in graph order would), at
+    most REF_LAYERS.  PicoDet's heads at four strides, YOLO's box and class branches: one pass per group instead of
+    one per layer (a session and a run each)."""
+    group = [todo[start]]
+    names = {todo[start][0]}
+    for item in todo[start + 1:start + REF_LAYERS]:
+        if upstream[item[0]] & names:
+            break
+        group.append(item)
+        names.add(item[0])
+    return group
 
 
 def _shift(model: onnx.ModelProto, name: str, shift: np.ndarray) -> Event:
@@ -129,11 +172,11 @@ class Frontier:
         """Per-channel means (along each axis) of the ``layers``' outputs in ``q`` from one pass; afterwards the
         nodes they depend on are final, and with ``settle`` the layers themselves too (nothing will move)."""
         if not self.types:
-            self.types = _elem_types(q)
+            self.types = elem_types(q)
         by_name = {n.name: n for n in q.graph.node}
         targets = [by_name[name] for name, _ in layers]
         seg = _segment(q, targets, set(self.values[0]), self.final if not settle else self.final | {
-            _key(t) for t in targets}, self.types)
+            node_key(t) for t in targets}, self.types)
         obs = [ChannelObserver(StatRequest(t.output[0], Stat.CHANNEL_MEAN, axis))
                for t, (_, axis) in zip(targets, layers)]
         session = make_session(seg, what="bias-correction model")
@@ -145,8 +188,8 @@ class Frontier:
             for o in obs:
                 o.update(got.pop(o.request.tensor) if not settle else got[o.request.tensor])
             values.update(got)  # a moving layer's output is not kept: its bias is about to change
-        moving = set() if settle else {_key(t) for t in targets}
-        self.final |= {_key(n) for n in seg.graph.node} - moving
+        moving = set() if settle else {node_key(t) for t in targets}
+        self.final |= {node_key(n) for n in seg.graph.node} - moving
         live = _read_by_others(q, self.final)
         for values in self.values:
             for k in [k for k in values if k not in live]:
@@ -154,24 +197,13 @@ class Frontier:
         return [o.result() for o in obs]
 
 
-def _key(node: onnx.NodeProto) -> str:
-    return node.output[0] if node.output else node.name
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    return {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)
-            if vi.type.tensor_type.elem_type}
-
-
 def _read_by_others(model: onnx.ModelProto, final: set[str]) -> set[str]:
     """Tensors read by a node that is not final (graph inputs always count)."""
     live = {i.name for i in model.graph.input}
     for n in model.graph.node:
-        if _key(n) not in final:
+        if node_key(n) not in final:
             live.update(n.input)
-            live.update(_subgraph_reads(n))
+            live.update(subgraph_reads(n))
     return live
 
 
@@ -184,28 +216,28 @@ def _segment(model: onnx.ModelProto, targets: list[onnx.NodeProto], known: set[s
     keep, seen, stack = [], set(), list(targets)
     while stack:
         node = stack.pop()
-        if _key(node) in seen:
+        if node_key(node) in seen:
             continue
-        seen.add(_key(node))
+        seen.add(node_key(node))
         keep.append(node)
-        for t in list(node.input) + sorted(_subgraph_reads(node)):
+        for t in list(node.input) + sorted(subgraph_reads(node)):
             if t and t not in known and t not in consts and t in produced:
                 stack.append(produced[t])
-    order = {_key(n): i for i, n in enumerate(model.graph.node)}
-    keep.sort(key=lambda n: order[_key(n)])
-    inside = {_key(n) for n in keep}
-    reads = {t for n in keep for t in list(n.input) + sorted(_subgraph_reads(n))}
-    feeds = sorted(t for t in reads if t in known and t not in {o for n in keep for o in n.output})
+    order = {node_key(n): i for i, n in enumerate(model.graph.node)}
+    keep.sort(key=lambda n: order[node_key(n)])
+    inside = {node_key(n) for n in keep}
+    read = {t for n in keep for t in reads(n)}
+    feeds = sorted(t for t in read if t in known and t not in {o for n in keep for o in n.output})
     outside = _read_by_others(model, final | inside)
     wanted = [t.output[0] for t in targets]
     fixed = set(consts)  # tensors computed from constants alone (weights' DequantizeLinear): recomputed, not kept
     for n in keep:
-        if all(not t or t in fixed for t in list(n.input) + sorted(_subgraph_reads(n))):
+        if all(not t or t in fixed for t in list(n.input) + sorted(subgraph_reads(n))):
             fixed.update(n.output)
     outs = wanted + [o for n in keep for o in n.output
                      if o not in wanted and o in outside and o in types and o not in known and o not in fixed]
     g = onnx.helper.make_graph(keep, "segment", [_info(t, types) for t in feeds], [_info(t, types) for t in outs],
-                               initializer=[t for t in model.graph.initializer if t.name in reads])
+                               initializer=[t for t in model.graph.initializer if t.name in read])
     return onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 

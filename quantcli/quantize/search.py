@@ -79,7 +79,7 @@ def eval_data(res: Resolved, what: str) -> str:
 def sensitivities_alone(prep: Prepared, built: Built, build: StaticBuilder, evaluator, feeds_shape: dict,
                         progress: Progress, macs: dict[str, int] | None = None) -> list:
     """Each weighted node quantized alone: its metric drop and output SQNR (``macs``: each node's, if known)."""
-    from ..sensitivity import NodeSensitivity
+    from ..sensitivity import AloneScorer, NodeSensitivity
     from ..validate.coverage import heavy_macs
 
     macs = macs if macs is not None else heavy_macs(prep.model, feeds_shape)
@@ -87,9 +87,10 @@ def sensitivities_alone(prep: Prepared, built: Built, build: StaticBuilder, eval
     quantized = built.plan.quantized_nodes
     nodes = ranked_nodes(built)
     advance = progress("sensitivity", len(nodes))
+    scorer = AloneScorer(build((), ()).model, evaluator, nodes)  # runs only what each node changes
     rows = []
     for name in nodes:
-        score = evaluator.score(build((), (name,)).model)
+        score = scorer.score(build((), (name,)).model, name)
         rows.append(NodeSensitivity(name, quantized[name], macs.get(name, 0) / total, score.drop, score.sqnr_db, None))
         advance(1)
     return rows
