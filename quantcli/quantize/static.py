@@ -136,7 +136,8 @@ class StaticBuilder:
         correcting ``k`` layers would make: no data pass is repeated.  Its other builds (``--max-drop``'s
         candidates with nodes in float, the ranking's nodes alone) correct only those ``k`` layers too: they
         corrected every layer, so the search measured candidates unlike the model the guard had chosen (YOLOv8n,
-        first 16 of 64 layers kept: its candidates had all 64 corrected, F1 75.6% at none float against 89.2%)."""
+        first 16 of 64 layers kept, all 64 corrected being 75.6% F1 all-INT8 against 89.2%: its candidates had all
+        64 corrected, and --max-drop took 105 s instead of 70 s for the same 57 float Convs)."""
         layers = self.corrected_layers()
         if k >= len(layers) or self._bc_parts is None:
             return self
