@@ -282,6 +282,7 @@ class AloneScorer:
         self.inits = {t.name: t for t in g.initializer}
         self._init_bytes: dict[str, bytes] = {}
         self.inputs = {i.name for i in g.input} - set(self.inits)
+        self.producer = {o: n for n in g.node for o in n.output if o}
         first = evaluator.batches[0]
         shaped = onnx.ModelProto()
         shaped.CopyFrom(base)
@@ -395,7 +396,7 @@ class AloneScorer:
             if size(more) > ALONE_HELD_VALUES:
                 break
             want = more
-        want = sorted(t for t in want if t in self.types or t in self._producers())
+        want = sorted(t for t in want if t in self.types or t in self.producer)
         if not want:
             return
         tap = self._tap_model(want)
@@ -407,16 +408,11 @@ class AloneScorer:
                 got[t].append(v)
         self.held = got
 
-    def _producers(self) -> dict[str, onnx.NodeProto]:
-        if not hasattr(self, "_prod"):
-            self._prod = {o: n for n in self.base.graph.node for o in n.output if o}
-        return self._prod
-
     def _tap_model(self, tensors: list[str]) -> onnx.ModelProto:
         """The part of ``base`` that computes ``tensors``, with them as its outputs."""
         from .runtime.segment import node_key, reads
 
-        prod, keep, seen, stack = self._producers(), [], set(), [t for t in tensors]
+        prod, keep, seen, stack = self.producer, [], set(), list(tensors)
         while stack:
             t = stack.pop()
             n = prod.get(t)
