@@ -25,6 +25,7 @@ from .errors import QuantcliError
 from .metrics import (FidelityAccumulator, SliceFidelity, agreement_count, decision_agreement_count,
                       is_probability_per_sample, token_agreement_count, topk_correct)
 from .runtime.session import make_session, run, tap_model
+from .transforms.graph import infer_with_input_shapes, node_key, reads
 
 
 @dataclasses.dataclass
@@ -272,8 +273,6 @@ class AloneScorer:
     pages: 104 of 250 s), half of it computing what the float model had already computed."""
 
     def __init__(self, base: onnx.ModelProto, evaluator: Evaluator, order: list[str]) -> None:
-        from .runtime.segment import node_key, reads
-
         g = base.graph
         where = {n.name: i for i, n in enumerate(g.node)}
         self.base, self.ev = base, evaluator
@@ -284,17 +283,8 @@ class AloneScorer:
         self.inputs = {i.name for i in g.input} - set(self.inits)
         self.producer = {o: n for n in g.node for o in n.output if o}
         first = evaluator.batches[0]
-        shaped = onnx.ModelProto()
-        shaped.CopyFrom(base)
-        for i in shaped.graph.input:  # the evaluation batch's shapes: sizes of dynamic maps become known
-            if i.name in first and i.type.tensor_type.HasField("shape"):
-                del i.type.tensor_type.shape.dim[:]
-                for d in np.shape(first[i.name]):
-                    i.type.tensor_type.shape.dim.add().dim_value = int(d)
-        try:
-            shaped = onnx.shape_inference.infer_shapes(shaped, strict_mode=False)
-        except Exception:  # noqa: BLE001 -- sizes unknown: each node then holds only what it reads
-            pass
+        # the evaluation batch's shapes: sizes of dynamic maps become known
+        shaped = infer_with_input_shapes(base, {k: np.shape(v) for k, v in first.items()})
         infos = list(shaped.graph.value_info) + list(shaped.graph.input) + list(shaped.graph.output)
         del shaped
         self.types = {vi.name: vi.type.tensor_type.elem_type for vi in infos if vi.type.tensor_type.elem_type}
@@ -325,8 +315,6 @@ class AloneScorer:
 
     def score(self, model: onnx.ModelProto, node: str) -> Score:
         """``model``'s score: ``base`` with ``node`` quantized alone."""
-        from .runtime.segment import reads
-
         changed, produced = self._changed(model)
         inits = {t.name for t in model.graph.initializer}
         needed = {t for n in changed for t in reads(n) if t not in produced and t not in self.inputs and t not in inits}
@@ -363,8 +351,6 @@ class AloneScorer:
         """The nodes of ``model`` that differ from ``base`` or read what differs, in graph order, and their
         outputs.  A node differs if it is new, if its proto differs, or if an initializer it reads does (a
         bias moved by bias correction, a quantized weight)."""
-        from .runtime.segment import node_key, reads
-
         inits = {t.name: t for t in model.graph.initializer}
         changed, produced = [], set()
         for n in model.graph.node:
@@ -410,8 +396,6 @@ class AloneScorer:
 
     def _tap_model(self, tensors: list[str]) -> onnx.ModelProto:
         """The part of ``base`` that computes ``tensors``, with them as its outputs."""
-        from .runtime.segment import node_key, reads
-
         prod, keep, seen, stack = self.producer, [], set(), list(tensors)
         while stack:
             t = stack.pop()
@@ -436,8 +420,6 @@ class AloneScorer:
     def _segment(self, model: onnx.ModelProto, changed: list[onnx.NodeProto], needed: set[str],
                  reached: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
         """The changed nodes of ``model``, fed with the held tensors and the graph inputs they read."""
-        from .runtime.segment import reads
-
         used = {t for n in changed for t in reads(n)}
         first = self.ev.batches[0]
         feeds = []

@@ -22,10 +22,9 @@ import numpy as np
 import onnx
 
 from ..calibration.requests import ChannelObserver, Stat, StatRequest
-from ..runtime.segment import elem_types, node_key, reads, subgraph_reads
 from ..runtime.session import make_session, run
 from ..transforms.bias_correction import bias_tensor, shift_bias
-from ..transforms.graph import Event, EventKind, GraphIndex
+from ..transforms.graph import Event, EventKind, GraphIndex, elem_types, node_key, reads
 from .policy import QuantPlan
 from .qdq import QDQOptions, insert_qdq, requantize
 
@@ -202,8 +201,7 @@ def _read_by_others(model: onnx.ModelProto, final: set[str]) -> set[str]:
     live = {i.name for i in model.graph.input}
     for n in model.graph.node:
         if node_key(n) not in final:
-            live.update(n.input)
-            live.update(subgraph_reads(n))
+            live.update(reads(n))
     return live
 
 
@@ -220,8 +218,8 @@ def _segment(model: onnx.ModelProto, targets: list[onnx.NodeProto], known: set[s
             continue
         seen.add(node_key(node))
         keep.append(node)
-        for t in list(node.input) + sorted(subgraph_reads(node)):
-            if t and t not in known and t not in consts and t in produced:
+        for t in reads(node):
+            if t not in known and t not in consts and t in produced:
                 stack.append(produced[t])
     order = {node_key(n): i for i, n in enumerate(model.graph.node)}
     keep.sort(key=lambda n: order[node_key(n)])
@@ -232,7 +230,7 @@ def _segment(model: onnx.ModelProto, targets: list[onnx.NodeProto], known: set[s
     wanted = [t.output[0] for t in targets]
     fixed = set(consts)  # tensors computed from constants alone (weights' DequantizeLinear): recomputed, not kept
     for n in keep:
-        if all(not t or t in fixed for t in list(n.input) + sorted(subgraph_reads(n))):
+        if all(t in fixed for t in reads(n)):
             fixed.update(n.output)
     outs = wanted + [o for n in keep for o in n.output
                      if o not in wanted and o in outside and o in types and o not in known and o not in fixed]

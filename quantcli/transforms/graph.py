@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 from collections import defaultdict
@@ -112,14 +113,50 @@ def remove_unused_initializers(graph: onnx.GraphProto) -> None:
 
 
 def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+    return set().union(*(subgraph_reads(node) for node in graph.node))
+
+
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope tensors the node's subgraphs (If/Loop/Scan bodies) read."""
     names: set[str] = set()
-    for node in graph.node:
-        for a in node.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-            for g in subs:
-                names |= {i for n in g.node for i in n.input}
-                names |= _subgraph_inputs(g)
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in g.node:
+                names.update(n.input)
+                names.update(subgraph_reads(n))
     return names
+
+
+def reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor the node reads: its inputs, then its subgraphs' outer reads (sorted)."""
+    return [t for t in node.input if t] + sorted(subgraph_reads(node))
+
+
+def node_key(node: onnx.NodeProto) -> str:
+    """A node's identity across copies of one graph: its first output (exporters leave nodes unnamed)."""
+    return node.output[0] if node.output else node.name
+
+
+def infer_with_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of ``model`` with its inputs' dims set to ``input_shapes`` and shapes inferred through the graph
+    (constant-folding shape computations too); where inference fails, the copy with only the inputs set."""
+    m = copy.deepcopy(model)
+    for vi in m.graph.input:
+        if vi.name in input_shapes:
+            for d, v in zip(vi.type.tensor_type.shape.dim, input_shapes[vi.name]):
+                d.Clear()
+                d.dim_value = int(v)
+    try:
+        return onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 -- unknown shapes stay unknown
+        return m
+
+
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor -> ONNX element type, as shape inference finds them."""
+    g = onnx.shape_inference.infer_shapes(model).graph
+    return {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)
+            if vi.type.tensor_type.elem_type}
 
 
 def unique_name(base: str, taken: set[str]) -> str:

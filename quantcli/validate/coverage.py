@@ -8,7 +8,6 @@ counts, weighted by multiply-accumulates (MACs) of the heavy ops, what share run
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
@@ -16,7 +15,7 @@ import onnx
 
 from ..errors import QuantcliError
 from ..runtime.session import optimized_model, tensor_shapes
-from ..transforms.graph import GraphIndex, attr
+from ..transforms.graph import GraphIndex, attr, infer_with_input_shapes
 
 INTEGER_OPS = {
     "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "MatMulIntegerToFloat",
@@ -47,17 +46,7 @@ def heavy_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
     Shapes come from ONNX shape inference; where it leaves a heavy node's shapes unknown (dims that flow
     through Shape/Slice/broadcast, often with a symbolic dim set to 1) and ``feeds`` are given, from one
     run of the model on them."""
-    m = copy.deepcopy(model)
-    for vi in m.graph.input:
-        if vi.name in input_shapes:
-            dims = vi.type.tensor_type.shape.dim
-            for d, v in zip(dims, input_shapes[vi.name]):
-                d.Clear()
-                d.dim_value = int(v)
-    try:
-        m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
-    except Exception:
-        pass
+    m = infer_with_input_shapes(model, input_shapes)
     shapes: dict[str, list[int]] = {}
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
