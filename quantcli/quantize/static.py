@@ -32,6 +32,7 @@ from ..transforms.passes import Need, PassContext, Prepared, bias_correction
 from . import reasons
 from .policy import (HEAVY, MAX_DEPTHWISE_AMPLIFICATION, PlanOptions, QuantPlan, depthwise_amplification,
                      elementwise_source, is_depthwise, is_excluded, plan, range_conflicts, resolve_presets, silu_inputs)
+from .flat import flat_range, reader_function
 from .qdq import QDQOptions, insert_qdq
 
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -179,7 +180,7 @@ class StaticBuilder:
         ranges = self._ranges(qplan)
         qdq_options = QDQOptions(symmetric_activations=self.res.symmetric, reduce_range=self.res.reduce_range)
         for check in (lambda: range_conflicts(work, qplan, ranges),
-                      lambda: self._amplified(work, qplan),
+                      lambda: self._amplified(work, qplan, ranges),
                       lambda: dict.fromkeys(_unfused(work, qplan, ranges, qdq_options, self.shared["fused"]),
                                             reasons.UNFUSED)):
             found = check()
@@ -191,7 +192,8 @@ class StaticBuilder:
                 ranges = self._ranges(qplan)
         return qplan, self._node_method_ranges(work, qplan, ranges)
 
-    def _amplified(self, work: onnx.ModelProto, qplan: QuantPlan) -> dict[str, reasons.Why]:
+    def _amplified(self, work: onnx.ModelProto, qplan: QuantPlan,
+                   ranges: dict[str, tuple[float, float]]) -> dict[str, reasons.Why]:
         """Quantized depthwise Convs that amplify their input's quantization noise past MAX_DEPTHWISE_AMPLIFICATION
         times their output's step (:func:`~quantcli.quantize.policy.depthwise_amplification`), measured on the
         samples bias correction reads; none without calibration data.
@@ -199,13 +201,14 @@ class StaticBuilder:
         Where such a layer stays float and an activation lies between it and the quantized output of the layer
         before (:func:`~quantcli.quantize.policy.elementwise_source`), that output's noise passes the activation
         and is amplified alike: the layer before stays float too (it fuses only with a Q on its output) where its
-        own step, amplified, passes the same limit.  On PicoDet the depthwise layers alone in float left that noise
-        in place (detection F1 vs FP32 62.3% on 96 pages); with the three pointwise Convs before them also float
-        (their outputs' noise 90-197x the depthwise output's step) 83.3%, and x0.87 of FP32's latency instead of
-        x0.99 (no Q/DQ pair left between the float layers).  Not applied where the depthwise layer itself stays
-        quantized: PP-LCNet's (doc-orientation) worst, 18x from its input and 38x from the layer before, gave output
-        SQNR 52.9 dB, 54.4 with that layer float, accuracy 100% either way, and that pointwise Conv (2.6% of the
-        MACs) would run in float."""
+        own step, amplified, passes the same limit (that step from the range it is quantized with).  On PicoDet the
+        depthwise layers alone in float left that noise in place (detection F1 vs FP32 62.3% on 96 pages); with the
+        three pointwise Convs before them also float (their outputs' noise 59-133x the depthwise output's step)
+        83.3%, and x0.87 of FP32's latency instead of x0.99 (no Q/DQ pair left between the float layers).  Not
+        applied where the depthwise layer itself stays quantized: PP-LCNet's (doc-orientation) worst, 18x from its
+        input and 38x from the layer before (its range not yet clamped at HardSwish's -3), gave output SQNR 52.9 dB,
+        54.4 with that layer float, accuracy 100% either way, and that pointwise Conv (2.6% of the MACs) would run
+        in float."""
         idx = GraphIndex(work.graph)
         dws = [n for n in work.graph.node if qplan.quantized_nodes.get(n.name) == "Conv" and is_depthwise(n, idx)]
         data = self.res.calibration_data
@@ -226,14 +229,13 @@ class StaticBuilder:
             node = idx.producer.get(src) if src else None
             if node is not None and node.name in qplan.quantized_nodes and src in qplan.activations:
                 before[n.name] = (src, node)
-        cache = self._channel_ranges(work, [src for src, _ in before.values()], data)
         for n in dws:
             if n.name not in before or before[n.name][1].name in out:
                 continue
             src, node = before[n.name]
-            lo, hi = cache[src]
-            wide = float(max(np.max(hi), 0.0) - min(np.min(lo), 0.0))
-            rho = depthwise_amplification(*cache[n.input[0]], *cache[n.output[0]], noise_range=wide)
+            lo, hi = ranges[qplan.activations[src]]  # the range it is quantized with (clamped where flat)
+            rho = depthwise_amplification(*cache[n.input[0]], *cache[n.output[0]],
+                                          noise_range=max(hi, 0.0) - min(lo, 0.0))
             if rho >= MAX_DEPTHWISE_AMPLIFICATION:
                 out[node.name] = reasons.Why(reasons.Reason.AMPLIFIED, (
                     f"its output reaches depthwise {n.name} through an activation; in a tenth of that layer's "
@@ -276,7 +278,34 @@ class StaticBuilder:
                 if t not in cache:
                     cache[t] = silu_range(artifact.observers[t], *ranges[t])
                 ranges[t] = cache[t]
+        flat = self._flat_tensors(qplan)
+        if flat:
+            ranges = dict(ranges)
+            cache = self.shared.setdefault("flat_ranges", {})
+            for t, (nodes, result) in flat.items():
+                key = (t, ranges[t])
+                if key not in cache:
+                    cache[key] = flat_range(self.prep.model, nodes, t, result, *ranges[t])
+                ranges[t] = cache[key]
         return ranges
+
+    def _flat_tensors(self, qplan: QuantPlan) -> dict[str, tuple[list[onnx.NodeProto], str]]:
+        """The quantized tensors read only by an activation that is flat past a point
+        (:func:`~quantcli.quantize.flat.reader_function`: HardSwish and its decomposed forms, HardSigmoid), whose
+        range is clamped there (:func:`~quantcli.quantize.flat.flat_range`); not the SiLU inputs (their own rule,
+        whatever the range method) nor with symmetric activations (a range [-a, a] has no side to narrow alone)."""
+        if self.res.symmetric:
+            return {}
+        readers = self.shared.setdefault("flat_readers", {})
+        wanted = [t for t in qplan.calibrated_tensors() if t not in readers]
+        if wanted:
+            idx = GraphIndex(self.prep.model.graph)
+            for t in wanted:
+                readers[t] = reader_function(idx, t)
+        if "silu" not in self.shared:
+            self.shared["silu"] = silu_inputs(self.prep.model)
+        return {t: readers[t] for t in qplan.calibrated_tensors()
+                if readers[t] is not None and t not in self.shared["silu"]}
 
     def _silu_tensors(self, qplan: QuantPlan) -> list[str]:
         """The quantized tensors read only by a SiLU (:func:`~quantcli.quantize.policy.silu_inputs`) whose minmax
@@ -306,9 +335,12 @@ class StaticBuilder:
         notes = [f"ranges re-derived from the calibration statistics with method '{method}'"] if (
             method and method != artifact.settings.get("method")) else []
         silu = self._silu_tensors(qplan)
+        flat = len(self._flat_tensors(qplan))
         return notes + [f"ranges: {method or artifact.settings.get('method')} over {artifact.samples} "
                         "calibration samples" + (f"; {len(silu)} SiLU input(s) narrowed to the range minimizing "
-                                                 "the SiLU output's error" if silu else "")]
+                                                 "the SiLU output's error" if silu else "")
+                        + (f"; {flat} input(s) of activations flat past a point (HardSwish below -3, "
+                           "HardSigmoid outside [-3, 3]) clamped there" if flat else "")]
 
     def _node_method_ranges(self, model: onnx.ModelProto, qplan: QuantPlan, ranges: dict) -> dict:
         """Per-node range methods ([[convert.nodes]] method/percentile) for the tensors those nodes touch."""
