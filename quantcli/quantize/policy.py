@@ -45,6 +45,10 @@ OUTPUT_Q_REQUIRED = {"Conv"} | CHEAP  # fuse into an integer kernel only with a 
 # A Concat input whose range is this many times narrower than the widest input would keep fewer than
 # 8 - log2(16) = 4 of its bits under the shared output scale.
 MAX_CONCAT_RANGE_RATIO = 16.0
+# elementwise activations (and their decomposed forms' arithmetic) through which a tensor's quantization noise
+# reaches the next layer's input unchanged in scale where the activation is live
+ELEMENTWISE = {"Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "LeakyRelu", "Tanh", "Elu", "Selu", "Softplus",
+               "Add", "Sub", "Mul", "Div"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,9 +338,13 @@ def is_depthwise(node: onnx.NodeProto, idx: GraphIndex) -> bool:
     return w is not None and w.ndim >= 3 and w.shape[1] == 1
 
 
-def depthwise_amplification(lo_in: np.ndarray, hi_in: np.ndarray, lo_out: np.ndarray, hi_out: np.ndarray) -> float:
+def depthwise_amplification(lo_in: np.ndarray, hi_in: np.ndarray, lo_out: np.ndarray, hi_out: np.ndarray,
+                            noise_range: float | None = None) -> float:
     """The DEPTHWISE_AMPLIFICATION_QUANTILE-th percentile over live channels of rho_c = (r_out_c / r_in_c) *
-    (R_in / R_out), from per-channel minima and maxima of a depthwise Conv's input and output (ranges contain 0)."""
+    (R_noise / R_out), from per-channel minima and maxima of a depthwise Conv's input and output (ranges contain 0):
+    the noise of a quantization step of R_noise / 255 at the input, in units of the output's step.  ``noise_range``:
+    the range of the tensor whose quantization puts that noise there (default: the input's own, R_in) -- the
+    output of the layer before, where an activation lies between (:func:`elementwise_source`)."""
     r_in = np.maximum(hi_in, 0.0) - np.minimum(lo_in, 0.0)
     r_out = np.maximum(hi_out, 0.0) - np.minimum(lo_out, 0.0)
     big_in = float(np.max(np.maximum(hi_in, 0.0)) - np.min(np.minimum(lo_in, 0.0)))
@@ -344,8 +352,32 @@ def depthwise_amplification(lo_in: np.ndarray, hi_in: np.ndarray, lo_out: np.nda
     live = r_in > 1e-6 * big_in
     if not np.any(live) or big_out <= 0 or len(r_in) != len(r_out):
         return 0.0
-    rho = r_out[live] / r_in[live] * big_in / big_out
+    rho = r_out[live] / r_in[live] * (big_in if noise_range is None else noise_range) / big_out
     return float(np.percentile(rho, DEPTHWISE_AMPLIFICATION_QUANTILE))
+
+
+def elementwise_source(tensor: str, idx: GraphIndex, max_nodes: int = 8) -> str | None:
+    """The one tensor that ``tensor`` is computed from by elementwise activation ops alone (constants aside), or
+    None: a HardSwish, or one decomposed as ``x * Clip(x + 3, 0, 6) / 6`` (Paddle2ONNX), leads back to ``x``; a
+    residual Add of two activations, a tensor no such op produces, or more than ``max_nodes`` ops, to None."""
+    first = idx.producer.get(tensor)
+    if first is None or first.op_type not in ELEMENTWISE:
+        return None
+    roots, seen, todo = set(), set(), [tensor]
+    while todo:
+        t = todo.pop()
+        node = idx.producer.get(t)
+        if t != tensor and (node is None or node.op_type not in ELEMENTWISE):
+            roots.add(t)
+            continue
+        if node.output[0] in seen:
+            continue
+        seen.add(node.output[0])
+        if len(seen) > max_nodes:
+            return None
+        todo += [i for i in node.input if i and i not in idx.initializers
+                 and not (i in idx.producer and idx.producer[i].op_type == "Constant")]
+    return roots.pop() if len(roots) == 1 else None
 
 
 def _heavy_reason(node: onnx.NodeProto, idx: GraphIndex, is_act) -> str | None:
