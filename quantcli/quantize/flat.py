@@ -85,12 +85,10 @@ def flat_range(model: onnx.ModelProto, nodes: list[onnx.NodeProto], tensor: str,
                lo: float, hi: float) -> tuple[float, float]:
     """``(lo, hi)`` clamped to where ``result = f(tensor)`` (``nodes``) stops being constant: f evaluated with
     ONNX Runtime on GRID + 1 points; the bounds move only inward, and only past a run of equal values."""
-    from ..runtime.session import make_session
-
     if not hi > lo:
         return lo, hi
     x = np.linspace(lo, hi, GRID + 1, dtype=np.float64).astype(np.float32)
-    y = _evaluate(model, nodes, tensor, result, x, make_session)
+    y = _evaluate(model, nodes, tensor, result, x)
     if y is None or y.shape != x.shape:
         return lo, hi
     same_low = np.flatnonzero(y != y[0])
@@ -126,8 +124,11 @@ def _levels_cover(lo: float, hi: float, a: float | None, b: float | None) -> tup
     return lo, hi
 
 
-def _evaluate(model, nodes, tensor, result, x, make_session) -> np.ndarray | None:
+def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], tensor: str, result: str,
+              x: np.ndarray) -> np.ndarray | None:
     """f(x) for a 1-D ``x``: the ops alone in a model of their own, their scalar constants copied."""
+    from ..runtime.session import make_session
+
     names = {i for n in nodes for i in n.input if i}
     inits = [t for t in model.graph.initializer if t.name in names]
     g = helper.make_graph(list(nodes), "reader", [helper.make_tensor_value_info(tensor, TensorProto.FLOAT, [len(x)])],
