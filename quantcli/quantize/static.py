@@ -286,6 +286,8 @@ class StaticBuilder:
                 key = (t, ranges[t])
                 if key not in cache:
                     cache[key] = flat_range(self.prep.model, nodes, t, result, *ranges[t])
+                    if cache[key] != ranges[t]:
+                        self.shared.setdefault("flat_clamped", set()).add(t)
                 ranges[t] = cache[key]
         return ranges
 
@@ -335,12 +337,12 @@ class StaticBuilder:
         notes = [f"ranges re-derived from the calibration statistics with method '{method}'"] if (
             method and method != artifact.settings.get("method")) else []
         silu = self._silu_tensors(qplan)
-        flat = len(self._flat_tensors(qplan))
+        flat = len(set(self._flat_tensors(qplan)) & self.shared.get("flat_clamped", set()))
         return notes + [f"ranges: {method or artifact.settings.get('method')} over {artifact.samples} "
                         "calibration samples" + (f"; {len(silu)} SiLU input(s) narrowed to the range minimizing "
                                                  "the SiLU output's error" if silu else "")
                         + (f"; {flat} input(s) of activations flat past a point (HardSwish below -3, "
-                           "HardSigmoid outside [-3, 3]) clamped there" if flat else "")]
+                           "HardSigmoid past its linear part) clamped there" if flat else "")]
 
     def _node_method_ranges(self, model: onnx.ModelProto, qplan: QuantPlan, ranges: dict) -> dict:
         """Per-node range methods ([[convert.nodes]] method/percentile) for the tensors those nodes touch."""
