@@ -223,16 +223,12 @@ class StaticBuilder:
                     f"depthwise: in a tenth of its channels the noise of its per-tensor quantized input comes out "
                     f"{rho:.0f}x its output's quantization step (per-channel gains spread; limit "
                     f"{MAX_DEPTHWISE_AMPLIFICATION:.0f}x)"))
-        before = {}  # amplifying layer -> (the quantized tensor its input is an activation of, that tensor's producer)
-        for n in dws:
-            src = elementwise_source(n.input[0], idx) if n.name in out else None
+        for n in [n for n in dws if n.name in out]:  # the layer before, where an activation lies between
+            src = elementwise_source(n.input[0], idx)
             node = idx.producer.get(src) if src else None
-            if node is not None and node.name in qplan.quantized_nodes and src in qplan.activations:
-                before[n.name] = (src, node)
-        for n in dws:
-            if n.name not in before or before[n.name][1].name in out:
+            if (node is None or node.name in out or node.name not in qplan.quantized_nodes
+                    or src not in qplan.activations):
                 continue
-            src, node = before[n.name]
             lo, hi = ranges[qplan.activations[src]]  # the range it is quantized with (clamped where flat)
             rho = depthwise_amplification(*cache[n.input[0]], *cache[n.output[0]],
                                           noise_range=max(hi, 0.0) - min(lo, 0.0))
@@ -304,10 +300,14 @@ class StaticBuilder:
             idx = GraphIndex(self.prep.model.graph)
             for t in wanted:
                 readers[t] = reader_function(idx, t)
+        silu = self._silu_inputs()
+        return {t: readers[t] for t in qplan.calibrated_tensors() if readers[t] is not None and t not in silu}
+
+    def _silu_inputs(self) -> set[str]:
+        """Every SiLU input of the prepared model (:func:`~quantcli.quantize.policy.silu_inputs`), found once."""
         if "silu" not in self.shared:
             self.shared["silu"] = silu_inputs(self.prep.model)
-        return {t: readers[t] for t in qplan.calibrated_tensors()
-                if readers[t] is not None and t not in self.shared["silu"]}
+        return self.shared["silu"]
 
     def _silu_tensors(self, qplan: QuantPlan) -> list[str]:
         """The quantized tensors read only by a SiLU (:func:`~quantcli.quantize.policy.silu_inputs`) whose minmax
@@ -327,9 +327,7 @@ class StaticBuilder:
             self.artifact.settings.get("method")
         if method != "minmax" or self.res.symmetric:
             return []
-        if "silu" not in self.shared:
-            self.shared["silu"] = silu_inputs(self.prep.model)
-        return sorted(self.shared["silu"] & set(qplan.activations.values()))
+        return sorted(self._silu_inputs() & set(qplan.activations.values()))
 
     def _range_notes(self, qplan: QuantPlan) -> list[str]:
         artifact, method = self.artifact, self.res.convert.method
