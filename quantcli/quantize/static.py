@@ -33,6 +33,7 @@ from . import reasons
 from .policy import (HEAVY, MAX_DEPTHWISE_AMPLIFICATION, PlanOptions, QuantPlan, depthwise_amplification,
                      elementwise_source, is_depthwise, is_excluded, plan, range_conflicts, resolve_presets, silu_inputs)
 from .flat import flat_range, reader_function
+from .gelu import write_gelus
 from .qdq import QDQOptions, insert_qdq
 
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -122,9 +123,10 @@ class StaticBuilder:
         notes = self._range_notes(qplan) + ([bc_note] if bc_note else [])
         if not extra and only is None and any(e.kind == EventKind.BIAS_SHIFTED for e in events):
             self._bc_parts = (plain, work, qplan, ranges, qdq_options, fp16)
-        qdq = insert_qdq(work, qplan, ranges, qdq_options).model
-        if fp16:
-            qdq = _half_nodes(qdq, fp16)
+        qdq, gelus = _written(insert_qdq(work, qplan, ranges, qdq_options).model, fp16)
+        if gelus:
+            notes.append(f"{gelus} GELU(s) after a DequantizeLinear written as one Gelu op each: ONNX Runtime does not "
+                         "fuse x * 0.5 * (1 + erf(x / sqrt 2)) itself once its input is dequantized")
         return Built(qplan, qdq, events, notes)
 
     def corrected_layers(self) -> list[str]:
@@ -154,9 +156,7 @@ class StaticBuilder:
             old = before.initializers.get(bias)
             set_initializer(model.graph, bias, external.array(old) if old is not None else
                             np.zeros_like(external.array(idx.initializers[bias])))
-        qdq = insert_qdq(model, qplan, ranges, qdq_options).model
-        if fp16:
-            qdq = _half_nodes(qdq, fp16)
+        qdq, _ = _written(insert_qdq(model, qplan, ranges, qdq_options).model, fp16)
         full = self()
         kept = set(layers[:k])
         events = [e for e in full.events if e.kind != EventKind.BIAS_SHIFTED or e.node in kept]
@@ -430,6 +430,14 @@ def _node_tensors(model: onnx.ModelProto, qplan: QuantPlan, pattern: str) -> set
             names |= set(node.input) | set(node.output)
             names |= {outputs[act] for act, prod in qplan.absorbed.items() if prod == node.name}
     return names
+
+
+def _written(qdq: onnx.ModelProto, fp16: tuple[str, ...]) -> tuple[onnx.ModelProto, int]:
+    """The Q/DQ model as written: decomposed GELUs after a DequantizeLinear as one Gelu op
+    (:func:`~quantcli.quantize.gelu.write_gelus`; not where nodes run in FP16), the FP16 nodes converted."""
+    if fp16:
+        return _half_nodes(qdq, fp16), 0
+    return qdq, write_gelus(qdq)
 
 
 def _half_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> onnx.ModelProto:
