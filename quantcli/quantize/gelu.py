@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..transforms.graph import GraphIndex
+from ..transforms.graph import GraphIndex, remove_unused_initializers
 
 SQRT2 = float(np.sqrt(2.0))
 TOLERANCE = 1e-3  # on the constants, relative
@@ -41,6 +41,7 @@ def write_gelus(model: onnx.ModelProto) -> int:
     kept = [last.get(id(n), n) for n in g.node if id(n) not in gone or id(n) in last]
     del g.node[:]
     g.node.extend(kept)
+    remove_unused_initializers(g)  # the pattern's constants (sqrt 2, 1, 0.5)
     return len(found)
 
 
