@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..transforms.graph import GraphIndex
-from .policy import ELEMENTWISE
+from .policy import ELEMENTWISE, elementwise_source
 
 GRID = 4096          # points over the calibrated range (16x finer than an 8-bit step)
 MAX_READER_NODES = 8  # a decomposed HardSwish is 4 ops
@@ -42,7 +42,9 @@ def reader_function(idx: GraphIndex, tensor: str) -> tuple[list[onnx.NodeProto],
             if key in nodes:
                 continue
             if n.op_type not in ELEMENTWISE or len(n.output) != 1 or not all(
-                    i in known or _scalar(idx, i) or _produced_inside(idx, i, tensor) for i in n.input if i):
+                    i in known or idx.scalar(i) is not None
+                    or elementwise_source(i, idx, MAX_READER_NODES, scalars_only=True, until=tensor) == tensor
+                    for i in n.input if i):
                 if t == tensor:
                     return None  # the tensor itself has another reader
                 continue         # a reader of the result: where the function ends
@@ -57,28 +59,6 @@ def reader_function(idx: GraphIndex, tensor: str) -> tuple[list[onnx.NodeProto],
         return None
     order = {id(n): i for i, n in enumerate(idx.graph.node)}
     return sorted(nodes.values(), key=lambda n: order[id(n)]), leaving[0]
-
-
-def _scalar(idx: GraphIndex, name: str) -> bool:
-    """An initializer of one value (any rank)."""
-    t = idx.initializers.get(name)
-    return t is not None and int(np.prod(t.dims)) == 1
-
-
-def _produced_inside(idx: GraphIndex, name: str, tensor: str) -> bool:
-    """``name`` is computed from ``tensor`` by ops that read only it and scalars (an input of an op whose other
-    input is reached later in the walk: Mul(x, Div(...)) seen from x before the Div)."""
-    seen, todo = set(), [name]
-    while todo:
-        t = todo.pop()
-        if t == tensor or _scalar(idx, t):
-            continue
-        node = idx.producer.get(t)
-        if node is None or node.op_type not in ELEMENTWISE or t in seen or len(seen) >= MAX_READER_NODES:
-            return False
-        seen.add(t)
-        todo += [i for i in node.input if i]
-    return True
 
 
 def flat_range(model: onnx.ModelProto, nodes: list[onnx.NodeProto], tensor: str, result: str,

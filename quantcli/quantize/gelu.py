@@ -102,8 +102,8 @@ def _single(idx: GraphIndex, node: onnx.NodeProto) -> bool:
 
 def _const(idx: GraphIndex, name: str, value: float) -> bool:
     """``name`` is a one-value initializer equal to ``value`` (relative TOLERANCE)."""
-    a = idx.const(name) if name in idx.initializers else None
-    return a is not None and a.size == 1 and abs(float(a.reshape(-1)[0]) - value) <= TOLERANCE * abs(value)
+    v = idx.scalar(name)
+    return v is not None and abs(v - value) <= TOLERANCE * abs(value)
 
 
 def _other(idx: GraphIndex, node: onnx.NodeProto, value: float) -> str | None:

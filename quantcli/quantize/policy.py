@@ -361,18 +361,28 @@ def depthwise_amplification(lo_in: np.ndarray, hi_in: np.ndarray, lo_out: np.nda
     return float(np.percentile(rho, DEPTHWISE_AMPLIFICATION_QUANTILE))
 
 
-def elementwise_source(tensor: str, idx: GraphIndex, max_nodes: int = 8) -> str | None:
+def elementwise_source(tensor: str, idx: GraphIndex, max_nodes: int = 8, *, scalars_only: bool = False,
+                       until: str | None = None) -> str | None:
     """The one tensor that ``tensor`` is computed from by elementwise activation ops alone (constants aside), or
     None: a HardSwish, or one decomposed as ``x * Clip(x + 3, 0, 6) / 6`` (Paddle2ONNX), leads back to ``x``; a
-    residual Add of two activations, a tensor no such op produces, or more than ``max_nodes`` ops, to None."""
+    residual Add of two activations, a tensor no such op produces, or more than ``max_nodes`` ops, to None.
+    ``scalars_only``: only one-value constants are set aside (a per-channel one is a second source: the result
+    is then no function of the one tensor's values alone); ``until``: a tensor the walk stops at, whatever
+    produces it."""
     first = idx.producer.get(tensor)
     if first is None or first.op_type not in ELEMENTWISE:
         return None
+
+    def constant(i: str) -> bool:
+        if scalars_only:
+            return idx.scalar(i) is not None
+        return i in idx.initializers or (i in idx.producer and idx.producer[i].op_type == "Constant")
+
     roots, seen, todo = set(), set(), [tensor]
     while todo:
         t = todo.pop()
         node = idx.producer.get(t)
-        if t != tensor and (node is None or node.op_type not in ELEMENTWISE):
+        if t != tensor and (t == until or node is None or node.op_type not in ELEMENTWISE):
             roots.add(t)
             continue
         if node.output[0] in seen:
@@ -380,8 +390,7 @@ def elementwise_source(tensor: str, idx: GraphIndex, max_nodes: int = 8) -> str 
         seen.add(node.output[0])
         if len(seen) > max_nodes:
             return None
-        todo += [i for i in node.input if i and i not in idx.initializers
-                 and not (i in idx.producer and idx.producer[i].op_type == "Constant")]
+        todo += [i for i in node.input if i and not constant(i)]
     return roots.pop() if len(roots) == 1 else None
 
 

@@ -80,6 +80,13 @@ class GraphIndex:
         t = self.initializers.get(name)
         return None if t is None else external.array(t)
 
+    def scalar(self, name: str) -> float | None:
+        """The value of a one-value initializer (any rank), else None."""
+        t = self.initializers.get(name)
+        if t is None or int(np.prod(t.dims)) != 1:
+            return None
+        return float(external.array(t).reshape(-1)[0])
+
     def single_consumer(self, name: str) -> onnx.NodeProto | None:
         cons = self.consumers.get(name, [])
         if len(cons) == 1 and name not in self.graph_outputs:
