@@ -68,7 +68,7 @@ def flat_range(model: onnx.ModelProto, nodes: list[onnx.NodeProto], tensor: str,
     if not hi > lo:
         return lo, hi
     x = np.linspace(lo, hi, GRID + 1, dtype=np.float64).astype(np.float32)
-    y = _evaluate(model, nodes, tensor, result, x)
+    y = evaluate_function(model, nodes, tensor, result, x)
     if y is None or y.shape != x.shape:
         return lo, hi
     same_low = np.flatnonzero(y != y[0])
@@ -104,7 +104,7 @@ def _levels_cover(lo: float, hi: float, a: float | None, b: float | None) -> tup
     return lo, hi
 
 
-def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], tensor: str, result: str,
+def evaluate_function(model: onnx.ModelProto, nodes: list[onnx.NodeProto], tensor: str, result: str,
               x: np.ndarray) -> np.ndarray | None:
     """f(x) for a 1-D ``x``: the ops alone in a model of their own, their scalar constants copied."""
     from ..runtime.session import make_session

@@ -34,6 +34,7 @@ from .policy import (HEAVY, MAX_DEPTHWISE_AMPLIFICATION, PlanOptions, QuantPlan,
                      elementwise_source, is_depthwise, is_excluded, plan, range_conflicts, resolve_presets, silu_inputs)
 from .flat import flat_range, reader_function
 from .gelu import write_gelus
+from .hardswish import write_hardswishes
 from .qdq import QDQOptions, insert_qdq
 
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -123,10 +124,16 @@ class StaticBuilder:
         notes = self._range_notes(qplan) + ([bc_note] if bc_note else [])
         if not extra and only is None and any(e.kind == EventKind.BIAS_SHIFTED for e in events):
             self._bc_parts = (plain, work, qplan, ranges, qdq_options, fp16)
-        qdq, gelus = _written(insert_qdq(work, qplan, ranges, qdq_options).model, fp16)
+        qdq, (gelus, hardswishes, float_swishes) = _written(insert_qdq(work, qplan, ranges, qdq_options).model, fp16)
         if gelus:
             notes.append(f"{gelus} GELU(s) after a DequantizeLinear written as one Gelu op each: ONNX Runtime does not "
                          "fuse x * 0.5 * (1 + erf(x / sqrt 2)) itself once its input is dequantized")
+        if hardswishes:
+            notes.append(f"{hardswishes} HardSwish(es) after a DequantizeLinear written as integer Add and Mul: ONNX Runtime has "
+                         "no integer HardSwish and ran them in float between the integer layers")
+        if float_swishes:
+            notes.append(f"{float_swishes} HardSwish(es) after a DequantizeLinear left in float: no integer Add and Mul "
+                         "gave the float result's output level on every input level")
         return Built(qplan, qdq, events, notes)
 
     def corrected_layers(self) -> list[str]:
@@ -432,12 +439,15 @@ def _node_tensors(model: onnx.ModelProto, qplan: QuantPlan, pattern: str) -> set
     return names
 
 
-def _written(qdq: onnx.ModelProto, fp16: tuple[str, ...]) -> tuple[onnx.ModelProto, int]:
-    """The Q/DQ model as written: decomposed GELUs after a DequantizeLinear as one Gelu op
-    (:func:`~quantcli.quantize.gelu.write_gelus`; not where nodes run in FP16), the FP16 nodes converted."""
+def _written(qdq: onnx.ModelProto, fp16: tuple[str, ...]) -> tuple[onnx.ModelProto, tuple[int, int, int]]:
+    """The Q/DQ model as written, with how many GELUs and HardSwishes were rewritten: decomposed GELUs after a
+    DequantizeLinear as one Gelu op (:func:`~quantcli.quantize.gelu.write_gelus`), HardSwishes after one as
+    integer Add and Mul (:func:`~quantcli.quantize.hardswish.write_hardswishes`; the third count: HardSwishes left
+    in float as no integer gate was exact); neither where nodes run in
+    FP16, where the FP16 nodes are converted instead."""
     if fp16:
-        return _half_nodes(qdq, fp16), 0
-    return qdq, write_gelus(qdq)
+        return _half_nodes(qdq, fp16), (0, 0, 0)
+    return qdq, (write_gelus(qdq), *write_hardswishes(qdq))
 
 
 def _half_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> onnx.ModelProto:
