@@ -113,4 +113,5 @@ def test_convert_clamps_a_hardswish_input_and_onnx_runtime_agrees_with_fp32_bett
     def sqnr(path):
         got = make_session(tap_model(onnx.load(path), ["h"])).run(["h"], feed)[0]
         return 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
-    assert sqnr(tmp_path / "q.onnx") > sqnr(tmp_path / "p.onnx") + 2.0  # 37.3 vs 34.6 dB
+    # 37.3 vs 34.6 dB on an AVX512-VNNI CPU, 34.8 vs 33.2 on an AVX2-only one (7-bit weights there: --reduce-range auto)
+    assert sqnr(tmp_path / "q.onnx") > sqnr(tmp_path / "p.onnx") + 1.0

@@ -1,6 +1,7 @@
 """Sensitivity analysis and the --max-drop mixed-precision search on the activation-outlier sample."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -295,7 +296,9 @@ def test_max_drop_with_a_task_metric_drives_the_search(tmp_path):
     r = CliRunner().invoke(app, ["compare", "accuracy", str(MODEL), str(tmp_path / "c.onnx"), "--data", EVAL,
                                  "--runs", "2", "--max-drop", "1", "--metric", f"{tmp_path / 'metrics.py'}:top1"])
     text = " ".join(r.output.split())
-    assert r.exit_code == 1 and "FAIL: " in text and "metrics.py:top1 drop 12.78 pts (max 1 pts)" in text, r.output
+    # the drop itself depends on the CPU (12.78 pts with AVX512-VNNI, 13.89 with AVX2 only: 7-bit weights there)
+    assert r.exit_code == 1 and "FAIL: " in text, r.output
+    assert re.search(r"metrics\.py:top1 drop \d+\.\d\d pts \(max 1 pts\)", text), r.output
 
 
 def test_task_metric_errors_are_one_line_usage_errors(tmp_path):
