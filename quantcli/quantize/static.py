@@ -65,7 +65,7 @@ class StaticBuilder:
         self.model, self.prep, self.res, self.artifact = model, prep, res, artifact
         self.calibration, self.progress = calibration, progress
         # shared by every builder of one convert: ONNX Runtime's fusion verdicts, bias-correction batches
-        self.shared = _shared if _shared is not None else {"fused": {}, "held": {}, "float_means": {}}
+        self.shared = _shared if _shared is not None else {"fused": {}, "held": {}, "float_means": {}, "hardswish": {}}
         self._cache: dict[tuple, Built] = {}
         self._probe: StaticBuilder | None = None
         self._bc_parts: tuple | None = None  # the default build's model before / after bias correction (bias_prefix)
@@ -124,16 +124,17 @@ class StaticBuilder:
         notes = self._range_notes(qplan) + ([bc_note] if bc_note else [])
         if not extra and only is None and any(e.kind == EventKind.BIAS_SHIFTED for e in events):
             self._bc_parts = (plain, work, qplan, ranges, qdq_options, fp16)
-        qdq, (gelus, hardswishes, float_swishes) = _written(insert_qdq(work, qplan, ranges, qdq_options).model, fp16)
+        qdq, (gelus, hardswishes, float_swishes) = _written(insert_qdq(work, qplan, ranges, qdq_options).model, fp16,
+                                                            self.shared)
         if gelus:
             notes.append(f"{gelus} GELU(s) after a DequantizeLinear written as one Gelu op each: ONNX Runtime does not "
                          "fuse x * 0.5 * (1 + erf(x / sqrt 2)) itself once its input is dequantized")
         if hardswishes:
-            notes.append(f"{hardswishes} HardSwish(es) after a DequantizeLinear written as integer Add and Mul: ONNX Runtime has "
-                         "no integer HardSwish and ran them in float between the integer layers")
+            notes.append(f"{hardswishes} HardSwish(es) after a DequantizeLinear written as integer Add and Mul: "
+                         "ONNX Runtime has no integer HardSwish and ran them in float between the integer layers")
         if float_swishes:
-            notes.append(f"{float_swishes} HardSwish(es) after a DequantizeLinear left in float: no integer Add and Mul "
-                         "gave the float result's output level on every input level")
+            notes.append(f"{float_swishes} HardSwish(es) after a DequantizeLinear left in float: no integer Add "
+                         "and Mul gave the float result's output level on every input level")
         return Built(qplan, qdq, events, notes)
 
     def corrected_layers(self) -> list[str]:
@@ -163,7 +164,7 @@ class StaticBuilder:
             old = before.initializers.get(bias)
             set_initializer(model.graph, bias, external.array(old) if old is not None else
                             np.zeros_like(external.array(idx.initializers[bias])))
-        qdq, _ = _written(insert_qdq(model, qplan, ranges, qdq_options).model, fp16)
+        qdq, _ = _written(insert_qdq(model, qplan, ranges, qdq_options).model, fp16, self.shared)
         full = self()
         kept = set(layers[:k])
         events = [e for e in full.events if e.kind != EventKind.BIAS_SHIFTED or e.node in kept]
@@ -439,15 +440,16 @@ def _node_tensors(model: onnx.ModelProto, qplan: QuantPlan, pattern: str) -> set
     return names
 
 
-def _written(qdq: onnx.ModelProto, fp16: tuple[str, ...]) -> tuple[onnx.ModelProto, tuple[int, int, int]]:
+def _written(qdq: onnx.ModelProto, fp16: tuple[str, ...],
+             shared: dict) -> tuple[onnx.ModelProto, tuple[int, int, int]]:
     """The Q/DQ model as written, with how many GELUs and HardSwishes were rewritten: decomposed GELUs after a
     DequantizeLinear as one Gelu op (:func:`~quantcli.quantize.gelu.write_gelus`), HardSwishes after one as
     integer Add and Mul (:func:`~quantcli.quantize.hardswish.write_hardswishes`; the third count: HardSwishes left
-    in float as no integer gate was exact); neither where nodes run in
-    FP16, where the FP16 nodes are converted instead."""
+    in float as no integer gate was exact; its verdicts kept in ``shared``, the builder's per-convert state);
+    neither where nodes run in FP16, where the FP16 nodes are converted instead."""
     if fp16:
         return _half_nodes(qdq, fp16), (0, 0, 0)
-    return qdq, (write_gelus(qdq), *write_hardswishes(qdq))
+    return qdq, (write_gelus(qdq), *write_hardswishes(qdq, shared.setdefault("hardswish", {})))
 
 
 def _half_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> onnx.ModelProto:
